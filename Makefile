@@ -1,0 +1,37 @@
+# The short front door. `make test` builds everything from nothing, then runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+NOX    := $(BIN)/nox
+PROFILE ?= paper
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test benchmark reproduce-table2 perf lint clean-venv
+
+# One shared virtual environment for every nox session (a CUDA torch build is ~5.8 GB:
+# one copy per session would be absurd). Re-installed when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(NOX) -s tests
+
+benchmark: $(STAMP)
+	$(NOX) -s benchmark
+
+reproduce-table2: $(STAMP)
+	$(NOX) -s reproduce_table2 -- --profile $(PROFILE)
+
+perf: $(STAMP)
+	$(NOX) -s perf
+
+lint: $(STAMP)
+	$(NOX) -s lint
+
+clean-venv:
+	rm -rf $(VENV)

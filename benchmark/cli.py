@@ -1,0 +1,173 @@
+"""``python -m benchmark <command>``: list, run, status, report.
+
+Every command validates everything it was given before it starts work or writes a file; a bad
+input ends with one line on stderr (``error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+from .plugins import load_plugins
+
+def _cmd_list(args) -> int:
+    import models
+    import regularizers
+
+    from .config import available_protocols
+    from .data import DATASETS
+    from .suites import available_suites
+
+    sections = {
+        "regularizers": regularizers.available(),
+        "models": list(models.available()) + ["timm:<any timm model name>"],
+        "datasets": list(DATASETS) + ["synthetic:<classes>"],
+        "protocols": available_protocols(),
+        "suites": available_suites(),
+    }
+    for name, items in sections.items():
+        if args.what in (None, name):
+            print(f"{name}:")
+            for item in items:
+                print(f"  {item}")
+    return 0
+
+
+def _single_spec(args):
+    from .config import RunSpec, load_protocol, parse_set, split_overrides
+
+    missing = [f"--{k}" for k in ("protocol", "dataset", "model", "regularizer")
+               if getattr(args, k) is None]
+    if missing:
+        raise ConfigError(f"run: give --suite, or all of --protocol --dataset --model --regularizer (missing {' '.join(missing)})")
+    proto_over, model_kw, reg_kw = split_overrides(parse_set(args.set))
+    protocol = load_protocol(args.protocol, proto_over)
+    return [RunSpec(protocol=protocol, dataset=args.dataset, model=args.model,
+                    regularizer=args.regularizer, seed=seed, model_kwargs=model_kw,
+                    regularizer_hparams=reg_kw, label=args.label or "")
+            for seed in args.seed]
+
+
+def _suite_specs(args):
+    from .config import parse_set, split_overrides
+    from .suites import load_suite
+
+    proto_over, model_kw, reg_kw = split_overrides(parse_set(args.set))
+    if model_kw or reg_kw:
+        raise ConfigError("--set model.* / reg.* apply to single runs; put them in the suite file")
+    suite = load_suite(args.suite, overrides=proto_over, profile=args.profile)
+    if args.regularizer:
+        suite = suite.with_regularizers([args.regularizer])
+    return suite.expand()
+
+
+def _check_results_dir(path: Path) -> None:
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"results directory '{path}' is not writable")
+
+
+def _cmd_run(args) -> int:
+    from . import engine
+
+    specs = _suite_specs(args) if args.suite else _single_spec(args)
+    for spec in specs:
+        engine.validate(spec)
+    results = Path(args.results)
+    _check_results_dir(results)
+    if args.suite or len(specs) > 1:
+        from .runner import run_suite
+
+        summary = run_suite(specs, results, jobs=args.jobs, executor=args.executor,
+                            retry_failed=args.retry_failed, progress=not args.no_progress)
+        print(summary)
+        return 0 if not getattr(summary, "failed", 0) else 1
+    record = engine.train(specs[0], results, progress=not args.no_progress)
+    final = record["final"]
+    print(f"[{record['run_id']}] {record['status']}: test accuracy {final['test_acc']:.2f}% "
+          f"(error {final['test_error']:.2f}%) at iteration {final['iteration']}, "
+          f"median step {record['median_step_ms']:.1f} ms -> "
+          f"{Path(args.results) / 'runs' / (record['run_id'] + '.json')}")
+    return 0 if record["status"] == "complete" else 1
+
+
+def _cmd_status(args) -> int:
+    from .runner import suite_status
+
+    specs = _suite_specs(args)
+    status = suite_status(specs, Path(args.results), watch=args.watch)
+    print(status)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report_from_results
+
+    written = write_report_from_results(Path(args.results), Path(args.out) if args.out else None,
+                                        leaderboard=args.leaderboard)
+    for path in written:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--plugin", action="append", default=[],
+                   help="module name or .py file that registers regularizers (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="registered regularizers, models, datasets, protocols, suites")
+    ls.add_argument("what", nargs="?",
+                    choices=["regularizers", "models", "datasets", "protocols", "suites"])
+
+    def grid_args(sp):
+        sp.add_argument("--suite", help="suite name or YAML path")
+        sp.add_argument("--profile", help="run a suite's grid under another profile (e.g. smoke)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a protocol field (iterations=200, optimizer.lr=0.05), "
+                             "a model kwarg (model.width=0.25) or a regularizer hparam (reg.proj_dim=30)")
+        sp.add_argument("--results", default="results/runs", help="results directory")
+        sp.add_argument("--regularizer", help="regularizer name (single run, or restrict a suite)")
+
+    run = sub.add_parser("run", help="one run, or a whole suite")
+    grid_args(run)
+    run.add_argument("--protocol")
+    run.add_argument("--dataset")
+    run.add_argument("--model")
+    run.add_argument("--seed", type=int, nargs="+", default=[0])
+    run.add_argument("--label", help="display name in tables")
+    run.add_argument("--jobs", type=int, default=1)
+    run.add_argument("--executor", choices=["local", "slurm"], default="local")
+    run.add_argument("--retry-failed", action="store_true")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--data-dir", help="where datasets live (default $COMHE_DATA or ./data)")
+    run.add_argument("--download", action="store_true", help="allow torchvision to download datasets")
+
+    st = sub.add_parser("status", help="done / running / failed / pending runs of a suite")
+    grid_args(st)
+    st.add_argument("--watch", action="store_true")
+
+    rep = sub.add_parser("report", help="store, tables, plots, paper comparison from run records")
+    rep.add_argument("--results", default="results/runs")
+    rep.add_argument("--out", help="output directory (default: <results>/report)")
+    rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "data_dir", None):
+        os.environ["COMHE_DATA"] = args.data_dir
+    if getattr(args, "download", False):
+        os.environ["COMHE_DOWNLOAD"] = "1"
+    try:
+        load_plugins(args.plugin)
+        return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status,
+                "report": _cmd_report}[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

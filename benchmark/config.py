@@ -1,0 +1,317 @@
+"""Protocols (YAML -> validated dataclasses) and run specs.
+
+A *protocol* is everything about training that must be identical for every regularizer in a
+table: optimiser, schedule, loss, data handling, evaluation. It lives in a YAML file under
+``benchmark/configs/protocols/`` and every setting of recipe.md §4 is written out there.
+
+A *run spec* is one point of a grid: protocol + dataset + model + regularizer + seed. Its
+``run_id`` hashes everything that changes the result, so the same run in two suites is one run.
+
+Bad input fails here, before anything runs, with a single-line :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PROTOCOL_DIR = CONFIG_DIR / "protocols"
+
+
+class ConfigError(ValueError):
+    """A bad setting. The message is one line naming the field and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol dataclasses
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: Literal["sgd"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    # Applied by SGD to ALL parameters, BN gamma/beta included (recipe.md §4).
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class Schedule:
+    type: Literal["step", "constant"] = "step"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    pad: int = 4
+    pad_mode: Literal["symmetric", "reflect", "zeros"] = "symmetric"
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class Data:
+    # "tf": (x - 127.5) / 128 on raw 0..255 pixels, as the authors' TF code; "unit": x / 255.
+    input_scaling: Literal["tf", "unit"] = "tf"
+    image_size: int = 32
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    # Reshuffle every epoch and drop the last partial batch (390 iterations of 128 on CIFAR).
+    drop_last: bool = True
+    # Cap the training set (CPU-sized protocols); 0 = all of it.
+    max_train: int = 0
+    # Cap the test set used by evaluation; 0 = all of it (the paper uses all 10,000).
+    max_test: int = 0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    # "auto": bf16 autocast on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # "auto": channels_last on CUDA only (it slows CNNs on the CPU).
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    # Packages the data onto the device once and augments with tensor ops (no DataLoader).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str = ""
+    iterations: int = 1000
+    batch_size: int = 128
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    schedule: Schedule = field(default_factory=Schedule)
+    label_smoothing: float = 0.01
+    eval_every: int = 500
+    checkpoint_every: int = 5000
+    data: Data = field(default_factory=Data)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "iterations", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.optimizer.lr > 0, "optimizer.lr", "must be > 0")
+        _require(0 <= self.optimizer.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
+        _require(self.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        _require(self.eval_every >= 1, "eval_every", "must be >= 1")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        _require(0 < self.schedule.gamma <= 1, "schedule.gamma", "must be in (0, 1]")
+        ms = self.schedule.milestones
+        _require(
+            list(ms) == sorted(set(ms)) and all(0 < m < self.iterations for m in ms),
+            "schedule.milestones",
+            f"must be strictly increasing iterations inside (0, {self.iterations}), got {list(ms)}",
+        )
+        _require(self.data.image_size >= 8, "data.image_size", "must be >= 8")
+        _require(self.data.augmentation.pad >= 0, "data.augmentation.pad", "must be >= 0")
+        _require(self.data.max_train >= 0, "data.max_train", "must be >= 0 (0 = all)")
+        _require(self.data.max_test >= 0, "data.max_test", "must be >= 0 (0 = all)")
+
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate used for the update at 0-based ``iteration``."""
+        if self.schedule.type == "constant":
+            return self.optimizer.lr
+        drops = sum(iteration >= m for m in self.schedule.milestones)
+        return self.optimizer.lr * self.schedule.gamma**drops
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _require(ok: bool, name: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"protocol field '{name}' {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# Generic, strict dict -> dataclass conversion (unknown keys and wrong types fail by name)
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where or cls.__name__}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown field '{path}'{hint} (allowed: {', '.join(names)})")
+        kwargs[key] = _coerce(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"'{where or cls.__name__}': {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"field '{path}' is {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"field '{path}' must be a list, got {value!r}")
+        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"field '{path}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise ConfigError(f"field '{path}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"field '{path}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"field '{path}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Loading protocols, applying --set overrides
+
+
+def available_protocols() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+
+
+def protocol_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"protocol file '{p}' does not exist")
+        return p
+    path = PROTOCOL_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = available_protocols()
+        close = difflib.get_close_matches(str(name_or_path), names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown protocol '{name_or_path}'{hint} (available: {', '.join(names)})")
+    return path
+
+
+def load_protocol(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Protocol:
+    path = protocol_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"protocol file '{path}' is not valid YAML: {str(exc).splitlines()[0]}")
+    raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return from_dict(Protocol, raw)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``--set key=value`` items; values are YAML scalars (``1e-3``, ``true``, ``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value '{value}'") from None
+    return out
+
+
+def split_overrides(sets: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Split ``--set`` keys into (protocol, model kwargs, regularizer hparams).
+
+    ``model.width=0.25`` goes to the model, ``reg.proj_dim=30`` to the regularizer, anything else
+    (``iterations=200``, ``optimizer.lr=0.05``) to the protocol.
+    """
+    proto, model_kw, reg_kw = {}, {}, {}
+    for key, value in sets.items():
+        if key.startswith("model."):
+            model_kw[key[len("model."):]] = value
+        elif key.startswith("reg."):
+            reg_kw[key[len("reg."):]] = value
+        else:
+            proto[key] = value
+    return proto, model_kw, reg_kw
+
+
+# --------------------------------------------------------------------------------------------
+# Run spec
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    protocol: Protocol
+    dataset: str
+    model: str
+    regularizer: str
+    seed: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    regularizer_hparams: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # display name in tables; defaults to the regularizer name
+    suite: str | None = None
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.regularizer
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the result (not label or suite)."""
+        return {
+            "protocol": self.protocol.to_dict(),
+            "dataset": self.dataset,
+            "model": self.model,
+            "model_kwargs": _jsonable(dict(sorted(self.model_kwargs.items()))),
+            "regularizer": self.regularizer,
+            "regularizer_hparams": _jsonable(dict(sorted(self.regularizer_hparams.items()))),
+            "seed": self.seed,
+        }
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

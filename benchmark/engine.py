@@ -1,0 +1,329 @@
+"""The training engine: the one loop every run goes through.
+
+    spec -> data + model + regularizer -> SGD loop (eval every N, checkpoint every M) -> record
+
+Per iteration, in the authors' order: the regularizer's pre-step hook (AP/Adv inner projection
+steps, told the current LR), then forward, label-smoothed CE + penalty, backward, SGD step (weight
+decay on every parameter). Evaluation uses running BN statistics on the whole test set; the
+reported metric is the one at the final iteration.
+
+GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code path is the same.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import records
+from .config import ConfigError, RunSpec
+from .data import BatchStream, check_dataset_name, load_dataset, scale_input
+
+# Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
+# device every step and read back only every this many steps (and at every evaluation).
+FINITE_CHECK_EVERY = 50
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (before anything runs)
+
+
+def validate(spec: RunSpec) -> None:
+    """Raise ConfigError (one line) if the spec names anything unknown or impossible."""
+    import models
+    import regularizers
+
+    from .plugins import load_plugins
+
+    load_plugins()  # those of a parent process (workers), a no-op otherwise
+    check_dataset_name(spec.dataset)
+    if not spec.model.startswith("timm:") and spec.model not in models.available():
+        models.create(spec.model, num_classes=10)  # raises with close matches
+    try:
+        regularizers.create(spec.regularizer, **spec.regularizer_hparams)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    if not isinstance(spec.seed, int) or spec.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def weight_decay_term(model: torch.nn.Module, wd: float) -> float:
+    """wd/2 * sum of squares of ALL parameters (what SGD's weight_decay=wd minimises)."""
+    with torch.no_grad():
+        return float(wd / 2 * sum(p.double().pow(2).sum() for p in model.parameters()))
+
+
+def layer_energies(model: torch.nn.Module, roles: dict[str, str]) -> dict[str, float]:
+    """Plain (unprojected, full-space, s=2) hyperspherical energy of every conv/linear weight."""
+    from regularizers import hyperspherical_energy
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        return {
+            name: float(hyperspherical_energy(params[name].detach().float().flatten(1), s=2))
+            for name in roles
+            if params[name].shape[0] >= 2
+        }
+
+
+@torch.no_grad()
+def evaluate(model, x_all, y_all, scaling, autocast, memory_format, batch=1000) -> tuple[float, float]:
+    """(accuracy %, mean CE) on a test set with running BN statistics."""
+    model.eval()
+    correct, loss_sum = torch.zeros((), device=x_all.device), torch.zeros((), device=x_all.device)
+    for lo in range(0, x_all.shape[0], batch):
+        x = scale_input(x_all[lo : lo + batch], scaling).contiguous(memory_format=memory_format)
+        y = y_all[lo : lo + batch]
+        with autocast():
+            logits = model(x).float()
+        correct += (logits.argmax(1) == y).sum()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+    model.train()
+    n = x_all.shape[0]
+    return float(correct) * 100.0 / n, float(loss_sum) / n
+
+
+def environment() -> dict:
+    import numpy
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
+    return {
+        "git": {"commit": commit, "dirty": dirty},
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "comhe_bench": __version__,
+        },
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _new_curves() -> dict:
+    return {k: [] for k in ("iteration", "test_acc", "test_error", "train_loss", "penalty",
+                            "energy_total")} | {"energy": {}}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Run (or resume) one run; write its record atomically and return it.
+
+    ``stop_after``: leave after this many iterations of this call, checkpoint written and no
+    record (a time-limited job, or a test of resuming). Returns {} in that case.
+    """
+    import models
+    import regularizers
+
+    validate(spec)
+    proto = spec.protocol
+    results_dir = Path(results_dir)
+    run_id = spec.run_id
+    ckpt_path = records.checkpoint_path(results_dir, run_id)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    device = resolve_device(proto.runtime.device)
+    cuda = device.type == "cuda"
+    precision = proto.runtime.precision
+    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    use_cl = proto.runtime.channels_last == "on" or (proto.runtime.channels_last == "auto" and cuda)
+    memory_format = torch.channels_last if use_cl else torch.contiguous_format
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    data = load_dataset(spec.dataset, proto.data).to(device)
+    torch.manual_seed(spec.seed)  # model init
+    model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                          **spec.model_kwargs)
+    model = model.to(device=device, memory_format=memory_format)
+    roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
+    reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
+    reg.attach(model, roles=roles, seed=spec.seed)
+    opt_cfg = proto.optimizer
+    opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                          nesterov=opt_cfg.nesterov, weight_decay=opt_cfg.weight_decay)
+    stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+
+    curves, window_ms, start_it, elapsed_before = _new_curves(), [], 0, 0.0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        reg.load_state_dict(ck["regularizer"])
+        stream.load_state_dict(ck["stream"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if cuda and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+        curves, window_ms = ck["curves"], ck["window_ms"]
+        start_it, elapsed_before = ck["iteration"], ck["elapsed_s"]
+
+    record = {
+        "schema_version": records.SCHEMA_VERSION, "run_id": run_id, "suite": spec.suite,
+        "label": spec.display_label, "status": "failed", "reason": None,
+        "config": spec.identity(), "seed": spec.seed, **environment(),
+        "device": device_name(device), "synthetic": data.synthetic,
+        "notes": list(getattr(model, "model_notes", [])),
+        "regularizer_hparams_resolved": dict(reg.hparams),
+        "started_at": started,
+    }
+
+    if start_it == 0:
+        with torch.no_grad(), autocast():
+            x, y = stream.next()
+            stream.load_state_dict({"epoch": 0, "position": 0})
+            logits = model(scale_input(x, proto.data.input_scaling).contiguous(memory_format=memory_format))
+            ce0 = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
+        pen0 = reg.penalty()
+        line = (f"[{run_id}] iteration 0: CE {float(ce0):.4f}, weight-decay term "
+                f"{weight_decay_term(model, opt_cfg.weight_decay):.4f}, penalty {float(pen0):.4f}")
+        print(line, flush=True)
+
+    loss_sum = torch.zeros((), device=device)
+    pen_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    steps_in_window = 0
+    t0 = time.perf_counter()
+    t_window = t0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=proto.iterations, initial=start_it, desc=f"{spec.display_label} s{spec.seed}",
+                   dynamic_ncols=True, leave=False)
+
+    def finish(status: str, reason: str | None, it: int) -> dict:
+        if bar is not None:
+            bar.close()
+        record.update(
+            status=status, reason=reason, curves=curves,
+            final=_final(curves, it, data.test_y.shape[0]),
+            wall_time_s=elapsed_before + time.perf_counter() - t0,
+            median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        records.write_json_atomic(records.record_path(results_dir, run_id), record)
+        ckpt_path.unlink(missing_ok=True)
+        return record
+
+    it = start_it
+    for it in range(start_it, proto.iterations):
+        lr = proto.lr_at(it)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        reg.before_step(lr)
+        x, y = stream.next()
+        x = scale_input(x, proto.data.input_scaling).contiguous(memory_format=memory_format)
+        with autocast():
+            logits = model(x)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
+        pen = reg.penalty()
+        loss = ce + pen
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+        # Device-side bookkeeping: no host sync per step.
+        bad = ~torch.isfinite(loss.detach())
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, it), first_bad)
+        loss_sum += ce.detach()
+        pen_sum += pen.detach().float()
+        steps_in_window += 1
+        done = it + 1
+        is_eval = done % proto.eval_every == 0 or done == proto.iterations
+        if is_eval or done % FINITE_CHECK_EVERY == 0:
+            if int(first_bad) >= 0:
+                return finish("diverged", f"non-finite loss at iteration {int(first_bad)}", int(first_bad))
+        if is_eval:
+            if cuda:
+                torch.cuda.synchronize()
+            window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
+            acc, _ = evaluate(model, data.test_x, data.test_y, proto.data.input_scaling,
+                              autocast, memory_format)
+            energies = layer_energies(model, roles)
+            curves["iteration"].append(done)
+            curves["test_acc"].append(acc)
+            curves["test_error"].append(100.0 - acc)
+            curves["train_loss"].append(float(loss_sum) / steps_in_window)
+            curves["penalty"].append(float(pen_sum) / steps_in_window)
+            curves["energy_total"].append(sum(energies.values()))
+            for name, e in energies.items():
+                curves["energy"].setdefault(name, []).append(e)
+            if bar is not None:
+                bar.set_postfix(loss=f"{curves['train_loss'][-1]:.3f}", acc=f"{acc:.2f}")
+            loss_sum.zero_()
+            pen_sum.zero_()
+            steps_in_window = 0
+            t_window = time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+        stopping = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
+        if done < proto.iterations and (done % proto.checkpoint_every == 0 or stopping):
+            _save_checkpoint(ckpt_path, model, opt, reg, stream, curves, window_ms, done,
+                             elapsed_before + time.perf_counter() - t0, cuda)
+        if stopping:
+            if bar is not None:
+                bar.close()
+            return {}
+    return finish("complete", None, proto.iterations)
+
+
+def _final(curves: dict, iteration: int, n_test: int) -> dict:
+    last = {k: (curves[k][-1] if curves[k] else float("nan"))
+            for k in ("test_acc", "test_error", "train_loss", "penalty")}
+    return {"iteration": iteration, **last, "n_test": n_test}
+
+
+def _save_checkpoint(path, model, opt, reg, stream, curves, window_ms, iteration, elapsed, cuda):
+    import io
+
+    state = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "regularizer": reg.state_dict(), "stream": stream.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+        "curves": curves, "window_ms": window_ms, "iteration": iteration, "elapsed_s": elapsed,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    records.atomic_write_bytes(path, buf.getvalue())

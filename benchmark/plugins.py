@@ -1,0 +1,33 @@
+"""Third-party regularizers: ``--plugin module_or_file`` and the entry-point group.
+
+Plugins named on the command line are remembered in an environment variable so worker
+processes (``--jobs N``, Slurm) load them too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import ConfigError
+
+PLUGIN_ENV = "COMHE_PLUGINS"  # os.pathsep-separated; inherited by worker processes
+_loaded: set[str] = set()
+
+
+def load_plugins(extra: list[str] | None = None) -> None:
+    """Import ``--plugin`` modules/files (and those of a parent process) so they register."""
+    import regularizers
+
+    names = [p for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p] + list(extra or [])
+    # Files by absolute path: workers may start in another directory.
+    names = [os.path.abspath(n) if n.endswith(".py") else n for n in names]
+    for name in dict.fromkeys(names):
+        if name in _loaded:
+            continue
+        try:
+            regularizers.load_plugin(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a bad --plugin
+            raise ConfigError(f"--plugin {name}: cannot load ({type(exc).__name__}: {exc})") from None
+        _loaded.add(name)
+    if names:
+        os.environ[PLUGIN_ENV] = os.pathsep.join(dict.fromkeys(names))

@@ -1,0 +1,167 @@
+"""Model registry: ``register`` a builder, ``create`` a model by name, list what is ``available``.
+
+The pattern is timm's (``register_model`` / ``create_model`` / ``list_models``). Every model that
+``create`` returns carries two attributes the rest of the suite relies on:
+
+- ``model.weight_roles``: ``{parameter name: "first" | "hidden" | "output"}`` for the weight of
+  every conv/linear layer (see ``docs/internals.md``, "Parameter roles"). Regularizers select
+  weights by role without knowing the architecture.
+- ``model.model_notes``: one-line notes the training engine copies into the run record
+  (e.g. that a timm stem could not be adapted to 32x32 inputs).
+
+Names of the form ``"timm:<timm model name>"`` build any timm architecture (never with pretrained
+weights); see ``models.timm_models``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from typing import Callable
+
+from torch import nn
+
+ROLES = ("first", "hidden", "output")
+TIMM_PREFIX = "timm:"
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
+    """Register a model builder ``fn(num_classes, in_chans=3, **kw) -> nn.Module``.
+
+    Use as ``@register`` or ``@register(name="other_name")``. The builder must set
+    ``model.weight_roles`` (``weight_roles_from`` helps); ``create`` checks it.
+    """
+
+    def _add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or builder.__name__
+        if key.startswith(TIMM_PREFIX):
+            raise ValueError(f"model name {key!r} may not start with {TIMM_PREFIX!r}: "
+                             "that prefix is reserved for timm models")
+        if key in _BUILDERS and _BUILDERS[key] is not builder:
+            raise ValueError(f"model {key!r} is already registered "
+                             f"(by {_BUILDERS[key].__module__}); pick another name")
+        _BUILDERS[key] = builder
+        return builder
+
+    return _add(fn) if fn is not None else _add
+
+
+def available(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered models matching a shell-style ``pattern``.
+
+    timm models are not listed (there are >1000): any ``"timm:" + name`` with ``name`` in
+    ``timm.list_models()`` can be created.
+    """
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern))
+
+
+def create(name: str, num_classes: int, in_chans: int = 3, **kw) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes and ``in_chans`` input channels.
+
+    Unknown names and keyword arguments fail with a one-line ``ValueError`` naming close
+    matches. The result has ``weight_roles`` and ``model_notes`` attributes (module docstring).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+
+    if name.startswith(TIMM_PREFIX):
+        from models import timm_models  # imported lazily: timm's import costs ~1 s
+
+        model = timm_models.create_timm(name[len(TIMM_PREFIX):], num_classes, in_chans, **kw)
+    else:
+        builder = _BUILDERS.get(name)
+        if builder is None:
+            raise ValueError(f"unknown model {name!r}; {_suggest(name, available())} "
+                             f"(or 'timm:<name>' for any timm model)")
+        _check_kwargs(name, builder, kw)
+        model = builder(num_classes=num_classes, in_chans=in_chans, **kw)
+
+    if not hasattr(model, "model_notes"):
+        model.model_notes = []
+    check_roles(model, name)
+    return model
+
+
+def conv_linear_weights(model: nn.Module) -> list[str]:
+    """Names (as in ``named_parameters``) of the weights of every conv and linear layer.
+
+    These are the tensors whose rows are neurons. Other tensors with ndim >= 2 (position
+    embeddings, class tokens, relative-position bias tables) are not neurons and are left out.
+    """
+    # named_parameters drops shared tensors after their first name; only keep names it yields.
+    params = {id(p): n for n, p in model.named_parameters()}
+    names = []
+    for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            attrs = ["weight"]
+        elif isinstance(mod, nn.MultiheadAttention):
+            # q/k/v projections stored as raw tensors rather than nn.Linear children.
+            attrs = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        else:
+            continue
+        for attr in attrs:
+            p = getattr(mod, attr, None)
+            if isinstance(p, nn.Parameter) and p.ndim >= 2 and params.get(id(p)) == prefix + attr:
+                names.append(prefix + attr)
+    order = {n: i for i, n in enumerate(params.values())}
+    return sorted(names, key=order.__getitem__)
+
+
+def weight_roles_from(model: nn.Module, first: str | list[str], output: str | list[str]
+                      ) -> dict[str, str]:
+    """Roles for ``model``: the named weights are first/output, every other conv/linear hidden."""
+    firsts = [first] if isinstance(first, str) else list(first)
+    outputs = [output] if isinstance(output, str) else list(output)
+    names = conv_linear_weights(model)
+    missing = [n for n in firsts + outputs if n not in names]
+    if missing:
+        raise ValueError(f"role names {missing} are not conv/linear weights of "
+                         f"{type(model).__name__}")
+    roles = {}
+    for n in names:
+        roles[n] = "output" if n in outputs else "first" if n in firsts else "hidden"
+    return roles
+
+
+def check_roles(model: nn.Module, name: str = "") -> None:
+    """Fail loudly if ``model.weight_roles`` does not tag exactly the conv/linear weights."""
+    roles = getattr(model, "weight_roles", None)
+    if not isinstance(roles, dict):
+        raise TypeError(f"model {name!r} has no weight_roles dict; its builder must set one")
+    expected = conv_linear_weights(model)
+    if set(roles) != set(expected):
+        extra = sorted(set(roles) - set(expected))
+        untagged = sorted(set(expected) - set(roles))
+        raise ValueError(f"model {name!r}: weight_roles mismatch (untagged: {untagged[:3]}, "
+                         f"not conv/linear weights: {extra[:3]})")
+    bad = {n: r for n, r in roles.items() if r not in ROLES}
+    if bad:
+        raise ValueError(f"model {name!r}: roles must be one of {ROLES}, got {bad}")
+
+
+def _check_kwargs(name: str, builder: Callable, kw: dict) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in ("num_classes", "in_chans")]
+    for key in kw:
+        if key not in accepted:
+            raise ValueError(f"unknown keyword {key!r} for model {name!r}; "
+                             f"{_suggest(key, accepted)}")
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    """``"did you mean 'x'?"`` when something is close, else the list of valid choices."""
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if not choices:
+        return "it accepts no extra keywords"
+    shown = ", ".join(choices[:20]) + (", ..." if len(choices) > 20 else "")
+    return f"choose from: {shown}"

@@ -1,0 +1,197 @@
+"""The ``Regularizer`` base class: declared hyper-parameters, attach, penalty, checkpointable state.
+
+A regularizer is an ``nn.Module`` so that its state (learned projections, power-iteration
+vectors) moves with ``.to()`` and lives in ``state_dict()``; its random generator goes in and out
+of the state dict through ``get_extra_state`` / ``set_extra_state``. It holds the model's weights
+by reference, never as registered parameters: the network's optimiser and weight decay must not
+see the regularizer's state, and the regularizer's state dict must not duplicate the model's.
+
+Life cycle (docs/internals.md)::
+
+    reg = create("rp_comhe", proj_dim=40)   # hyper-parameters validated here
+    reg.attach(model, roles=None, seed=0)    # attach AFTER moving the model to its device
+    reg.before_step(lr)                      # every iteration, before the loss (AP/Adv inner steps)
+    loss = ce + reg.penalty()                # 0-dim tensor on the weights' device
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .energy import parse_power
+from .roles import neurons, resolve_roles
+
+__all__ = ["HParam", "Regularizer", "close_matches_hint"]
+
+
+def close_matches_hint(word: str, choices) -> str:
+    """'; did you mean 'a', 'b'?' for the closest choices, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass(frozen=True)
+class HParam:
+    """Declaration of one hyper-parameter.
+
+    kind: "float", "int", "bool" or "power". default None means "resolved by the class" (for
+    example a strength that depends on the power); minimum is inclusive.
+    """
+
+    default: Any
+    kind: str
+    minimum: float | None = None
+    doc: str = ""
+
+    def check(self, reg: str, name: str, value: Any) -> Any:
+        """The validated (canonical) value, or ValueError with one line saying what is allowed."""
+        where = f"{reg}: hyper-parameter {name!r}"
+        if self.kind == "power":
+            try:
+                return parse_power(value)
+            except ValueError:
+                raise ValueError(f"{where} must be one of 0, 1, 2, 'a0', 'a1', 'a2'; got {value!r}") from None
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be True or False; got {value!r}")
+            return value
+        numeric = int if self.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            raise ValueError(f"{where} must be {'an int' if self.kind == 'int' else 'a number'}; got {value!r}")
+        if not math.isfinite(value) or (self.minimum is not None and value < self.minimum):
+            low = "" if self.minimum is None else f" >= {self.minimum:g}"
+            raise ValueError(f"{where} must be a finite {self.kind}{low}; got {value!r}")
+        return value if self.kind == "int" else float(value)
+
+
+class Regularizer(nn.Module):
+    """Base class. Subclasses set ``name`` (by ``@register``), ``HPARAMS``, and override
+    ``_setup`` (build state once weights are known) and ``penalty``; AP/Adv override ``before_step``.
+    """
+
+    name: ClassVar[str] = ""
+    HPARAMS: ClassVar[dict[str, HParam]] = {}
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = self.resolve_hparams(hparams)
+        self._layers: list[tuple[str, nn.Parameter, str]] = []
+        self.generator: torch.Generator | None = None
+        self.seed: int | None = None
+        self.lr: float = 0.0  # last learning rate given to before_step
+
+    # ----------------------------------------------------------------- hyper-parameters
+    @classmethod
+    def resolve_hparams(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """Validate names and values, fill defaults, then let the class fill dependent defaults."""
+        reg = cls.name or cls.__name__
+        for key in given:
+            if key not in cls.HPARAMS:
+                allowed = ", ".join(sorted(cls.HPARAMS)) or "none"
+                raise ValueError(
+                    f"{reg}: unknown hyper-parameter {key!r}{close_matches_hint(key, cls.HPARAMS)}"
+                    f" (allowed: {allowed})"
+                )
+        hp = {}
+        for key, spec in cls.HPARAMS.items():
+            value = given.get(key, spec.default)
+            hp[key] = None if value is None and spec.default is None else spec.check(reg, key, value)
+        return cls._resolve_defaults(hp)
+
+    @classmethod
+    def _resolve_defaults(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        """Hook for defaults that depend on other hyper-parameters (None = not set by the user)."""
+        return hp
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+
+    # ----------------------------------------------------------------- attaching
+    def attach(self, model: nn.Module, roles: dict[str, str] | None = None, seed: int = 0,
+               example_input: Any = None) -> "Regularizer":
+        """Select the model's weights and their roles, seed the generator, build the state.
+
+        roles overrides ``model.weight_roles`` / the inferred roles per parameter name;
+        example_input (optional) lets role inference follow the forward order. Returns self.
+        """
+        layers = resolve_roles(model, roles, example_input)
+        if not layers:
+            raise ValueError(f"{self.name}: the model has no conv/linear weights to regularize")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int; got {seed!r}")
+        self._layers = layers
+        device = layers[0][1].device
+        self.seed = seed
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._setup(device)
+        return self
+
+    def _setup(self, device: torch.device) -> None:
+        """Build per-layer state (groups, buffers) once the weights are known."""
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [n for n, _, _ in self._layers]
+
+    @property
+    def layer_roles(self) -> dict[str, str]:
+        return {n: r for n, _, r in self._layers}
+
+    def _require_attached(self) -> None:
+        if not self._layers:
+            raise RuntimeError(f"{self.name}: call attach(model) before penalty()/before_step()")
+
+    def _group_layers(self, keys: list) -> list[list[int]]:
+        """Indices of self._layers grouped by key and by neuron-matrix shape, first-seen order.
+
+        Layers of equal (N, d) are stacked and served by one kernel call in the hot path.
+        """
+        groups: dict[Any, list[int]] = {}
+        for i, ((_, p, _), key) in enumerate(zip(self._layers, keys)):
+            if key is None:
+                continue
+            groups.setdefault((key, p.shape[0], p[0].numel()), []).append(i)
+        return list(groups.values())
+
+    def _stack(self, index: list[int]) -> Tensor:
+        """Neuron matrices of the given layers stacked: (L, N, d); a view when L == 1."""
+        if len(index) == 1:
+            return neurons(self._layers[index[0]][1]).unsqueeze(0)
+        return torch.stack([neurons(self._layers[i][1]) for i in index])
+
+    def _zero(self) -> Tensor:
+        p = self._layers[0][1]
+        return torch.zeros((), device=p.device, dtype=p.dtype)
+
+    # ----------------------------------------------------------------- per step
+    def before_step(self, lr: float) -> None:
+        """Called once per iteration before the loss. Stores lr; AP/Adv run inner steps here."""
+        self._require_attached()
+        self.lr = float(lr)
+
+    def penalty(self) -> Tensor:
+        """The scalar penalty of the current step: 0-dim tensor on the weights' device."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "lr": self.lr,
+            "generator": None if self.generator is None else self.generator.get_state(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("generator") is not None:
+            if self.generator is None:
+                raise RuntimeError(f"{self.name}: attach(model) before load_state_dict()")
+            self.generator.set_state(state["generator"].cpu())
+        self.seed = state.get("seed")
+        self.lr = float(state.get("lr", 0.0))

@@ -1,0 +1,239 @@
+"""Compressive MHE (Lin, Liu et al., CVPR 2020): RP-, AP-, Adv- and G-CoMHE (recipe.md section 3).
+
+Common rules, as released by the authors:
+
+* first layer, and any layer whose fan-in d <= proj_dim: UNPROJECTED half-space s=2 energy,
+  weight ``strength`` (1);
+* output (classifier) layer: unprojected FULL-space s=2 energy, weight ``output_strength`` (10);
+* every other ("projected") layer: half-space s=2 energy of z_i = P w_i, weight ``strength``.
+
+penalty = sum over layers of weight * energy. Layers of equal shape and treatment are stacked and
+go through one kernel call; the C projections of a layer go through one batched matmul.
+
+Learned projections (AP, Adv) are buffers, not parameters: the network's optimiser and weight
+decay never see them, and they go into the regularizer's state dict. Their inner updates run in
+``before_step(lr)`` with the network frozen (W detached). In ``penalty()`` the network's energy
+uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the autograd graph
+(``torch.autograd.grad(create_graph=True)``) so the gradient reaches W through grad_P as well
+(second order, the released code's behaviour and our default; ``first_order=True`` detaches it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import HParam, Regularizer
+from .energy import group_energy, hyperspherical_energy, neuron_cosines, projected_energy
+from .registry import register
+
+__all__ = ["RPCoMHE", "APCoMHE", "AdvCoMHE", "GCoMHE", "ap_p_loss", "adv_p_loss", "P_L2"]
+
+#: The tiny L2 on learned projections in the released code: 1e-3 * 5e-4 * ||P||^2 / 2.
+P_L2 = 1e-3 * 5e-4
+
+_COMMON = {
+    "strength": HParam(1.0, "float", 0.0, "weight of first/hidden layer energies"),
+    "output_strength": HParam(10.0, "float", 0.0, "weight of the classifier's full-space energy"),
+}
+
+
+def ap_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4) -> Tensor:
+    """AP-CoMHE projection loss, to MINIMISE over P. W (..., N, d), P (..., k, d) -> (...).
+
+    ||cos(W P^T) - cos(W)||_F (Frobenius norm, not squared; cosines eps-normalised like the
+    energy) + P_L2 * ||P||^2 / 2. The norm is floored at the smallest normal number so its
+    gradient stays finite when the distortion is exactly zero.
+    """
+    diff = neuron_cosines(W @ P.transpose(-1, -2), eps) - neuron_cosines(W, eps)
+    fro = diff.square().sum((-2, -1)).clamp_min(torch.finfo(W.dtype).tiny).sqrt()
+    return fro + P_L2 * P.square().sum((-2, -1)) / 2
+
+
+def adv_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4) -> Tensor:
+    """Adv-CoMHE projection loss, to MINIMISE over P (= maximise the projected FULL-space s=2
+    energy, with the same tiny L2). W (..., N, d), P (..., k, d) -> (...)."""
+    energy = hyperspherical_energy(W @ P.transpose(-1, -2), 2, half_space=False, eps=eps)
+    return -energy + P_L2 * P.square().sum((-2, -1)) / 2
+
+
+class _CoMHEBase(Regularizer):
+    """Shared layer treatment; subclasses implement ``_setup_projected`` and ``_projected``."""
+
+    HPARAMS = {**_COMMON, "proj_dim": HParam(30, "int", 1, "k, rows of each projection")}
+
+    def _mode(self, role: str, d: int) -> str:
+        if role == "output":
+            return "full"
+        if role == "first" or d <= self.hparams["proj_dim"]:
+            return "half"
+        return "proj"
+
+    def _setup(self, device) -> None:
+        modes = [self._mode(role, p[0].numel()) for _, p, role in self._layers]
+        self._groups = self._group_layers(modes)
+        self._modes = [modes[g[0]] for g in self._groups]
+        for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
+            if mode == "proj":
+                self._setup_projected(gi, index, device)
+
+    def _setup_projected(self, gi: int, index: list[int], device) -> None:
+        pass
+
+    def _projected(self, gi: int, W: Tensor) -> Tensor:
+        """Energy of the stacked layers W (L, N, d) of projected group gi -> (L,)."""
+        raise NotImplementedError
+
+    def penalty(self) -> Tensor:
+        self._require_attached()
+        hp = self.hparams
+        total = self._zero()
+        for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
+            W = self._stack(index)
+            if mode == "full":
+                total = total + hp["output_strength"] * hyperspherical_energy(W, 2, False).sum()
+            elif mode == "half":
+                total = total + hp["strength"] * hyperspherical_energy(W, 2, True).sum()
+            else:
+                total = total + hp["strength"] * self._projected(gi, W).sum()
+        return total
+
+
+@register
+class RPCoMHE(_CoMHEBase):
+    """Random projections, i.i.d. N(0, 1), redrawn at every ``penalty()`` call.
+
+    Draws come from the regularizer's own generator (seeded in attach), in group order, one
+    ``randn`` of shape (L, C, k, d) per projected group, into a preallocated buffer (no
+    allocation in the hot path, CUDA-graph friendly). Because the buffer is overwritten, call
+    ``penalty()`` at most once per backward pass.
+    """
+
+    name = "rp_comhe"
+    HPARAMS = {**_CoMHEBase.HPARAMS,
+               "proj_dim": HParam(40, "int", 1, "k, rows of each projection"),
+               "num_projections": HParam(20, "int", 1, "C, projections averaged per layer")}
+
+    def _setup_projected(self, gi, index, device):
+        p = self._layers[index[0]][1]
+        shape = (len(index), self.hparams["num_projections"], self.hparams["proj_dim"], p[0].numel())
+        # the generator state, not the draws, is the checkpointed state: non-persistent buffer
+        self.register_buffer(f"proj{gi}", torch.empty(shape, device=device, dtype=p.dtype),
+                             persistent=False)
+
+    def _projected(self, gi, W):
+        P = getattr(self, f"proj{gi}")
+        torch.randn(P.shape, generator=self.generator, out=P)
+        return projected_energy(W, P, 2, half_space=True)
+
+
+class _LearnedProjection(_CoMHEBase):
+    """One learned P (k x d) per projected layer, stacked per group as buffer ``P<gi>`` (L, k, d)."""
+
+    HPARAMS = {**_CoMHEBase.HPARAMS,
+               "inner_steps": HParam(1, "int", 0, "SGD steps on P per iteration, at the network's lr"),
+               "first_order": HParam(False, "bool", doc="detach the look-ahead (default: second order)")}
+
+    @staticmethod
+    def _p_loss(W: Tensor, P: Tensor) -> Tensor:  # (L, N, d), (L, k, d) -> (L,)
+        raise NotImplementedError
+
+    def _setup_projected(self, gi, index, device):
+        p = self._layers[index[0]][1]
+        shape = (len(index), self.hparams["proj_dim"], p[0].numel())
+        self.register_buffer(f"P{gi}", torch.randn(shape, generator=self.generator, device=device,
+                                                   dtype=p.dtype))
+
+    def p_loss(self) -> Tensor:
+        """Current total projection loss (sum over projected layers), for monitoring and tests."""
+        self._require_attached()
+        total = self._zero()
+        for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
+            if mode == "proj":
+                total = total + self._p_loss(self._stack(index), getattr(self, f"P{gi}")).sum()
+        return total
+
+    def before_step(self, lr: float) -> None:
+        """Inner plain-SGD steps on every P at learning rate lr, network frozen."""
+        super().before_step(lr)
+        for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
+            if mode != "proj":
+                continue
+            W = self._stack(index).detach()
+            buf = getattr(self, f"P{gi}")
+            for _ in range(self.hparams["inner_steps"]):
+                with torch.enable_grad():
+                    P = buf.detach().requires_grad_(True)
+                    # sum over the stacked layers: each P only affects its own layer's term
+                    (g,) = torch.autograd.grad(self._p_loss(W, P).sum(), P)
+                buf.sub_(self.lr * g)
+
+    def _projected(self, gi, W):
+        P = getattr(self, f"P{gi}")
+        if self.lr != 0.0 and torch.is_grad_enabled():
+            P0 = P.detach().requires_grad_(True)
+            second = not self.hparams["first_order"]
+            (g,) = torch.autograd.grad(self._p_loss(W, P0).sum(), P0, create_graph=second)
+            # look-ahead P' = P - lr * grad; in first order it is a constant for the network
+            P = P0 - self.lr * g if second else (P0 - self.lr * g).detach()
+        elif self.lr != 0.0:  # no autograd (evaluation): the look-ahead value only
+            with torch.enable_grad():
+                P0 = P.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self._p_loss(W.detach(), P0).sum(), P0)
+            P = P - self.lr * g
+        return projected_energy(W, P.unsqueeze(-3), 2, half_space=True)
+
+
+@register
+class APCoMHE(_LearnedProjection):
+    """Angle-preserving learned projection (min over P of the cosine distortion)."""
+
+    name = "ap_comhe"
+
+    @staticmethod
+    def _p_loss(W, P):
+        return ap_p_loss(W, P)
+
+
+@register
+class AdvCoMHE(_LearnedProjection):
+    """Adversarial learned projection: P maximises the projected FULL-space s=2 energy (inner
+    gradient ascent); the network minimises the projected HALF-space s=2 energy under the
+    look-ahead P' = P + lr * grad_P energy (recipe.md section 3: every CoMHE variant's network
+    term is half-space; only P's objective is stated full-space)."""
+
+    name = "adv_comhe"
+    HPARAMS = {**_LearnedProjection.HPARAMS,
+               "inner_steps": HParam(10, "int", 0, "gradient-ascent steps on P per iteration")}
+
+    @staticmethod
+    def _p_loss(W, P):
+        return adv_p_loss(W, P)
+
+
+@register
+class GCoMHE(_CoMHEBase):
+    """Group CoMHE, THIS PROJECT's definition (named by the authors, never released): split a
+    projected layer's d input coordinates into ``groups`` contiguous groups (a coordinate-subspace
+    projection), half-space s=2 energy inside each group, averaged over groups. The first layer
+    is unprojected, the classifier full-space, as for every CoMHE variant."""
+
+    name = "g_comhe"
+    HPARAMS = {**_COMMON, "groups": HParam(8, "int", 1, "contiguous coordinate groups, must divide d")}
+
+    def _mode(self, role, d):
+        if role == "output":
+            return "full"
+        return "half" if role == "first" else "proj"
+
+    def _setup(self, device) -> None:
+        G = self.hparams["groups"]
+        for name, p, role in self._layers:
+            d = p[0].numel()
+            if self._mode(role, d) == "proj" and (d % G or d // G < 2):
+                raise ValueError(f"g_comhe: layer {name!r} has fan-in d={d}; groups={G} must divide d "
+                                 f"with at least 2 coordinates per group")
+        super()._setup(device)
+
+    def _projected(self, gi, W):
+        return group_energy(W, self.hparams["groups"], 2, half_space=True)
