@@ -186,6 +186,8 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
     stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
 
     curves, window_ms, start_it, elapsed_before = _new_curves(), [], 0, 0.0
+    # Running sums since the last evaluation (logged as window means); part of the checkpoint.
+    window = {"loss_sum": 0.0, "pen_sum": 0.0, "steps": 0}
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
@@ -196,7 +198,7 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
         if cuda and ck.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ck["rng_cuda"])
         curves, window_ms = ck["curves"], ck["window_ms"]
-        start_it, elapsed_before = ck["iteration"], ck["elapsed_s"]
+        start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
 
     record = {
         "schema_version": records.SCHEMA_VERSION, "run_id": run_id, "suite": spec.suite,
@@ -216,13 +218,13 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
             ce0 = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
         pen0 = reg.penalty()
         line = (f"[{run_id}] iteration 0: CE {float(ce0):.4f}, weight-decay term "
-                f"{weight_decay_term(model, opt_cfg.weight_decay):.4f}, penalty {float(pen0):.4f}")
+                f"{weight_decay_term(model, opt_cfg.weight_decay):.4f}, penalty {float(pen0.detach()):.4f}")
         print(line, flush=True)
 
-    loss_sum = torch.zeros((), device=device)
-    pen_sum = torch.zeros((), device=device)
+    loss_sum = torch.full((), window["loss_sum"], device=device)
+    pen_sum = torch.full((), window["pen_sum"], device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    steps_in_window = 0
+    steps_in_window = window["steps"]
     t0 = time.perf_counter()
     t_window = t0
     bar = None
@@ -299,7 +301,8 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
             bar.update(1)
         stopping = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
         if done < proto.iterations and (done % proto.checkpoint_every == 0 or stopping):
-            _save_checkpoint(ckpt_path, model, opt, reg, stream, curves, window_ms, done,
+            window = {"loss_sum": float(loss_sum), "pen_sum": float(pen_sum), "steps": steps_in_window}
+            _save_checkpoint(ckpt_path, model, opt, reg, stream, curves, window_ms, window, done,
                              elapsed_before + time.perf_counter() - t0, cuda)
         if stopping:
             if bar is not None:
@@ -314,7 +317,8 @@ def _final(curves: dict, iteration: int, n_test: int) -> dict:
     return {"iteration": iteration, **last, "n_test": n_test}
 
 
-def _save_checkpoint(path, model, opt, reg, stream, curves, window_ms, iteration, elapsed, cuda):
+def _save_checkpoint(path, model, opt, reg, stream, curves, window_ms, window, iteration, elapsed,
+                     cuda):
     import io
 
     state = {
@@ -322,7 +326,8 @@ def _save_checkpoint(path, model, opt, reg, stream, curves, window_ms, iteration
         "regularizer": reg.state_dict(), "stream": stream.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
-        "curves": curves, "window_ms": window_ms, "iteration": iteration, "elapsed_s": elapsed,
+        "curves": curves, "window_ms": window_ms, "window": window, "iteration": iteration,
+        "elapsed_s": elapsed,
     }
     buf = io.BytesIO()
     torch.save(state, buf)

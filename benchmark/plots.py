@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: CI, GPU machines, nox sessions
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-__all__ = ["plot_intervals", "plot_training_dynamics", "FORMATS"]
+__all__ = ["FORMATS", "plot_intervals", "plot_training_dynamics"]
 
 FORMATS = ("png", "pdf")
 
@@ -119,7 +119,7 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
             ax.set_xlabel("iteration")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        handles, labels = axes[0].get_legend_handles_labels()
+        handles, _labels = axes[0].get_legend_handles_labels()
         if handles:
             axes[0].legend(fontsize=7)
         mark = " [SYNTHETIC]" if synthetic else ""

@@ -11,8 +11,9 @@ import functools
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -22,9 +23,9 @@ import yaml
 from benchmark import stats
 
 __all__ = [
-    "TABLE2_LABELS", "DEFAULT_REPORTED", "SCHEDULES", "VERDICTS", "format_cell", "power_note",
-    "build_table", "write_tables", "load_reported", "schedule_of", "paper_comparison",
-    "render_leaderboard", "write_report",
+    "DEFAULT_REPORTED", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table", "format_cell",
+    "load_reported", "paper_comparison", "power_note", "render_leaderboard", "schedule_of",
+    "write_report", "write_tables",
 ]
 
 TABLE2_LABELS = ["weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
@@ -60,9 +61,8 @@ def _num(x: Any, nd: int = 2) -> str:
 
 
 def _p(p: Any) -> str:
-    if p is None or not np.isfinite(float(p)):
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3g}"
+    ok = p is not None and np.isfinite(float(p))
+    return "–" if not ok else "<0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "±") -> str:
@@ -92,9 +92,8 @@ def power_note(n: int, family_size: int, alpha: float = 0.05) -> str:
 
 
 def _label_order(labels: Iterable[str], baseline: str) -> list[str]:
-    labels = set(labels)
-    known = [lab for lab in [baseline, *TABLE2_LABELS] if lab in labels]
-    return list(dict.fromkeys(known)) + sorted(labels - set(known))
+    known = [lab for lab in dict.fromkeys([baseline, *TABLE2_LABELS]) if lab in set(labels)]
+    return known + sorted(set(labels) - set(known))
 
 
 def build_table(stats_df: pd.DataFrame, *, baseline: str = "weight_decay",
@@ -130,20 +129,20 @@ def build_table(stats_df: pd.DataFrame, *, baseline: str = "weight_decay",
         acc = float(base["mean_acc"].iloc[0]) if len(base) else float(col["mean_acc"].mean())
         noise = stats.binomial_noise_floor(acc, n_test) \
             if np.isfinite(acc) and np.isfinite(n_test) and n_test > 0 else math.nan
-        columns.append(dict(
-            name=name, dataset=col["dataset"].iloc[0], model=col["model"].iloc[0],
-            n_pairs=n_pairs, family_size=family, noise=noise,
-            power_note=power_note(n_pairs, family, alpha),
-            n_test_text=f"{int(n_test):,}" if np.isfinite(n_test) else "?",
-            noise_text=f"±{noise:.2f}" if np.isfinite(noise) else "unknown",
-            acc_text=f"{acc:.1f}" if np.isfinite(acc) else "",
-        ))
+        columns.append({
+            "name": name, "dataset": col["dataset"].iloc[0], "model": col["model"].iloc[0],
+            "n_pairs": n_pairs, "family_size": family, "noise": noise,
+            "power_note": power_note(n_pairs, family, alpha),
+            "n_test_text": f"{int(n_test):,}" if np.isfinite(n_test) else "?",
+            "noise_text": f"±{noise:.2f}" if np.isfinite(noise) else "unknown",
+            "acc_text": f"{acc:.1f}" if np.isfinite(acc) else "",
+        })
     means = df.pivot_table(index="label", columns="column", values="mean", aggfunc="first")
     means = means.reindex(index=labels)
-    return dict(labels=labels, columns=columns, cells=cells, best=best, means=means,
-                ranks=stats.average_ranks(means, higher_is_better=higher),
-                friedman=stats.friedman(means), synthetic=bool(df["synthetic"].any()),
-                metric=metric, baseline=baseline, alpha=alpha)
+    return {"labels": labels, "columns": columns, "cells": cells, "best": best, "means": means,
+            "ranks": stats.average_ranks(means, higher_is_better=higher),
+            "friedman": stats.friedman(means), "synthetic": bool(df["synthetic"].any()),
+            "metric": metric, "baseline": baseline, "alpha": alpha}
 
 
 def _cell_text(t: dict, label: str, col: str, style: str) -> str:
@@ -236,12 +235,9 @@ def load_reported(path: str | Path = DEFAULT_REPORTED) -> pd.DataFrame:
         note``; ``value`` is NaN where the number is unknown.
     """
     path = Path(path)
-    if path.suffix == ".csv":
-        df = pd.read_csv(path)
-    else:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        defaults = doc.get("defaults", {})
-        df = pd.DataFrame([{**defaults, **e} for e in doc["entries"]])
+    doc = {} if path.suffix == ".csv" else yaml.safe_load(path.read_text(encoding="utf-8"))
+    df = pd.read_csv(path) if path.suffix == ".csv" else \
+        pd.DataFrame([{**doc.get("defaults", {}), **e} for e in doc["entries"]])
     missing = [c for c in _REPORTED_COLUMNS if c not in df]
     if missing:
         raise ValueError(f"{path}: reported values lack column(s) {missing}; each entry needs "
@@ -319,9 +315,7 @@ def _write_paper_comparison(comp: pd.DataFrame, out: Path, schedule: str | None)
 # --- leaderboard ------------------------------------------------------------------------------
 
 def _code_version(grp: pd.DataFrame) -> str:
-    if "git_commit" not in grp:
-        return "?"
-    commits = sorted({str(c)[:7] for c in grp["git_commit"].dropna() if str(c)})
+    commits = sorted({str(c)[:7] for c in grp.get("git_commit", pd.Series()).dropna() if str(c)})
     dirty = "git_dirty" in grp and bool(grp["git_dirty"].fillna(False).astype(bool).any())
     return (", ".join(commits) or "?") + (" +dirty" if dirty else "")
 
@@ -336,7 +330,7 @@ def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/le
                                       include_synthetic=True, alpha=alpha)
     sections = []
     for (dataset, model), cell in table.groupby(["dataset", "model"], sort=True):
-        cell = cell.sort_values("mean", ascending="acc" in metric, na_position="last")
+        cell = cell.sort_values("mean", ascending="acc" not in metric, na_position="last")
         rows = []
         for rank, (_, r) in enumerate(cell.iterrows(), start=1):
             grp = runs[(runs["dataset"] == dataset) & (runs["model"] == model) &
@@ -351,12 +345,13 @@ def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/le
         others = cell[~cell["is_baseline"]]
         n_pairs = int(others["n_pairs"].min()) if len(others) else 0
         noise = cell["noise_floor"].dropna()
-        sections.append(dict(
-            dataset=dataset, model=model, rows=rows, synthetic=bool(cell["synthetic"].any()),
-            power_note=power_note(n_pairs, int(cell["family_size"].max()), alpha),
-            noise_text=(f"±{noise.median():.2f} points (binomial SE of one run's accuracy on "
+        sections.append({
+            "dataset": dataset, "model": model, "rows": rows,
+            "synthetic": bool(cell["synthetic"].any()),
+            "power_note": power_note(n_pairs, int(cell["family_size"].max()), alpha),
+            "noise_text": (f"±{noise.median():.2f} points (binomial SE of one run's accuracy on "
                         f"{int(cell['n_test'].max()):,} test images)") if len(noise)
-            else "unknown (n_test missing)"))
+            else "unknown (n_test missing)"})
     header = ["#", "label", "n", f"mean {metric} ± 95% CI", f"Δ vs {baseline} [95% CI]",
               "p (Wilcoxon)", "p (Holm)", "code", "synthetic"]
     md = _env().get_template("leaderboard.md.j2").render(
@@ -378,8 +373,7 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
             (smoke runs), which every output then marks as SYNTHETIC.
         reported_df: None loads ``results/paper/reported.yaml`` when it exists.
         schedule: the protocol's schedule for the paper comparison (None: from ``iterations``).
-    Returns:
-        the written paths.
+    Returns the written paths.
     """
     from benchmark import plots as _plots  # matplotlib only when plotting
 

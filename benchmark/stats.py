@@ -7,28 +7,31 @@ statsmodels; this module only arranges inputs and names outputs. See docs/statis
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import types
 import warnings
-from typing import Any, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
+from statsmodels.stats import multitest as _multitest
 
 __all__ = [
-    "cell_summary",
-    "paired_comparison",
-    "min_p_wilcoxon",
-    "holm",
-    "average_ranks",
-    "friedman",
-    "binomial_noise_floor",
-    "select_runs",
-    "compare_to_baseline",
-    "CONFIDENCE",
     "BOOTSTRAP_SEED",
+    "CONFIDENCE",
+    "average_ranks",
+    "binomial_noise_floor",
+    "cell_summary",
+    "compare_to_baseline",
+    "friedman",
+    "holm",
+    "min_p_wilcoxon",
+    "paired_comparison",
+    "select_runs",
 ]
 
 CONFIDENCE = 0.95
@@ -72,8 +75,9 @@ def cell_summary(
     """
     x = _as_1d(values)
     n = int(x.size)
-    out: dict[str, Any] = dict(n=n, mean=_NAN, std=_NAN, median=_NAN, ci_t_low=_NAN,
-                               ci_t_high=_NAN, ci_boot_low=_NAN, ci_boot_high=_NAN, reason=None)
+    out: dict[str, Any] = {"n": n, "mean": _NAN, "std": _NAN, "median": _NAN, "ci_t_low": _NAN,
+                           "ci_t_high": _NAN, "ci_boot_low": _NAN, "ci_boot_high": _NAN,
+                           "reason": None}
     if n == 0:
         out["reason"] = "no runs"
         return out
@@ -149,13 +153,14 @@ def paired_comparison(
     a, b = a[keep], b[keep]
     d = a - b
     n = int(d.size)
-    out: dict[str, Any] = dict(
-        n_pairs=n, mean_diff=_NAN, diff_ci_low=_NAN, diff_ci_high=_NAN, t_stat=_NAN,
-        p_ttest=_NAN, w_stat=_NAN, p_wilcoxon=_NAN, wilcoxon_method=None, effect_size_dz=_NAN,
-        prob_improvement=_NAN, min_p_wilcoxon=min_p_wilcoxon(n),
-        can_reach_significance=bool(min_p_wilcoxon(n) <= alpha / max(family_size, 1)),
-        reason=None,
-    )
+    out: dict[str, Any] = {
+        "n_pairs": n, "mean_diff": _NAN, "diff_ci_low": _NAN, "diff_ci_high": _NAN,
+        "t_stat": _NAN, "p_ttest": _NAN, "w_stat": _NAN, "p_wilcoxon": _NAN,
+        "wilcoxon_method": None, "effect_size_dz": _NAN,
+        "prob_improvement": _NAN, "min_p_wilcoxon": min_p_wilcoxon(n),
+        "can_reach_significance": bool(min_p_wilcoxon(n) <= alpha / max(family_size, 1)),
+        "reason": None,
+    }
     if n == 0:
         out["reason"] = "no seeds shared with the baseline"
         return out
@@ -186,6 +191,18 @@ def paired_comparison(
     return out
 
 
+@contextlib.contextmanager
+def _no_gc_collect() -> Iterator[None]:
+    """statsmodels' Holm branch calls ``gc.collect()`` on every call (0.1-0.5 s in a process
+    holding torch/matplotlib objects). Collection has no effect on the result, so skip it."""
+    saved = _multitest.gc
+    _multitest.gc = types.SimpleNamespace(collect=lambda *a: 0)
+    try:
+        yield
+    finally:
+        _multitest.gc = saved
+
+
 def holm(pvalues: Sequence[float] | np.ndarray, alpha: float = 0.05
          ) -> tuple[np.ndarray, np.ndarray]:
     """Holm step-down correction (statsmodels ``multipletests(method="holm")``).
@@ -201,7 +218,8 @@ def holm(pvalues: Sequence[float] | np.ndarray, alpha: float = 0.05
     adjusted = np.full(p.shape, _NAN)
     ok = ~np.isnan(p)
     if ok.any():
-        rej, adj, _, _ = multipletests(p[ok], alpha=alpha, method="holm")
+        with _no_gc_collect():
+            rej, adj, _, _ = _multitest.multipletests(p[ok], alpha=alpha, method="holm")
         reject[ok], adjusted[ok] = rej, adj
     return reject, adjusted
 
@@ -231,8 +249,8 @@ def friedman(table: pd.DataFrame) -> dict[str, Any]:
     """
     complete = table.dropna(axis=1, how="any")
     k, m = complete.shape
-    out: dict[str, Any] = dict(statistic=_NAN, pvalue=_NAN, n_labels=int(k), n_cells=int(m),
-                               reason=None)
+    out: dict[str, Any] = {"statistic": _NAN, "pvalue": _NAN, "n_labels": int(k),
+                           "n_cells": int(m), "reason": None}
     if k < 3 or m < 2:
         out["reason"] = (f"needs >= 3 labels and >= 2 complete cells (have {k} labels, "
                          f"{m} cells)")
@@ -302,7 +320,8 @@ def compare_to_baseline(
         for label in labels:
             grp = cell[cell["label"] == label]
             vals = _per_seed(grp, metric)
-            row: dict[str, Any] = dict(dataset=dataset, model=model, label=label, metric=metric)
+            row: dict[str, Any] = {"dataset": dataset, "model": model, "label": label,
+                                   "metric": metric}
             row.update(cell_summary(vals.to_numpy()))
             summary_reason = row.pop("reason")
             if label == baseline or base is None:

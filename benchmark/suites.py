@@ -24,7 +24,7 @@ the ``smoke`` protocol, two seeds and offline stand-ins for datasets that need a
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,6 +119,15 @@ class Suite:
             for seed in self.seeds
             for reg in self.regularizers
         ]
+
+    def with_regularizers(self, names: list[str]) -> "Suite":
+        """The same suite restricted to regularizers given by name or label (in suite order)."""
+        keep = tuple(r for r in self.regularizers if r.name in names or r.display_label in names)
+        missing = [n for n in names if not any(n in (r.name, r.display_label) for r in keep)]
+        if missing:
+            have = ", ".join(r.display_label for r in self.regularizers)
+            raise ConfigError(f"suite '{self.name}' has no regularizer '{missing[0]}' (has: {have})")
+        return replace(self, regularizers=keep)
 
     def __len__(self) -> int:
         return len(self.datasets) * len(self.models) * len(self.seeds) * len(self.regularizers)

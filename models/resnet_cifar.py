@@ -16,7 +16,7 @@ reference code; BN gamma 1 / beta 0; PyTorch's default init for the classifier.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

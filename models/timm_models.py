@@ -39,7 +39,7 @@ def create_timm(name: str, num_classes: int, in_chans: int = 3, *, cifar_stem: b
         hint = ("did you mean " + " or ".join(f"'timm:{c}'" for c in close) + "?" if close
                 else "see timm.list_models() for the names")
         raise ValueError(f"unknown timm model {name!r}; {hint}")
-    if not isinstance(cifar_stem, bool):
+    if type(cifar_stem) is not bool:  # a ValueError, like every other bad argument here
         raise ValueError(f"cifar_stem must be True or False, got {cifar_stem!r}")
     if kw.get("pretrained"):
         raise ValueError("pretrained weights are not supported: nothing may be downloaded, "

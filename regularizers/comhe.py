@@ -144,6 +144,16 @@ class _LearnedProjection(_CoMHEBase):
         self.register_buffer(f"P{gi}", torch.randn(shape, generator=self.generator, device=device,
                                                    dtype=p.dtype))
 
+    def projection(self, layer: str) -> Tensor:
+        """The current learned P (k, d) of a projected layer (a view of its group's buffer)."""
+        self._require_attached()
+        for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
+            for pos, i in enumerate(index):
+                if mode == "proj" and self._layers[i][0] == layer:
+                    return getattr(self, f"P{gi}")[pos]
+        projected = [self._layers[i][0] for g, m in zip(self._groups, self._modes) if m == "proj" for i in g]
+        raise ValueError(f"{self.name}: {layer!r} is not a projected layer (projected: {', '.join(projected)})")
+
     def p_loss(self) -> Tensor:
         """Current total projection loss (sum over projected layers), for monitoring and tests."""
         self._require_attached()

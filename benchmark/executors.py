@@ -1,0 +1,143 @@
+"""Where runs execute: this machine (``local``) or a Slurm cluster through submitit (``slurm``).
+
+``local`` is :func:`benchmark.runner.run_suite` (in this process, or one worker process per run,
+one per GPU). ``slurm`` submits one job array whose tasks each run one run: the task takes the
+run's file lock (waiting if another process holds it), resumes from the engine's checkpoint and
+writes the record, exactly like the local runner. Each task is a
+:class:`submitit.helpers.Checkpointable`: on preemption or time-out submitit calls
+``checkpoint()``, which requeues the same task; the requeued task resumes from the engine's
+latest ``checkpoints/<run_id>.pt`` (work since that checkpoint is redone).
+
+The same code path runs under submitit's ``local`` and ``debug`` executors (``cluster=...``),
+which is how it is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from benchmark.config import ConfigError, RunSpec
+from benchmark.records import load_record, record_path
+from benchmark.runner import (
+    SKIPPED,
+    TrainFn,
+    _signature,
+    _wants_run,
+    prepare_results_dir,
+    run_suite,
+    try_run,
+)
+
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass
+class SlurmOptions:
+    """Job settings (submitit names). ``additional`` goes to ``slurm_additional_parameters``."""
+
+    partition: str | None = None
+    timeout_min: int = 4 * 60
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines run before the task (module load ...)
+    additional: dict[str, Any] = field(default_factory=dict)
+    folder: str | Path | None = None  # submitit logs; default <results>/slurm/%j
+    cluster: str = "slurm"            # "local" / "debug": same code path without a cluster
+
+    def parameters(self) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "name": "comhe-bench", "timeout_min": int(self.timeout_min),
+            "gpus_per_node": int(self.gpus_per_node), "cpus_per_task": int(self.cpus_per_task),
+            "tasks_per_node": 1, "nodes": 1,
+            "slurm_array_parallelism": int(self.array_parallelism),
+        }
+        if self.mem_gb is not None:
+            p["mem_gb"] = float(self.mem_gb)
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key):
+                p[f"slurm_{key}"] = getattr(self, key)
+        if self.setup:
+            p["slurm_setup"] = list(self.setup)
+        if self.additional:
+            p["slurm_additional_parameters"] = dict(self.additional)
+        if self.cluster != "slurm":  # the local executors know only the generic parameters
+            p = {k: v for k, v in p.items() if not k.startswith("slurm_")}
+        return p
+
+
+class RunTask(Checkpointable):
+    """One run as a Slurm task: lock, resume, record. Requeued (same object) on preemption."""
+
+    def __init__(self, results_dir: str | Path, train_fn: TrainFn | str | None = None,
+                 retry_failed: bool = False):
+        self.results_dir = str(results_dir)
+        self.train_fn = train_fn
+        self.retry_failed = retry_failed
+
+    def __call__(self, spec: RunSpec, seen: Any = None) -> dict[str, Any]:
+        outcome = try_run(spec, Path(self.results_dir), self.train_fn,
+                          retry_failed=self.retry_failed, seen=seen, progress=False, wait=True,
+                          poll_s=10.0)
+        record = load_record(record_path(self.results_dir, spec.run_id)) or {}
+        return {"run_id": spec.run_id, "status": record.get("status"),
+                "reason": record.get("reason"), "ran_here": outcome != SKIPPED}
+
+    def checkpoint(self, spec: RunSpec, seen: Any = None):
+        # The engine keeps its own checkpoint on disk; requeueing the same call resumes from it.
+        return DelayedSubmission(self, spec, seen)
+
+
+def submit_slurm(
+    specs: Iterable[RunSpec],
+    results_dir: str | Path,
+    *,
+    retry_failed: bool = False,
+    train_fn: TrainFn | str | None = None,
+    options: SlurmOptions | None = None,
+) -> list[Any]:
+    """Submit the runs that still need running as one job array; returns the submitit jobs
+    (``job.job_id``, ``job.result()``). Runs with a final record are not submitted."""
+    import submitit
+
+    options = options or SlurmOptions()
+    results_dir = prepare_results_dir(results_dir).resolve()
+    specs = list({s.run_id: s for s in specs}.values())
+    todo = [s for s in specs
+            if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
+    if not todo:
+        return []
+    folder = Path(options.folder) if options.folder else results_dir / "slurm" / "%j"
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"executor '{options.cluster}' is not available here: {exc}") from None
+    executor.update_parameters(**options.parameters())
+    task = RunTask(results_dir, train_fn, retry_failed)
+    seen = [_signature(record_path(results_dir, s.run_id)) for s in todo]
+    return executor.map_array(task, todo, seen)
+
+
+def execute(
+    specs: Iterable[RunSpec],
+    results_dir: str | Path,
+    *,
+    executor: str = "local",
+    jobs: int = 1,
+    retry_failed: bool = False,
+    train_fn: TrainFn | str | None = None,
+    progress: bool = True,
+    slurm: SlurmOptions | None = None,
+):
+    """``local``: run now (RunSummary when the suite is as done as it can be); ``slurm``: submit
+    a job array and return its RunSummary at once (``summary.jobs``; follow with status)."""
+    return run_suite(specs, results_dir, jobs=jobs, retry_failed=retry_failed, train_fn=train_fn,
+                     progress=progress, executor=executor, slurm=slurm)

@@ -1,0 +1,574 @@
+"""The local sweep runner: crash-safe, resumable, safe to start twice on one results directory.
+
+For every run of a suite, in order:
+
+1. a valid ``complete`` or ``diverged`` record is final: skip it; a ``failed`` one is rerun only
+   with ``retry_failed``;
+2. take the run's file lock (``locks/<run_id>.lock``) without waiting; if another process holds
+   it, move on and come back at the end;
+3. holding the lock, look again (another runner may have just finished it), remove temp files
+   a killed writer left for this run, and call the engine, which resumes from
+   ``checkpoints/<run_id>.pt`` and writes ``runs/<run_id>.json`` atomically.
+
+Records and checkpoints are only ever replaced with ``os.replace``, so ``kill -9`` at any moment
+leaves the old file or the new one, never half of one; the OS drops a dead process's lock.
+Lock files themselves may remain after a run (they are empty and harmless).
+
+With ``jobs > 1`` every run gets its own worker process (``python -m benchmark.runner``) that
+takes the lock itself, one GPU each (``CUDA_VISIBLE_DEVICES``) when CUDA devices exist; its
+output goes to ``logs/<run_id>.log``. With ``jobs == 1`` runs happen in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Any, Callable, Iterable, Iterator
+
+import filelock
+
+from benchmark.config import ConfigError, Protocol, RunSpec, from_dict
+from benchmark.records import (
+    SCHEMA_VERSION,
+    checkpoint_path,
+    load_record,
+    lock_path,
+    record_path,
+    write_json_atomic,
+)
+
+FINAL = ("complete", "diverged")
+BUSY = "busy"        # another process holds the run's lock
+SKIPPED = "skipped"  # nothing to do after all (finished by someone else meanwhile)
+EXIT_BUSY = 75       # worker exit code for BUSY (EX_TEMPFAIL)
+EXIT_SKIPPED = 76
+TrainFn = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Results directory and per-run checks
+
+
+def prepare_results_dir(results_dir: str | Path) -> Path:
+    """Create ``runs/``, ``checkpoints/``, ``locks/``, ``logs/``; one-line ConfigError if unusable."""
+    root = Path(results_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"results directory '{root}' is not a directory")
+    for sub in ("runs", "checkpoints", "locks", "logs"):
+        d = root / sub
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            os.listdir(d)
+            probe = d / f".probe-{os.getpid()}-{threading.get_ident()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"results directory '{root}' is not usable ({d.name}/: {exc.strerror or exc}); "
+                "pick a readable, writable directory"
+            ) from None
+    return root
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """Identity of the file now at ``path`` (a new record is a new inode: os.replace)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _wants_run(record: dict | None, retry_failed: bool) -> bool:
+    if record is None:
+        return True
+    return record["status"] == "failed" and retry_failed
+
+
+def _needs_run(spec: RunSpec, results_dir: Path, retry_failed: bool, seen: Any) -> bool:
+    """Does the run still need running? A failed record is retried only if it is the one we saw
+    when the suite started (a newer one was written by another runner retrying it)."""
+    path = record_path(results_dir, spec.run_id)
+    record = load_record(path)
+    if record is None:
+        return True
+    if record["status"] in FINAL:
+        return False
+    return retry_failed and _signature(path) == seen
+
+
+def _clean_run_temporaries(results_dir: Path, run_id: str) -> int:
+    """Temp files of this run only (other runs' writers may be alive): call with the lock held."""
+    n = 0
+    for pattern in (f"runs/.{run_id}.json.*.tmp", f"checkpoints/.{run_id}.pt.*.tmp"):
+        for tmp in results_dir.glob(pattern):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _lock(results_dir: Path, run_id: str) -> filelock.FileLock:
+    path = lock_path(results_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(path), timeout=0)
+
+
+def lock_is_held(results_dir: str | Path, run_id: str) -> bool:
+    """True when another process holds the run's lock (without creating any file)."""
+    path = lock_path(results_dir, run_id)
+    if not path.exists():
+        return False
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Running one run under its lock (shared by the in-process path, workers and Slurm jobs)
+
+
+def resolve_train_fn(train_fn: TrainFn | str | None) -> TrainFn:
+    if train_fn is None:
+        train_fn = "benchmark.engine:train"
+    if isinstance(train_fn, str):
+        module, _, qualname = train_fn.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return train_fn
+
+
+def _train_fn_path(train_fn: TrainFn | str | None) -> str:
+    if train_fn is None or isinstance(train_fn, str):
+        return train_fn or "benchmark.engine:train"
+    module, qualname = train_fn.__module__, train_fn.__qualname__
+    if module == "__main__" or "<locals>" in qualname:
+        raise ConfigError("train_fn must be a module-level function importable by worker "
+                          f"processes when jobs > 1 (got {module}.{qualname})")
+    return f"{module}:{qualname}"
+
+
+def try_run(
+    spec: RunSpec,
+    results_dir: Path,
+    train_fn: TrainFn | str | None,
+    *,
+    retry_failed: bool,
+    seen: Any,
+    progress: bool = False,
+    wait: bool = False,
+    poll_s: float = 1.0,
+) -> str:
+    """Take the lock and run ``spec`` if it still needs it. Returns the record's status, BUSY
+    (lock held elsewhere, ``wait=False``) or SKIPPED (finished by someone else)."""
+    lock = _lock(results_dir, spec.run_id)
+    while True:
+        try:
+            lock.acquire()
+            break
+        except filelock.Timeout:
+            if not wait:
+                return BUSY
+            time.sleep(poll_s)
+    try:
+        if not _needs_run(spec, results_dir, retry_failed, seen):
+            return SKIPPED
+        _clean_run_temporaries(results_dir, spec.run_id)
+        path = record_path(results_dir, spec.run_id)
+        before = _signature(path)
+        started = time.time()
+        try:
+            resolve_train_fn(train_fn)(spec, results_dir, progress=progress)
+        except Exception as exc:  # the engine records its own failures; this catches the rest
+            if _signature(path) == before:
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                write_failure_record(spec, results_dir, f"runner: {reason}", started)
+        record = load_record(path)
+        return record["status"] if record else "failed"
+    finally:
+        lock.release()
+
+
+def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started: float) -> None:
+    """A valid ``failed`` record for a run whose engine could not write one (crash, bug)."""
+    now = time.time()
+    iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()  # noqa: E731
+    write_json_atomic(record_path(results_dir, spec.run_id), {
+        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "suite": spec.suite,
+        "label": spec.display_label, "status": "failed", "reason": reason,
+        "config": spec.identity(), "seed": spec.seed, "git": _git_info(),
+        "versions": {"python": platform.python_version()}, "device": None,
+        "synthetic": spec.dataset.startswith("synthetic"), "notes": ["record written by the runner"],
+        "started_at": iso(started), "finished_at": iso(now), "wall_time_s": now - started,
+        "median_step_ms": None, "curves": {}, "final": {},
+    })
+
+
+def _git_info() -> dict[str, Any]:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty if commit else None}
+
+
+# --------------------------------------------------------------------------------------------
+# Spec <-> JSON (worker processes)
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    return {**spec.identity(), "label": spec.label, "suite": spec.suite}
+
+
+def spec_from_dict(d: dict[str, Any]) -> RunSpec:
+    return RunSpec(
+        protocol=from_dict(Protocol, d["protocol"]), dataset=d["dataset"], model=d["model"],
+        regularizer=d["regularizer"], seed=int(d["seed"]), model_kwargs=d.get("model_kwargs", {}),
+        regularizer_hparams=d.get("regularizer_hparams", {}), label=d.get("label", ""),
+        suite=d.get("suite"),
+    )
+
+
+def _worker_main() -> int:
+    """``python -m benchmark.runner`` with a JSON job on stdin: run it, exit with its outcome."""
+    job = json.loads(sys.stdin.read())
+    spec = spec_from_dict(job["spec"])
+    if spec.run_id != job["spec_id"]:
+        print(f"spec round trip changed the run id ({job['spec_id']} -> {spec.run_id})", file=sys.stderr)
+        return 2
+    seen = tuple(job["seen"]) if job["seen"] is not None else None
+    outcome = try_run(spec, Path(job["results_dir"]), job["train_fn"],
+                      retry_failed=job["retry_failed"], seen=seen, progress=False)
+    print(f"runner: {spec.run_id} -> {outcome}", file=sys.stderr)
+    return {BUSY: EXIT_BUSY, SKIPPED: EXIT_SKIPPED}.get(outcome, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatchers: in this process, or one worker process per run
+
+
+class _InProcess:
+    def __init__(self, train_fn, retry_failed, progress):
+        self.train_fn, self.retry_failed, self.progress = train_fn, retry_failed, progress
+
+    def map(self, specs: list[RunSpec], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
+        for spec in specs:
+            yield spec, try_run(spec, results_dir, self.train_fn, retry_failed=self.retry_failed,
+                                seen=seen[spec.run_id], progress=self.progress)
+
+
+class _Workers:
+    def __init__(self, jobs: int, train_fn, retry_failed: bool, devices: list[str] | None):
+        self.jobs, self.retry_failed = jobs, retry_failed
+        self.train_fn = _train_fn_path(train_fn)
+        self.devices = visible_cuda_devices() if devices is None else list(devices)
+        self.slots: Queue = Queue()
+        for i in range(jobs):
+            self.slots.put(self.devices[i % len(self.devices)] if self.devices else None)
+
+    def _env(self, device: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        elif "OMP_NUM_THREADS" not in env:  # share the CPU instead of oversubscribing it
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        return env
+
+    def _one(self, spec: RunSpec, results_dir: Path, seen: Any) -> str:
+        device = self.slots.get()
+        try:
+            job = {"spec": spec_to_dict(spec), "spec_id": spec.run_id, "seen": seen,
+                   "results_dir": str(results_dir), "train_fn": self.train_fn,
+                   "retry_failed": self.retry_failed}
+            started = time.time()
+            log = results_dir / "logs" / f"{spec.run_id}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.run([sys.executable, "-m", "benchmark.runner"],
+                                      input=json.dumps(job).encode(), stdout=out, stderr=out,
+                                      env=self._env(device))
+        finally:
+            self.slots.put(device)
+        code = proc.returncode
+        if code == EXIT_BUSY:
+            return BUSY
+        if code == EXIT_SKIPPED:
+            return SKIPPED
+        if code != 0 and code not in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
+            # The worker died without the engine writing a record (out of memory, segfault...).
+            lock = _lock(results_dir, spec.run_id)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                return BUSY
+            try:
+                if _needs_run(spec, results_dir, self.retry_failed, seen):
+                    write_failure_record(spec, results_dir, f"worker process exited with code "
+                                         f"{code}; see logs/{spec.run_id}.log", started)
+            finally:
+                lock.release()
+        record = load_record(record_path(results_dir, spec.run_id))
+        return record["status"] if record else "interrupted"
+
+    def map(self, specs: list[RunSpec], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = {pool.submit(self._one, s, results_dir, seen[s.run_id]): s for s in specs}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+
+
+def visible_cuda_devices() -> list[str]:
+    """CUDA device ids a worker may be pinned to (respects CUDA_VISIBLE_DEVICES); [] without GPUs."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        return ids[:n]
+    return [str(i) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# The suite
+
+
+@dataclass
+class RunSummary:
+    total: int
+    executed: dict[str, str] = field(default_factory=dict)  # run_id -> status, run by this call
+    table: Any = None  # suite_status() at the end (pandas DataFrame)
+    jobs: list = field(default_factory=list)  # submitit jobs (executor="slurm")
+
+    def counts(self) -> dict[str, int]:
+        return count_states(self.table)
+
+    @property
+    def failed(self) -> int:
+        return self.counts()["failed"]
+
+    @property
+    def ok(self) -> bool:
+        c = self.counts()
+        return c["failed"] == 0 and c["pending"] == 0 and c["running"] == 0
+
+    def __str__(self) -> str:
+        c = self.counts()
+        if self.jobs:
+            return (f"{self.total} runs: submitted {len(self.jobs)} as Slurm job array "
+                    f"{str(self.jobs[0].job_id).split('_')[0]}, {c['done']} already done; "
+                    "follow with `python -m benchmark status --watch`")
+        return (f"{self.total} runs: {c['done']} done, {c['failed']} failed, {c['running']} running, "
+                f"{c['pending']} pending ({len(self.executed)} run by this call)")
+
+
+def run_suite(
+    specs: Iterable[RunSpec],
+    results_dir: str | Path,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    train_fn: TrainFn | str | None = None,
+    progress: bool = True,
+    *,
+    wait_for_others: bool = True,
+    poll_s: float = 2.0,
+    devices: list[str] | None = None,
+    executor: str = "local",
+    slurm: Any = None,
+) -> RunSummary:
+    """Run every run of ``specs`` that has no final record; see the module docstring.
+
+    ``jobs``: runs at once (>1: one worker process per run, one GPU each when GPUs exist;
+    0 means one per visible GPU). ``train_fn``: ``engine.train`` by default (or "module:function").
+    ``wait_for_others``: at the end, wait for runs other processes hold, so the summary is final.
+    ``executor="slurm"``: submit the runs needing it as a job array instead
+    (``slurm``: :class:`benchmark.executors.SlurmOptions`) and return at once.
+    """
+    from tqdm.auto import tqdm
+
+    if executor != "local":
+        from benchmark.executors import EXECUTORS, submit_slurm
+
+        if executor != "slurm":
+            raise ConfigError(f"unknown executor '{executor}' (available: {', '.join(EXECUTORS)})")
+        specs = list(specs)
+        jobs_ = submit_slurm(specs, results_dir, retry_failed=retry_failed, train_fn=train_fn,
+                             options=slurm)
+        return RunSummary(total=len({s.run_id for s in specs}), jobs=jobs_,
+                          table=suite_status(specs, results_dir))
+
+    results_dir = prepare_results_dir(results_dir)
+    specs = list({s.run_id: s for s in specs}.values())
+    if jobs == 0:
+        jobs = max(1, len(visible_cuda_devices() if devices is None else devices))
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1 (or 0 for one per GPU), got {jobs}")
+    dispatcher = (_InProcess(train_fn, retry_failed, progress) if jobs == 1
+                  else _Workers(jobs, train_fn, retry_failed, devices))
+    seen = {s.run_id: _signature(record_path(results_dir, s.run_id)) for s in specs}
+    todo = [s for s in specs
+            if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
+    summary = RunSummary(total=len(specs))
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
+               desc=(specs[0].suite or "runs") if specs else "runs", disable=not progress)
+    deferred: list[RunSpec] = []
+    try:
+        for spec, outcome in dispatcher.map(todo, results_dir, seen):
+            if outcome == BUSY:
+                deferred.append(spec)
+                continue
+            if outcome != SKIPPED:
+                summary.executed[spec.run_id] = outcome
+            bar.update(1)
+        while deferred and wait_for_others:
+            ready, waiting = [], []
+            for spec in deferred:
+                if not _needs_run(spec, results_dir, retry_failed, seen[spec.run_id]):
+                    bar.update(1)
+                elif lock_is_held(results_dir, spec.run_id):
+                    waiting.append(spec)
+                else:  # its holder finished without a final record, or died: our turn
+                    ready.append(spec)
+            for spec, outcome in dispatcher.map(ready, results_dir, seen):
+                if outcome == BUSY:
+                    waiting.append(spec)
+                    continue
+                if outcome != SKIPPED:
+                    summary.executed[spec.run_id] = outcome
+                bar.update(1)
+            deferred = waiting
+            if deferred:
+                bar.set_postfix_str(f"waiting for {len(deferred)} run(s) held by other processes")
+                time.sleep(poll_s)
+    finally:
+        bar.close()
+    summary.table = suite_status(specs, results_dir)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Status
+
+
+STATES = ("done", "running", "failed", "pending")
+STATUS_COLUMNS = ("run_id", "suite", "label", "dataset", "model", "regularizer", "seed", "state",
+                  "status", "reason", "checkpoint", "finished_at")
+
+
+def suite_status(
+    specs: Iterable[RunSpec],
+    results_dir: str | Path,
+    *,
+    watch: bool = False,
+    interval_s: float = 5.0,
+    progress: bool = True,
+    file: Any = None,
+):
+    """One row per run: ``state`` is done (status complete or diverged), running (its lock is
+    held by a process), failed (``reason`` says why) or pending. Creates no file.
+
+    ``watch=True`` polls every ``interval_s`` with a progress bar until no run is running or
+    pending (or nothing has been running for two polls), then returns the last table.
+    """
+    specs = list({s.run_id: s for s in specs}.values())
+    root = Path(results_dir)
+    if root.exists() and (not root.is_dir() or not os.access(root, os.R_OK | os.X_OK)):
+        raise ConfigError(f"results directory '{root}' is not a readable directory")
+    table = _status_table(specs, root)
+    if not watch:
+        return table
+    from tqdm.auto import tqdm
+
+    idle = 0
+    with tqdm(total=len(specs), unit="run", desc=(specs[0].suite or "runs") if specs else "runs",
+              disable=not progress, file=file) as bar:
+        while True:
+            c = count_states(table)
+            bar.n = c["done"] + c["failed"]
+            bar.set_postfix(running=c["running"], failed=c["failed"], pending=c["pending"])
+            idle = idle + 1 if c["running"] == 0 else 0
+            if c["running"] + c["pending"] == 0 or idle >= 2:
+                return table
+            time.sleep(interval_s)
+            table = _status_table(specs, root)
+
+
+def _status_table(specs: list[RunSpec], root: Path):
+    import pandas as pd
+
+    rows = []
+    for spec in specs:
+        record = load_record(record_path(root, spec.run_id))
+        status = record["status"] if record else None
+        if lock_is_held(root, spec.run_id):
+            state = "running"
+        elif status in FINAL:
+            state = "done"
+        else:
+            state = "failed" if status == "failed" else "pending"
+        rows.append({
+            "run_id": spec.run_id, "suite": spec.suite, "label": spec.display_label,
+            "dataset": spec.dataset, "model": spec.model, "regularizer": spec.regularizer,
+            "seed": spec.seed, "state": state, "status": status,
+            "reason": record.get("reason") if record else None,
+            "checkpoint": checkpoint_path(root, spec.run_id).exists(),
+            "finished_at": record.get("finished_at") if record else None,
+        })
+    return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
+
+
+def count_states(table) -> dict[str, int]:
+    counts = {s: 0 for s in STATES}
+    if table is not None:
+        for state, n in table["state"].value_counts().items():
+            counts[state] = int(n)
+    return counts
+
+
+def format_status(table, *, max_rows: int = 20) -> str:
+    """Human summary: a counts line, then failed runs (with reasons) and running runs."""
+    c = count_states(table)
+    name = table["suite"].iloc[0] if len(table) else "suite"
+    lines = [f"{name}: {len(table)} runs - {c['done']} done, {c['running']} running, "
+             f"{c['failed']} failed, {c['pending']} pending"]
+    for state in ("failed", "running"):
+        rows = table[table["state"] == state]
+        if len(rows):
+            lines.append(f"{state}:")
+        for row in rows.head(max_rows).itertuples():
+            why = f": {row.reason}" if state == "failed" and row.reason else ""
+            lines.append(f"  {row.run_id}  {row.dataset} {row.model} {row.label} seed {row.seed}{why}")
+        if len(rows) > max_rows:
+            lines.append(f"  ... and {len(rows) - max_rows} more")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

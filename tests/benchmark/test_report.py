@@ -1,0 +1,239 @@
+"""benchmark.report: tables, paper comparison, leaderboard, write_report on a synthetic store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import report, stats
+
+LABELS = ("weight_decay", "so", "mhe", "rp_comhe")
+CELLS = (("cifar10", "cnn9"), ("cifar100", "cnn9"))
+SHIFT = {"weight_decay": 0.0, "so": -0.3, "mhe": -1.0, "rp_comhe": -2.0}
+
+
+def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic=False,
+               iterations=75_000, sd=0.2, seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A synthetic results store (``runs``, ``curves``) with every column of docs/internals.md."""
+    rng = np.random.default_rng(seed)
+    shift = SHIFT if shift is None else shift
+    runs, curves = [], []
+    for ds, model in cells:
+        base = {"cifar10": 6.0, "cifar100": 25.0}.get(ds, 30.0)
+        for lab in labels:
+            for s in seeds:
+                err = base + shift.get(lab, 0.0) + rng.normal(0, sd)
+                rid = f"{ds}{model}{lab}{s}".encode().hex()[:16]
+                runs.append({
+                    "schema_version": 1, "run_id": rid, "suite": "test", "label": lab,
+                    "dataset": ds, "model": model, "regularizer": lab, "hparams": "{}",
+                    "protocol": "paper_cifar", "iterations": iterations, "seed": s,
+                    "status": "complete", "reason": None, "test_acc": 100 - err,
+                    "test_error": err, "train_loss": 0.1, "penalty": 0.0, "n_test": 10_000,
+                    "wall_time_s": 10.0, "median_step_ms": 5.0, "git_commit": f"{'abc1234' if s % 2 else 'def5678'}0000",
+                    "git_dirty": False, "device": "cpu (2 threads)", "torch_version": "2.14.1",
+                    "synthetic": synthetic, "record_path": f"runs/{rid}.json"})
+                for it in (0, 250, 500):
+                    curves.append({
+                        "run_id": rid, "label": lab, "dataset": ds, "model": model, "seed": s,
+                        "iteration": it, "test_acc": 100 - err - 20 / (1 + it),
+                        "test_error": err + 20 / (1 + it), "train_loss": 1.0, "penalty": 0.1,
+                        "energy_total": 5.0 - it / 500 + rng.normal(0, .01)})
+    return pd.DataFrame(runs), pd.DataFrame(curves)
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+def test_format_cell():
+    assert report.format_cell(24.4123, 0.2071, 5) == "24.41 ± 0.21 (n=5)"
+    assert report.format_cell(24.4, float("nan"), 1) == "24.40 (n=1)"
+    assert report.format_cell(float("nan"), float("nan"), 0) == "–"
+
+
+def test_power_note_says_when_significance_is_unreachable():
+    n3 = report.power_note(3, 8)
+    assert "p=0.25" in n3 and "no difference can be significant at this n" in n3
+    n8 = report.power_note(8, 8)
+    assert "p=0.00781" in n8 and "after correction" in n8
+    n9 = report.power_note(9, 8)
+    assert "reachable" in n9 and "cannot" in n9
+    assert "no shared seeds" in report.power_note(0, 3)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def _tables(tmp_path, **kw):
+    runs, _ = make_store(**kw)
+    table = stats.compare_to_baseline(runs, include_synthetic=True)
+    paths = report.write_tables(table, tmp_path)
+    return {p.name: p.read_text() for p in paths}
+
+
+def test_tables_written_with_labels_cells_best_and_power(tmp_path):
+    files = _tables(tmp_path)
+    assert set(files) == {"table.md", "table.csv", "table.tex", "table_stats.csv"}
+    md = files["table.md"]
+    for name in [*LABELS, "cifar10 / cnn9", "cifar100 / cnn9"]:
+        assert name in md
+    rp = next(line for line in md.splitlines() if line.startswith("| rp_comhe"))
+    wd = next(line for line in md.splitlines() if line.startswith("| weight_decay"))
+    assert rp.count("**") == 4 and "**" not in wd  # best (lowest error) bold in both columns
+    assert "sample standard deviation" in md and "Holm" in md
+    assert "cannot go below p=0.0625" in md  # n=5
+    assert "±0.43 points" in md and "±0.23 points" in md  # noise floors near 75% and 94%
+    assert "Friedman" in md and "average rank" in md
+    assert "do not edit" in md and "SYNTHETIC" not in md
+    csv = pd.read_csv(tmp_path / "table.csv")
+    assert list(csv["label"]) == list(LABELS)
+    assert list(csv.columns) == ["label", "cifar10 / cnn9", "cifar100 / cnn9"]
+    assert csv.iloc[0, 1].endswith("(n=5)") and " ± " in csv.iloc[0, 1]
+    tex = files["table.tex"]
+    assert "\\toprule" in tex and "\\textbf{" in tex and "rp\\_comhe" in tex
+    assert "$\\pm$" in tex and "weight\\_decay &" in tex
+    tidy = pd.read_csv(tmp_path / "table_stats.csv")
+    assert len(tidy) == 8 and "p_wilcoxon_holm" in tidy
+
+
+def test_significance_markers_appear_only_when_reachable(tmp_path):
+    big = _tables(tmp_path / "n10", seeds=range(10), cells=CELLS[:1])["table.md"]
+    rp = next(line for line in big.splitlines() if line.startswith("| rp_comhe"))
+    assert "\\*" in rp and "†" in rp  # huge effect, n=10: both Holm-adjusted tests reject
+    assert "reachable" in big
+    small = _tables(tmp_path / "n3", seeds=range(3), cells=CELLS[:1])["table.md"]
+    rp3 = next(line for line in small.splitlines() if line.startswith("| rp_comhe"))
+    assert "\\*" not in rp3  # exact Wilcoxon cannot go below 0.25 at n=3
+    assert "cannot go below p=0.25; no difference can be significant at this n" in small
+
+
+def test_synthetic_tables_are_marked(tmp_path):
+    md = _tables(tmp_path, synthetic=True, seeds=range(2))["table.md"]
+    assert "SYNTHETIC DATA" in md
+
+
+# --- paper data and comparison ----------------------------------------------------------------
+
+# recipe.md §6, transcribed: CIFAR-100, CNN-9, final test accuracy, one unseeded run each.
+RECIPE_6 = {
+    ("comhe_75k", "rp_comhe"): 75.59, ("comhe_75k", "ap_comhe"): 75.13,
+    ("comhe_75k", "adv_comhe"): 74.74, ("mhe_42.5k", "weight_decay"): 69.74,
+    **{("mhe_42.5k", f"mhe_{s}"): v for s, v in zip(
+        ["s0", "s1", "s2", "a0", "a1", "a2"], [73.16, 72.85, 72.78, 71.97, 72.50, 72.76])},
+    **{("mhe_42.5k", f"hs_mhe_{s}"): v for s, v in zip(
+        ["s0", "s1", "s2", "a0", "a1", "a2"], [73.75, 73.60, 73.99, 73.53, 73.42, 73.94])},
+}
+
+
+def test_reported_yaml_holds_exactly_the_verified_logs_and_unknown_table2():
+    rep = report.load_reported()
+    known = rep[rep["value"].notna()]
+    assert {(r.schedule, r.label): r.value for r in known.itertuples()} == RECIPE_6
+    assert (known["dataset"] == "cifar100").all() and (known["model"] == "cnn9").all()
+    assert (known["metric"] == "test_acc").all() and (known["n_runs"] == 1).all()
+    table2 = rep[rep["source"].str.contains("Table 2")]
+    assert table2["value"].isna().all() and len(table2) == 18
+    assert set(zip(table2["dataset"], table2["label"])) == {
+        (ds, lab) for ds in ("cifar10", "cifar100") for lab in report.TABLE2_LABELS}
+    assert table2["note"].str.contains("could not be retrieved").all()
+
+
+def test_load_reported_rejects_missing_columns(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,dataset\nx,cifar10\n")
+    with pytest.raises(ValueError, match="lack column"):
+        report.load_reported(bad)
+
+
+def _reported(entries):
+    cols = ["source", "schedule", "dataset", "model", "label", "metric", "value", "n_runs", "note"]
+    return pd.DataFrame([dict(zip(cols, e)) for e in entries], columns=cols)
+
+
+def test_paper_comparison_gives_every_verdict():
+    runs, _ = make_store(cells=CELLS[1:], seeds=range(5))
+    runs = runs[~((runs.label == "so") & (runs.seed > 0))]  # one run only
+    mean_rp = runs[runs.label == "rp_comhe"]["test_acc"].mean()
+    rep = _reported([
+        ("log", "comhe_75k", "cifar100", "cnn9", "rp_comhe", "test_acc", mean_rp, 1, ""),
+        ("log", "comhe_75k", "cifar100", "cnn9", "mhe", "test_acc", 50.0, 1, ""),
+        ("log", "mhe_42.5k", "cifar100", "cnn9", "weight_decay", "test_acc", 69.74, 1, ""),
+        ("t2", None, "cifar100", "cnn9", "srip", "test_error", None, None, "unknown"),
+        ("log", "comhe_75k", "cifar100", "cnn9", "g_comhe", "test_acc", 70.0, 1, ""),
+        ("log", "comhe_75k", "cifar100", "cnn9", "so", "test_acc", 70.0, 1, ""),
+    ])
+    rep["value"] = pd.to_numeric(rep["value"])
+    comp = report.paper_comparison(runs, rep).set_index("label")
+    assert comp.loc["rp_comhe", "verdict"] == "inside CI"
+    assert comp.loc["mhe", "verdict"] == "outside CI"
+    assert comp.loc["mhe", "difference"] == pytest.approx(comp.loc["mhe", "mean"] - 50.0)
+    assert comp.loc["weight_decay", "verdict"] == "not comparable (schedule differs)"
+    assert comp.loc["srip", "verdict"] == "unknown (no paper value)"
+    assert comp.loc["g_comhe", "verdict"] == "not reproduced (no runs)"
+    assert comp.loc["so", "verdict"] == "no CI (n<2)"
+    assert set(comp["verdict"]) == set(report.VERDICTS)
+    assert comp.loc["rp_comhe", "reproduced_schedule"] == "comhe_75k"  # from iterations
+    forced = report.paper_comparison(runs, rep, "mhe_42.5k").set_index("label")
+    assert forced.loc["rp_comhe", "verdict"] == "not comparable (schedule differs)"
+    assert forced.loc["weight_decay", "verdict"] in ("inside CI", "outside CI")
+
+
+def test_schedule_of():
+    assert report.schedule_of(75_000) == "comhe_75k"
+    assert report.schedule_of(42_500) == "mhe_42.5k"
+    assert report.schedule_of(300) == "300it"
+
+
+# --- leaderboard ------------------------------------------------------------------------------
+
+def test_render_leaderboard(tmp_path):
+    runs, _ = make_store()
+    runs.loc[runs.index[0], "git_dirty"] = True
+    runs.loc[runs.index[1], "status"] = "failed"
+    out = report.render_leaderboard(runs, tmp_path / "results" / "leaderboard.md")
+    md = out.read_text()
+    assert md.startswith("<!-- GENERATED FILE, DO NOT EDIT")
+    assert "## cifar10 / cnn9" in md and "## cifar100 / cnn9" in md
+    section = md.split("## cifar100 / cnn9")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    order = [line.split("`")[1] for line in rows]
+    assert order == ["rp_comhe", "mhe", "so", "weight_decay"]  # sorted by mean test error
+    assert "| baseline |" in rows[-1] and "abc1234, def5678" in rows[0]
+    assert "(pairs=5)" in rows[0] and "0.0625" in rows[0]
+    first = md.split("## cifar100 / cnn9")[0]
+    assert "+dirty" in first and "| 4 |" in first  # failed run left out of weight_decay's n
+    assert "cannot go below p=0.0625" in md and "±0.43 points" in md
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_render_leaderboard_marks_synthetic_and_handles_empty(tmp_path):
+    runs, _ = make_store(synthetic=True, seeds=range(2), cells=CELLS[:1])
+    md = report.render_leaderboard(runs, tmp_path / "lb.md").read_text()
+    assert "(synthetic)" in md and "| yes |" in md
+    empty = report.render_leaderboard(runs, tmp_path / "e.md", include_synthetic=False)
+    assert "No complete runs yet." in empty.read_text()
+
+
+# --- write_report -----------------------------------------------------------------------------
+
+def test_write_report_writes_everything_atomically(tmp_path):
+    runs, curves = make_store(cells=CELLS[1:], seeds=range(3))
+    paths = report.write_report(runs, curves, tmp_path / "out", schedule="comhe_75k")
+    names = {p.name for p in paths}
+    assert {"table.md", "table.csv", "table.tex", "table_stats.csv", "intervals.png",
+            "intervals.pdf", "dynamics_cifar100_cnn9.png", "dynamics_cifar100_cnn9.pdf",
+            "paper_comparison.md", "paper_comparison.csv"} == names
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left behind
+    comp = pd.read_csv(tmp_path / "out" / "paper_comparison.csv")
+    verdicts = dict(zip(comp["label"] + "@" + comp["schedule"].fillna("?"), comp["verdict"]))
+    assert verdicts["rp_comhe@comhe_75k"] in ("inside CI", "outside CI")
+    assert verdicts["weight_decay@mhe_42.5k"] == "not comparable (schedule differs)"
+    assert verdicts["ap_comhe@comhe_75k"] == "not reproduced (no runs)"
+    assert "unknown (no paper value)" in set(comp["verdict"])
+
+
+def test_write_report_falls_back_to_synthetic_runs_and_marks_them(tmp_path):
+    runs, curves = make_store(cells=CELLS[:1], seeds=range(2), synthetic=True)
+    paths = report.write_report(runs, curves, tmp_path, reported_df=_reported([]), plots=False)
+    assert {p.name for p in paths} >= {"table.md", "paper_comparison.md"}
+    assert "SYNTHETIC DATA" in (tmp_path / "table.md").read_text()

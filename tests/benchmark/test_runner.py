@@ -1,0 +1,256 @@
+"""The local runner with a fake engine: skipping, retrying, failures, locks, workers, Slurm path.
+
+``fake_train`` stands in for ``benchmark.engine.train``: it sleeps (FAKE_TRAIN_SLEEP seconds,
+split around a checkpoint write), appends ``start``/``end`` lines to FAKE_TRAIN_LOG, and writes a
+complete record atomically. The kill tests (test_kill.py) reuse it in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import filelock
+import pytest
+
+from benchmark.config import ConfigError, Protocol, RunSpec
+from benchmark.records import (
+    REQUIRED_FIELDS,
+    atomic_write_bytes,
+    checkpoint_path,
+    load_record,
+    lock_path,
+    record_path,
+    write_json_atomic,
+)
+from benchmark.runner import format_status, run_suite, suite_status
+
+KNOWN = {"datasets": {"synthetic", "digits", "cifar10", "cifar100"}, "models": {"cnn9"},
+         "regularizers": {"weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
+                          "adv_comhe", "g_comhe", "boom"}}
+
+
+def fake_validate(spec: RunSpec) -> None:
+    if spec.dataset not in KNOWN["datasets"] and not spec.dataset.startswith("synthetic:"):
+        raise ConfigError(f"unknown dataset '{spec.dataset}'")
+    if spec.model not in KNOWN["models"]:
+        raise ConfigError(f"unknown model '{spec.model}' (available: cnn9)")
+    if spec.regularizer not in KNOWN["regularizers"]:
+        raise ConfigError(f"unknown regularizer '{spec.regularizer}'")
+
+
+def _log(line: str) -> None:
+    log = os.environ.get("FAKE_TRAIN_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+
+def fake_train(spec: RunSpec, results_dir: Path, *, progress: bool = True) -> dict:
+    sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0.02"))
+    fake_validate(spec)
+    _log(f"start {spec.run_id} {os.getpid()}")
+    if spec.regularizer == "boom":
+        raise RuntimeError("boom at step 3\nsecond line")
+    ckpt = checkpoint_path(results_dir, spec.run_id)
+    resumed = ckpt.exists()
+    if not resumed:
+        time.sleep(sleep / 2)
+        atomic_write_bytes(ckpt, b"half-way")
+    time.sleep(sleep / 2)
+    it = [0, 5, 10]
+    record = {
+        "schema_version": 1, "run_id": spec.run_id, "suite": spec.suite,
+        "label": spec.display_label, "status": "complete", "reason": None,
+        "config": spec.identity(), "seed": spec.seed,
+        "git": {"commit": "abc123" if spec.seed % 2 == 0 else "def456", "dirty": False},
+        "versions": {"python": "3.11", "torch": "2.14.1"}, "device": "cpu (fake)",
+        "synthetic": spec.dataset.startswith("synthetic"),
+        "notes": ["resumed from checkpoint"] if resumed else [],
+        "started_at": "2025-01-01T00:00:00+00:00", "finished_at": "2025-01-01T00:00:01+00:00",
+        "wall_time_s": sleep, "median_step_ms": 1.5,
+        "curves": {"iteration": it, "test_acc": [10.0, 50.0, 60.0 + spec.seed],
+                   "test_error": [90.0, 50.0, 40.0 - spec.seed], "train_loss": [2.3, 1.0, 0.5],
+                   "penalty": [0.0, 0.1, 0.1], "energy_total": [1.0, 0.9, 0.8],
+                   "energy": {"conv1": [0.5, 0.4, 0.3]}},
+        "final": {"iteration": 10, "test_acc": 60.0 + spec.seed, "test_error": 40.0 - spec.seed,
+                  "train_loss": 0.5, "penalty": 0.1, "n_test": 100},
+    }
+    assert all(k in record for k in REQUIRED_FIELDS)
+    write_json_atomic(record_path(results_dir, spec.run_id), record)
+    ckpt.unlink(missing_ok=True)
+    _log(f"end {spec.run_id} {os.getpid()}")
+    return record
+
+
+TRAIN = "tests.benchmark.test_runner:fake_train"
+
+
+def make_specs(n_seeds: int = 2, regularizers=("weight_decay", "hs_mhe", "rp_comhe"),
+               suite: str = "fake") -> list[RunSpec]:
+    protocol = Protocol(name="fake", iterations=10, eval_every=5, checkpoint_every=5)
+    return [RunSpec(protocol=protocol, dataset="synthetic", model="cnn9", regularizer=reg,
+                    seed=seed, model_kwargs={"width": 0.125}, suite=suite)
+            for seed in range(n_seeds) for reg in regularizers]
+
+
+def starts(log: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            kind, run_id, _ = line.split()
+            if kind == "start":
+                counts[run_id] = counts.get(run_id, 0) + 1
+    return counts
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    log = tmp_path / "train.log"
+    monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.02")
+    return log
+
+
+def test_runs_everything_once_then_skips(tmp_path, fake_env):
+    specs = make_specs()
+    summary = run_suite(specs, tmp_path / "res", train_fn=fake_train, progress=False)
+    assert summary.ok and len(summary.executed) == 6
+    assert set(summary.executed.values()) == {"complete"}
+    for spec in specs:
+        assert load_record(record_path(tmp_path / "res", spec.run_id))["status"] == "complete"
+        assert not checkpoint_path(tmp_path / "res", spec.run_id).exists()
+    again = run_suite(specs, tmp_path / "res", train_fn=fake_train, progress=False)
+    assert again.executed == {} and again.ok
+    assert all(n == 1 for n in starts(fake_env).values()) and len(starts(fake_env)) == 6
+    assert "6 done" in str(again)
+
+
+def test_failed_runs_recorded_and_retried_only_when_asked(tmp_path, fake_env):
+    specs = make_specs(n_seeds=1, regularizers=("weight_decay", "boom"))
+    res = tmp_path / "res"
+    summary = run_suite(specs, res, train_fn=fake_train, progress=False)
+    assert not summary.ok
+    record = load_record(record_path(res, specs[1].run_id))
+    assert record["status"] == "failed"
+    assert record["reason"] == "runner: RuntimeError: boom at step 3"
+    table = suite_status(specs, res)
+    assert list(table["state"]) == ["done", "failed"]
+    assert "boom at step 3" in format_status(table)
+    assert run_suite(specs, res, train_fn=fake_train, progress=False).executed == {}
+    retried = run_suite(specs, res, train_fn=fake_train, progress=False, retry_failed=True)
+    assert retried.executed == {specs[1].run_id: "failed"}
+    assert starts(fake_env)[specs[1].run_id] == 2 and starts(fake_env)[specs[0].run_id] == 1
+
+
+def test_resumes_from_checkpoint_and_cleans_temporaries(tmp_path, fake_env):
+    (spec,) = make_specs(n_seeds=1, regularizers=("mhe",))
+    res = tmp_path / "res"
+    atomic_write_bytes(checkpoint_path(res, spec.run_id), b"old")
+    stale = [res / "runs" / f".{spec.run_id}.json.x1.tmp", res / "checkpoints" / f".{spec.run_id}.pt.x2.tmp"]
+    other = res / "runs" / ".ffffffffffffffff.json.x3.tmp"  # another run's writer may be alive
+    (res / "runs").mkdir()
+    for p in [*stale, other]:
+        p.write_text("half")
+    run_suite([spec], res, train_fn=fake_train, progress=False)
+    record = load_record(record_path(res, spec.run_id))
+    assert record["notes"] == ["resumed from checkpoint"]
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_busy_run_is_deferred_then_waited_for(tmp_path, fake_env):
+    specs = make_specs(n_seeds=1)
+    res = tmp_path / "res"
+    lock_path(res, specs[0].run_id).parent.mkdir(parents=True)
+    held = filelock.FileLock(str(lock_path(res, specs[0].run_id)), timeout=0, thread_local=False)
+    held.acquire()
+    summary = run_suite(specs, res, train_fn=fake_train, progress=False, wait_for_others=False)
+    assert specs[0].run_id not in summary.executed and len(summary.executed) == 2
+    assert suite_status(specs, res)["state"].tolist() == ["running", "done", "done"]
+    threading.Timer(0.3, held.release).start()  # the "other runner" dies without a record
+    summary = run_suite(specs, res, train_fn=fake_train, progress=False, poll_s=0.05)
+    assert summary.executed == {specs[0].run_id: "complete"} and summary.ok
+
+
+def test_status_of_untouched_results_dir_is_pending(tmp_path):
+    table = suite_status(make_specs(n_seeds=1), tmp_path / "nothing-here")
+    assert table["state"].tolist() == ["pending"] * 3
+    assert not (tmp_path / "nothing-here").exists()
+
+
+@pytest.mark.parametrize("make_bad", ["file", "runs_is_file"])
+def test_unusable_results_dir_fails_before_running(tmp_path, fake_env, make_bad):
+    res = tmp_path / "res"
+    if make_bad == "file":
+        res.write_text("not a directory")
+    else:
+        res.mkdir()
+        (res / "runs").write_text("not a directory")
+    with pytest.raises(ConfigError) as err:
+        run_suite(make_specs(), res, train_fn=fake_train, progress=False)
+    assert "\n" not in str(err.value) and str(res) in str(err.value)
+    assert not fake_env.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
+def test_unwritable_results_dir_fails(tmp_path, fake_env):
+    res = tmp_path / "res"
+    res.mkdir()
+    res.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError):
+            run_suite(make_specs(), res, train_fn=fake_train, progress=False)
+    finally:
+        res.chmod(0o700)
+
+
+def test_parallel_workers(tmp_path, fake_env):
+    specs = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe", "boom"))
+    res = tmp_path / "res"
+    summary = run_suite(specs, res, jobs=2, train_fn=TRAIN, progress=False, devices=[])
+    assert summary.executed == {specs[0].run_id: "complete", specs[1].run_id: "complete",
+                                specs[2].run_id: "failed"}
+    assert (res / "logs" / f"{specs[0].run_id}.log").exists()
+    with pytest.raises(ConfigError, match="module-level"):
+        run_suite(specs, res, jobs=2, train_fn=lambda s, r, progress: None, progress=False)
+
+
+def test_slurm_path_with_submitit_debug_and_local_executors(tmp_path, fake_env):
+    from benchmark.executors import RunTask, SlurmOptions, execute
+
+    specs = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe"))
+    for cluster in ("debug", "local"):
+        res = tmp_path / cluster
+        options = SlurmOptions(cluster=cluster, gpus_per_node=0, cpus_per_task=1, timeout_min=5,
+                               partition="gpu")
+        jobs = execute(specs, res, executor="slurm", train_fn=TRAIN, slurm=options).jobs
+        assert len(jobs) == 2
+        results = [job.result() for job in jobs]
+        assert [r["status"] for r in results] == ["complete", "complete"]
+        assert suite_status(specs, res)["state"].tolist() == ["done", "done"]
+        assert execute(specs, res, executor="slurm", train_fn=TRAIN, slurm=options).jobs == []
+    task = RunTask(tmp_path / "x", TRAIN)
+    delayed = task.checkpoint(specs[0], None)
+    assert delayed.function is task and delayed.args == (specs[0], None)
+    with pytest.raises(ConfigError, match="unknown executor"):
+        execute(specs, tmp_path, executor="pbs")
+
+
+def test_end_to_end_smoke_suite_with_real_engine(tmp_path):
+    engine = pytest.importorskip("benchmark.engine", reason="benchmark.engine not written yet")
+    from benchmark.store import build_store
+    from benchmark.suites import load_suite
+
+    # The smoke suite's grid, shortened further: this CPU is shared and slow.
+    short = {"iterations": 4, "eval_every": 2, "checkpoint_every": 2, "schedule.milestones": [2]}
+    specs = load_suite("smoke", overrides=short).expand()
+    summary = run_suite(specs, tmp_path, progress=False)
+    assert summary.ok, str(summary)
+    runs, curves = build_store(tmp_path)
+    assert len(runs) == len(specs) and set(runs["status"]) <= {"complete", "diverged"}
+    assert runs["synthetic"].all() and len(curves) >= len(specs)
+    assert run_suite(specs, tmp_path, progress=False, train_fn=engine.train).executed == {}

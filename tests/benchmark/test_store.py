@@ -1,0 +1,83 @@
+"""The results store: records -> runs/curves tables -> Parquet + CSV -> the same tables."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark.config import ConfigError
+from benchmark.records import record_path
+from benchmark.runner import run_suite
+from benchmark.store import (
+    CURVES_SCHEMA,
+    RUNS_SCHEMA,
+    build_store,
+    curves_for,
+    filter_runs,
+    load_store,
+    save_store,
+)
+from tests.benchmark.test_runner import fake_train, make_specs
+
+
+@pytest.fixture
+def results(tmp_path):
+    res = tmp_path / "res"
+    run_suite(make_specs(suite="a"), res, train_fn=fake_train, progress=False)
+    run_suite(make_specs(n_seeds=1, regularizers=("mhe", "boom"), suite="b"), res,
+              train_fn=fake_train, progress=False)
+    (res / "runs" / "0000000000000000.json").write_text('{"half": ')  # not a valid record
+    return res
+
+
+def test_build_store(results):
+    runs, curves = build_store(results)
+    assert list(runs.columns) == list(RUNS_SCHEMA) and list(curves.columns) == list(CURVES_SCHEMA)
+    assert len(runs) == 8 and len(curves) == 7 * 3  # the failed record has no curves
+    assert set(runs["suite"]) == {"a", "b"} and (runs["schema_version"] == 1).all()
+    boom = runs[runs["regularizer"] == "boom"].iloc[0]
+    assert boom["status"] == "failed" and pd.isna(boom["test_acc"])
+    row = runs[(runs["regularizer"] == "hs_mhe") & (runs["seed"] == 1)].iloc[0]
+    assert row["test_acc"] == 61.0 and row["protocol"] == "fake" and row["iterations"] == 10
+    assert row["git_commit"] == "def456" and row["torch_version"] == "2.14.1"
+    assert row["record_path"] == f"runs/{row['run_id']}.json" and json.loads(row["hparams"]) == {}
+
+
+def test_round_trip_parquet_and_csv(results, tmp_path):
+    written = save_store(results)
+    assert sorted(p.name for p in written.values()) == [
+        "curves.csv", "curves.parquet", "runs.csv", "runs.parquet"]
+    assert not list((results / "store").glob(".*.tmp"))
+    runs, curves = build_store(results)
+    for fmt in ("parquet", "csv"):
+        r, c = load_store(results, fmt=fmt)
+        pd.testing.assert_frame_equal(r, runs)
+        pd.testing.assert_frame_equal(c, curves)
+    other = save_store(results, tmp_path / "elsewhere")
+    assert other["runs.parquet"].parent == tmp_path / "elsewhere"
+    pd.testing.assert_frame_equal(load_store(tmp_path / "elsewhere")[0], runs)
+
+
+def test_filters(results):
+    runs, curves = build_store(results)
+    assert len(filter_runs(runs, suite="a")) == 6
+    assert len(filter_runs(runs, git_commit="abc")) == 4  # seed 0 (the runner-written failure has the real commit)
+    assert len(filter_runs(runs, status=["complete", "diverged"])) == 7
+    assert len(filter_runs(runs, suite="a", label="hs_mhe", seed=1)) == 1
+    ids = [s.run_id for s in make_specs(n_seeds=1, suite="anything")]
+    assert set(filter_runs(runs, run_ids=ids)["run_id"]) == set(ids)
+    assert len(curves_for(curves, filter_runs(runs, suite="b"))) == 3
+    with pytest.raises(ConfigError, match="unknown column"):
+        filter_runs(runs, colour="red")
+
+
+def test_empty_and_missing(tmp_path):
+    (tmp_path / "runs").mkdir()
+    runs, curves = build_store(tmp_path)
+    assert runs.empty and list(runs.columns) == list(RUNS_SCHEMA)
+    save_store(tmp_path)
+    assert load_store(tmp_path, fmt="csv")[0].empty
+    with pytest.raises(ConfigError):
+        build_store(tmp_path / "missing")
