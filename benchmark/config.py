@@ -231,7 +231,7 @@ def load_protocol(name_or_path: str | Path, overrides: dict[str, Any] | None = N
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"protocol file '{path}' is not valid YAML: {str(exc).splitlines()[0]}")
+        raise ConfigError(f"protocol file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)

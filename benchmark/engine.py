@@ -16,15 +16,17 @@ import platform
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import records
 from .config import ConfigError, RunSpec
-from .data import BatchStream, check_dataset_name, load_dataset, scale_input
+from .data import BatchStream, Dataset, check_dataset_name, load_dataset, scale_input
 
 # Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
 # device every step and read back only every this many steps (and at every evaluation).
@@ -86,14 +88,15 @@ def layer_energies(model: torch.nn.Module, roles: dict[str, str]) -> dict[str, f
 
 
 @torch.no_grad()
-def evaluate(model, x_all, y_all, scaling, autocast, memory_format, batch=1000) -> tuple[float, float]:
+def evaluate(run: Run, x_all, y_all, batch=1000) -> tuple[float, float]:
     """(accuracy %, mean CE) on a test set with running BN statistics."""
+    model = run.model
     model.eval()
     correct, loss_sum = torch.zeros((), device=x_all.device), torch.zeros((), device=x_all.device)
     for lo in range(0, x_all.shape[0], batch):
-        x = scale_input(x_all[lo : lo + batch], scaling).contiguous(memory_format=memory_format)
+        x = run.inputs(x_all[lo : lo + batch])
         y = y_all[lo : lo + batch]
-        with autocast():
+        with run.autocast():
             logits = model(x).float()
         correct += (logits.argmax(1) == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
@@ -113,7 +116,7 @@ def environment() -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+            return subprocess.run(["git", *args], check=False, cwd=root, capture_output=True, text=True,
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -145,33 +148,56 @@ def _new_curves() -> dict:
 # The run
 
 
-def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
-          stop_after: int | None = None) -> dict:
-    """Run (or resume) one run; write its record atomically and return it.
+@dataclass
+class Run:
+    """Everything a training step needs, built once from a spec (also used by ``perf``)."""
 
-    ``stop_after``: leave after this many iterations of this call, checkpoint written and no
-    record (a time-limited job, or a test of resuming). Returns {} in that case.
-    """
+    spec: RunSpec
+    device: torch.device
+    data: Dataset
+    model: torch.nn.Module
+    roles: dict[str, str]
+    reg: Any  # a regularizers.Regularizer
+    opt: torch.optim.Optimizer
+    stream: BatchStream
+    bf16: bool
+    memory_format: torch.memory_format
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = scale_input(x, self.spec.protocol.data.input_scaling)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One iteration in the authors' order; returns (loss, ce, penalty), not synced."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.reg.before_step(lr)  # AP/Adv inner projection steps, network frozen
+        x, y = self.stream.next()
+        with self.autocast():
+            logits = self.model(self.inputs(x))
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.protocol.label_smoothing)
+        pen = self.reg.penalty()
+        loss = ce + pen
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss, ce, pen
+
+
+def setup(spec: RunSpec) -> Run:
+    """Data on the device, model (seeded init), regularizer attached, optimiser, batch stream."""
     import models
     import regularizers
 
-    validate(spec)
     proto = spec.protocol
-    results_dir = Path(results_dir)
-    run_id = spec.run_id
-    ckpt_path = records.checkpoint_path(results_dir, run_id)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-
     device = resolve_device(proto.runtime.device)
     cuda = device.type == "cuda"
-    precision = proto.runtime.precision
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    use_cl = proto.runtime.channels_last == "on" or (proto.runtime.channels_last == "auto" and cuda)
-    memory_format = torch.channels_last if use_cl else torch.contiguous_format
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
+    bf16 = proto.runtime.precision == "bf16" or (proto.runtime.precision == "auto" and cuda)
+    cl = proto.runtime.channels_last
+    memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
     data = load_dataset(spec.dataset, proto.data).to(device)
     torch.manual_seed(spec.seed)  # model init
     model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
@@ -180,10 +206,31 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
-    opt_cfg = proto.optimizer
-    opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
-                          nesterov=opt_cfg.nesterov, weight_decay=opt_cfg.weight_decay)
+    o = proto.optimizer
+    # weight_decay on every parameter, BN gamma/beta included, as the recipe.
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
     stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format)
+
+
+def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Run (or resume) one run; write its record atomically and return it.
+
+    ``stop_after``: leave after this many iterations of this call, checkpoint written and no
+    record (a time-limited job, or a test of resuming). Returns {} in that case.
+    """
+    validate(spec)
+    proto = spec.protocol
+    results_dir = Path(results_dir)
+    run_id = spec.run_id
+    ckpt_path = records.checkpoint_path(results_dir, run_id)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run = setup(spec)
+    device, data, model, reg, opt, stream = run.device, run.data, run.model, run.reg, run.opt, run.stream
+    cuda = device.type == "cuda"
+    opt_cfg = proto.optimizer
 
     curves, window_ms, start_it, elapsed_before = _new_curves(), [], 0, 0.0
     # Running sums since the last evaluation (logged as window means); part of the checkpoint.
@@ -211,10 +258,10 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
     }
 
     if start_it == 0:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), run.autocast():
             x, y = stream.next()
             stream.load_state_dict({"epoch": 0, "position": 0})
-            logits = model(scale_input(x, proto.data.input_scaling).contiguous(memory_format=memory_format))
+            logits = model(run.inputs(x))
             ce0 = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
         pen0 = reg.penalty()
         line = (f"[{run_id}] iteration 0: CE {float(ce0):.4f}, weight-decay term "
@@ -250,20 +297,7 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
 
     it = start_it
     for it in range(start_it, proto.iterations):
-        lr = proto.lr_at(it)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        reg.before_step(lr)
-        x, y = stream.next()
-        x = scale_input(x, proto.data.input_scaling).contiguous(memory_format=memory_format)
-        with autocast():
-            logits = model(x)
-        ce = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
-        pen = reg.penalty()
-        loss = ce + pen
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, ce, pen = run.step(proto.lr_at(it))
 
         # Device-side bookkeeping: no host sync per step.
         bad = ~torch.isfinite(loss.detach())
@@ -273,16 +307,14 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
         steps_in_window += 1
         done = it + 1
         is_eval = done % proto.eval_every == 0 or done == proto.iterations
-        if is_eval or done % FINITE_CHECK_EVERY == 0:
-            if int(first_bad) >= 0:
-                return finish("diverged", f"non-finite loss at iteration {int(first_bad)}", int(first_bad))
+        if (is_eval or done % FINITE_CHECK_EVERY == 0) and int(first_bad) >= 0:
+            return finish("diverged", f"non-finite loss at iteration {int(first_bad)}", int(first_bad))
         if is_eval:
             if cuda:
                 torch.cuda.synchronize()
             window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
-            acc, _ = evaluate(model, data.test_x, data.test_y, proto.data.input_scaling,
-                              autocast, memory_format)
-            energies = layer_energies(model, roles)
+            acc, _ = evaluate(run, data.test_x, data.test_y)
+            energies = layer_energies(model, run.roles)
             curves["iteration"].append(done)
             curves["test_acc"].append(acc)
             curves["test_error"].append(100.0 - acc)

@@ -58,20 +58,21 @@ def plot_intervals(stats_df: pd.DataFrame, out_stem: str | Path) -> list[Path]:
     fig, axes = plt.subplots(1, max(len(cells), 1), squeeze=False,
                              figsize=(4.2 * max(len(cells), 1), 0.45 * stats_df["label"].nunique()
                                       + 1.6))
-    for ax, ((dataset, model), cell) in zip(axes[0], cells):
+    for ax, ((dataset, model), cell) in zip(axes[0], cells, strict=False):
         cell = cell.sort_values("mean", ascending=False, na_position="first")
         y = np.arange(len(cell))
         mean = cell["mean"].to_numpy(float)
         lo = np.nan_to_num(mean - cell["ci_t_low"].to_numpy(float))
         hi = np.nan_to_num(cell["ci_t_high"].to_numpy(float) - mean)
         colors = ["black" if b else "tab:blue" for b in cell["is_baseline"]]
-        for yi, m, l, h, c in zip(y, mean, lo, hi, colors):
-            ax.errorbar(m, yi, xerr=[[l], [h]], fmt="none", ecolor=c, capsize=3)
+        for yi, m, low, high, c in zip(y, mean, lo, hi, colors, strict=True):
+            ax.errorbar(m, yi, xerr=[[low], [high]], fmt="none", ecolor=c, capsize=3)
         ax.scatter(mean, y, c=colors, zorder=3, s=18)
         base = cell.loc[cell["is_baseline"], "mean"]
         if len(base) and np.isfinite(base.iloc[0]):
             ax.axvline(base.iloc[0], color="grey", lw=0.8, ls="--")
-        ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in zip(cell["label"], cell["n"])])
+        names = zip(cell["label"], cell["n"], strict=True)
+        ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in names])
         synthetic = " [SYNTHETIC]" if cell["synthetic"].any() else ""
         ax.set_title(f"{dataset} / {model}{synthetic}", fontsize=9)
         ax.set_xlabel(f"final {metric} (%), mean and 95% t CI over seeds")

@@ -83,7 +83,7 @@ def _time(fn, net, reps: int) -> list[float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     net = CNN9Weights()

@@ -64,10 +64,20 @@ def parse_power(s) -> int | str:
     raise ValueError(f"s (power) must be one of 0, 1, 2, 'a0', 'a1', 'a2'; got {s!r}")
 
 
-def _pair_energy(c: Tensor, power) -> Tensor:
-    """Per-pair energy e(c) of recipe.md section 1, as a function of the cosine c (any shape)."""
+def _pair_energy(c: Tensor, power, half_space: bool = False) -> Tensor:
+    """Per-pair energy of recipe.md section 1 as a function of the cosine c (any shape).
+
+    half_space=True returns e(c) + e(-c), the two distinct distances a pair (i, j) has among
+    {w, -w}; for s = 0 and 2 it uses the closed forms -log(4 (1 - c^2)) and 1 / (1 - c^2) (fewer
+    elementwise passes over the N x N matrix, which dominate the cost).
+    """
     tiny = torch.finfo(c.dtype).eps
     c = c.clamp(-1.0 + tiny, 1.0 - tiny)
+    if half_space and power in (0, 2):
+        one_minus_c2 = 1.0 - c * c
+        return -torch.log(4.0 * one_minus_c2) if power == 0 else torch.reciprocal(one_minus_c2)
+    if half_space:
+        return _pair_energy(c, power) + _pair_energy(-c, power)
     if power in (0, 1, 2):
         d2 = 2.0 - 2.0 * c
         if power == 0:
@@ -83,33 +93,28 @@ def _pair_energy(c: Tensor, power) -> Tensor:
     return torch.reciprocal(t * t)
 
 
-def _unit_rows(W: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Rows divided by n_i = sqrt(||w_i||^2 + eps); also returns ||w_i||^2. Shapes (..., N, d), (..., N)."""
+def _inv_norms(W: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(1 / n_i, ||w_i||^2), n_i = sqrt(||w_i||^2 + eps). W (..., N, d) -> (..., N), (..., N)."""
     sq = (W * W).sum(-1)
-    U = W * torch.rsqrt(sq + eps).unsqueeze(-1)
-    return U, sq
+    return torch.rsqrt(sq + eps), sq
 
 
 def neuron_cosines(W: Tensor, eps: float = 1e-4) -> Tensor:
     """Eps-normalised cosine matrix c_ij = <w_i, w_j> / (n_i n_j). W (..., N, d) -> (..., N, N)."""
-    U, _ = _unit_rows(W, eps)
-    return U @ U.transpose(-1, -2)
+    r, _ = _inv_norms(W, eps)
+    return (W @ W.transpose(-1, -2)) * r.unsqueeze(-1) * r.unsqueeze(-2)
 
 
-def _block_sum(U: Tensor, row0: int, rows: int, power, half_space: bool) -> Tensor:
+def _block_sum(W: Tensor, r: Tensor, row0: int, rows: int, power, half_space: bool) -> Tensor:
     """Sum over pairs (i, j), i in [row0, row0+rows), j > i, of e(c) (+ e(-c) if half-space).
 
-    U (..., N, d) unit-ish rows -> (...). The mask is built from aranges (no boolean indexing).
+    W (..., N, d), r (..., N) inverse norms -> (...). The cosines are the Gram block scaled by
+    r_i r_j (N x N work instead of rescaling the N x d rows, d is usually the larger); pairs j > i
+    are kept by ``triu`` with an offset (no boolean indexing, no mask to build).
     """
-    N = U.shape[-2]
-    c = U[..., row0:row0 + rows, :] @ U.transpose(-1, -2)  # (..., rows, N)
-    i = torch.arange(row0, row0 + rows, device=U.device).unsqueeze(-1)
-    j = torch.arange(N, device=U.device)
-    upper = (j > i).to(U.dtype)  # (rows, N): 1 where j > i
-    e = _pair_energy(c, power)
-    if half_space:
-        e = e + _pair_energy(-c, power)
-    return (e * upper).sum((-2, -1))
+    G = W[..., row0:row0 + rows, :] @ W.transpose(-1, -2)  # (..., rows, N)
+    c = G * r[..., row0:row0 + rows].unsqueeze(-1) * r.unsqueeze(-2)
+    return torch.triu(_pair_energy(c, power, half_space), diagonal=row0 + 1).sum((-2, -1))
 
 
 def _check_W(W: Tensor, what: str = "W") -> None:
@@ -155,18 +160,18 @@ def hyperspherical_energy(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
 
-    U, sq = _unit_rows(W, eps)
+    r, sq = _inv_norms(W, eps)
     if chunk_size >= N:
-        total = _block_sum(U, 0, N, power, half_space)
+        total = _block_sum(W, r, 0, N, power, half_space)
     else:
         total = W.new_zeros(W.shape[:-2])
-        use_ckpt = torch.is_grad_enabled() and U.requires_grad
+        use_ckpt = torch.is_grad_enabled() and W.requires_grad
         for row0 in range(0, N, chunk_size):
             rows = min(chunk_size, N - row0)
             if use_ckpt:
-                part = checkpoint(_block_sum, U, row0, rows, power, half_space, use_reentrant=False)
+                part = checkpoint(_block_sum, W, r, row0, rows, power, half_space, use_reentrant=False)
             else:
-                part = _block_sum(U, row0, rows, power, half_space)
+                part = _block_sum(W, r, row0, rows, power, half_space)
             total = total + part
 
     if not half_space:

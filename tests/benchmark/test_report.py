@@ -31,7 +31,8 @@ def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic
                     "protocol": "paper_cifar", "iterations": iterations, "seed": s,
                     "status": "complete", "reason": None, "test_acc": 100 - err,
                     "test_error": err, "train_loss": 0.1, "penalty": 0.0, "n_test": 10_000,
-                    "wall_time_s": 10.0, "median_step_ms": 5.0, "git_commit": f"{'abc1234' if s % 2 else 'def5678'}0000",
+                    "wall_time_s": 10.0, "median_step_ms": 5.0,
+                    "git_commit": f"{'abc1234' if s % 2 else 'def5678'}0000",
                     "git_dirty": False, "device": "cpu (2 threads)", "torch_version": "2.14.1",
                     "synthetic": synthetic, "record_path": f"runs/{rid}.json"})
                 for it in (0, 250, 500):
@@ -113,14 +114,15 @@ def test_synthetic_tables_are_marked(tmp_path):
 
 # --- paper data and comparison ----------------------------------------------------------------
 
+POWERS = ["s0", "s1", "s2", "a0", "a1", "a2"]
 # recipe.md §6, transcribed: CIFAR-100, CNN-9, final test accuracy, one unseeded run each.
 RECIPE_6 = {
     ("comhe_75k", "rp_comhe"): 75.59, ("comhe_75k", "ap_comhe"): 75.13,
     ("comhe_75k", "adv_comhe"): 74.74, ("mhe_42.5k", "weight_decay"): 69.74,
     **{("mhe_42.5k", f"mhe_{s}"): v for s, v in zip(
-        ["s0", "s1", "s2", "a0", "a1", "a2"], [73.16, 72.85, 72.78, 71.97, 72.50, 72.76])},
+        POWERS, [73.16, 72.85, 72.78, 71.97, 72.50, 72.76], strict=True)},
     **{("mhe_42.5k", f"hs_mhe_{s}"): v for s, v in zip(
-        ["s0", "s1", "s2", "a0", "a1", "a2"], [73.75, 73.60, 73.99, 73.53, 73.42, 73.94])},
+        POWERS, [73.75, 73.60, 73.99, 73.53, 73.42, 73.94], strict=True)},
 }
 
 
@@ -132,7 +134,7 @@ def test_reported_yaml_holds_exactly_the_verified_logs_and_unknown_table2():
     assert (known["metric"] == "test_acc").all() and (known["n_runs"] == 1).all()
     table2 = rep[rep["source"].str.contains("Table 2")]
     assert table2["value"].isna().all() and len(table2) == 18
-    assert set(zip(table2["dataset"], table2["label"])) == {
+    assert set(zip(table2["dataset"], table2["label"], strict=False)) == {
         (ds, lab) for ds in ("cifar10", "cifar100") for lab in report.TABLE2_LABELS}
     assert table2["note"].str.contains("could not be retrieved").all()
 
@@ -146,7 +148,7 @@ def test_load_reported_rejects_missing_columns(tmp_path):
 
 def _reported(entries):
     cols = ["source", "schedule", "dataset", "model", "label", "metric", "value", "n_runs", "note"]
-    return pd.DataFrame([dict(zip(cols, e)) for e in entries], columns=cols)
+    return pd.DataFrame([dict(zip(cols, e, strict=False)) for e in entries], columns=cols)
 
 
 def test_paper_comparison_gives_every_verdict():
@@ -225,7 +227,8 @@ def test_write_report_writes_everything_atomically(tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left behind
     comp = pd.read_csv(tmp_path / "out" / "paper_comparison.csv")
-    verdicts = dict(zip(comp["label"] + "@" + comp["schedule"].fillna("?"), comp["verdict"]))
+    keys = comp["label"] + "@" + comp["schedule"].fillna("?")
+    verdicts = dict(zip(keys, comp["verdict"], strict=True))
     assert verdicts["rp_comhe@comhe_75k"] in ("inside CI", "outside CI")
     assert verdicts["weight_decay@mhe_42.5k"] == "not comparable (schedule differs)"
     assert verdicts["ap_comhe@comhe_75k"] == "not reproduced (no runs)"
