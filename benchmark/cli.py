@@ -155,7 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results/runs")
     rep.add_argument("--out", help="output directory (default: <results>/report)")
     rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
+    perf = sub.add_parser("perf", help="training-step time per regularizer, as ratios")
+    perf.add_argument("--model", default="cnn9")
+    perf.add_argument("--batch-size", type=int, default=128)
+    perf.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    perf.add_argument("--warmup", type=int, default=5)
+    perf.add_argument("--rounds", type=int, default=3)
+    perf.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    perf.add_argument("--out", help="write the result as JSON here")
     return p
+
+
+def _cmd_perf(args) -> int:
+    from .perf import main as perf_main
+
+    return perf_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins(args.plugin)
         return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status,
-                "report": _cmd_report}[args.command](args)
+                "report": _cmd_report, "perf": _cmd_perf}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -433,8 +433,13 @@ def run_suite(
     dispatcher = (_InProcess(train_fn, retry_failed, progress) if jobs == 1
                   else _Workers(jobs, train_fn, retry_failed, devices))
     seen = {s.run_id: _signature(record_path(results_dir, s.run_id)) for s in specs}
-    todo = [s for s in specs
-            if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
+    todo = []
+    for s in specs:
+        record = load_record(record_path(results_dir, s.run_id))
+        if _wants_run(record, retry_failed):
+            todo.append(s)
+        elif record["status"] in FINAL:  # killed between writing the record and this cleanup
+            checkpoint_path(results_dir, s.run_id).unlink(missing_ok=True)
     summary = RunSummary(total=len(specs))
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
                desc=(specs[0].suite or "runs") if specs else "runs", disable=not progress)

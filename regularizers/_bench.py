@@ -1,6 +1,6 @@
 """Penalty forward+backward time over the paper CNN-9's weights: batched vs a literal loop.
 
-    python -m regularizers._bench [--reps 15]
+    python -m regularizers._bench [--reps 7] [--device cuda]
 
 Sets torch.set_num_threads(2) and re-executes itself with MALLOC_MMAP_THRESHOLD_ /
 MALLOC_TRIM_THRESHOLD_ = 1e9 (docs/performance.md: without them CPU timings wander). Prints a
@@ -65,18 +65,20 @@ def loop_rp_comhe(net: CNN9Weights, g: torch.Generator, k: int = 30, C: int = 20
         else:
             layer = 0.0
             for _ in range(C):
-                P = torch.randn(k, W.shape[1], generator=g)
+                P = torch.randn(k, W.shape[1], generator=g, device=W.device)
                 layer = layer + hyperspherical_energy(W @ P.T, 2, True)
             total = total + layer / C
     return total
 
 
-def _time(fn, net, reps: int) -> list[float]:
+def _time(fn, net, reps: int, sync=lambda: None) -> list[float]:
     out = []
     for _ in range(reps):
         net.zero_grad(set_to_none=True)
+        sync()
         t0 = time.perf_counter()
         fn().backward()
+        sync()  # on a GPU, wall time including the queue drain (the loop is launch-bound)
         out.append(1e3 * (time.perf_counter() - t0))
     return out
 
@@ -84,22 +86,26 @@ def _time(fn, net, reps: int) -> list[float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    net = CNN9Weights()
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    net = CNN9Weights().to(dev)
     hs = create("hs_mhe").attach(net)
     rp = create("rp_comhe", proj_dim=30, num_projections=20).attach(net)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)
     cases = {"hs_mhe batched": hs.penalty, "hs_mhe per-layer loop": lambda: loop_hs_mhe(net),
              "rp_comhe batched": rp.penalty, "rp_comhe per-projection loop": lambda: loop_rp_comhe(net, g)}
     times = {k: [] for k in cases}
     for name, fn in cases.items():
-        _time(fn, net, 2)  # warm-up
+        _time(fn, net, 2, sync)  # warm-up
     for _ in range(args.reps):  # interleave so drift hits every case alike
         for name, fn in cases.items():
-            times[name] += _time(fn, net, 1)
+            times[name] += _time(fn, net, 1, sync)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, "
           f"median of {args.reps} reps, penalty forward+backward, CNN-9 weights (float32)")
     print("| penalty | ms (median) | loop / batched |\n|---|---|---|")
     for name in cases:

@@ -126,6 +126,8 @@ class Regularizer(nn.Module):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int; got {seed!r}")
         self._layers = layers
+        for key in list(self._buffers):  # re-attaching starts from a clean state
+            del self._buffers[key]
         device = layers[0][1].device
         self.seed = seed
         self.generator = torch.Generator(device=device)

@@ -1,0 +1,104 @@
+"""One-call GPU check: equivalence tests, step-time ratios, and a real Fashion-MNIST run.
+
+Made for a lent GPU machine with no network (torch preinstalled, this tree copied over):
+
+    python -m benchmark.gpu_check --out "$OUT" [--iterations 3000]
+
+Fashion-MNIST comes from ``$COMHE_DATA/FashionMNIST/raw`` or the Debian package's .gz files
+(``data/fashion-mnist-gz/`` in the tree is unpacked too, so the files can travel with it).
+Writes logs, the perf JSON and the run records under ``--out`` and prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALL_REGULARIZERS = {
+    "weight_decay": {}, "hs_mhe": {}, "mhe": {}, "rp_comhe": {"proj_dim": 30, "num_projections": 20},
+    "ap_comhe": {}, "adv_comhe": {}, "g_comhe": {}, "so": {}, "srip": {},
+}
+
+
+def _unpack_fashion_mnist(data_dir: Path) -> None:
+    raw = data_dir / "FashionMNIST" / "raw"
+    for src in (Path("data/fashion-mnist-gz"), Path("/usr/share/datasets/fashion-mnist")):
+        for gz in src.glob("*-ubyte.gz"):
+            target = raw / gz.name[:-3]
+            if not target.exists():
+                raw.mkdir(parents=True, exist_ok=True)
+                with gzip.open(gz, "rb") as f, open(target, "wb") as g:
+                    shutil.copyfileobj(f, g)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--skip-tests", action="store_true")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: list[str] = []
+    t_all = time.time()
+
+    import torch
+
+    print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}", flush=True)
+
+    # 1. Equivalence tests that need CUDA (marked `gpu`), plus the CPU-fast regularizer tests.
+    if not a.skip_tests:
+        t = time.time()
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                            "tests"], capture_output=True, text=True, check=False)
+        (out / "pytest_gpu.log").write_text(r.stdout + r.stderr)
+        last = (r.stdout.strip().splitlines() or ["no output"])[-1]
+        summary.append(f"pytest -m gpu: {last} ({time.time() - t:.0f}s)")
+
+    # 2. Step-time ratios of the engine's step, every regularizer, CUDA events.
+    from .perf import format_table, measure
+
+    t = time.time()
+    result = measure(regularizers=ALL_REGULARIZERS, steps=30, warmup=10, rounds=3)
+    (out / "perf_gpu.json").write_text(json.dumps(result, indent=1))
+    table = format_table(result)
+    (out / "perf_gpu.md").write_text(table + "\n")
+    print(table, flush=True)
+    summary.append(f"perf ({time.time() - t:.0f}s):\n{table}")
+
+    # 3. Real Fashion-MNIST runs (CNN-9, paper recipe, shortened schedule).
+    data_dir = Path(os.environ.setdefault("COMHE_DATA", "data"))
+    _unpack_fashion_mnist(data_dir)
+    from .config import RunSpec, load_protocol
+    from .engine import train
+
+    n = a.iterations
+    proto = load_protocol("paper_cifar", {"iterations": n, "eval_every": max(n // 6, 1),
+                                          "checkpoint_every": n,
+                                          "schedule.milestones": [n // 2, 3 * n // 4]})
+    for reg, hp in (("weight_decay", {}), ("rp_comhe", {})):
+        t = time.time()
+        rec = train(RunSpec(proto, "fashion_mnist", "cnn9", reg, 0, regularizer_hparams=hp),
+                    out / "fashion_mnist", progress=False)
+        f = rec["final"]
+        summary.append(f"fashion_mnist cnn9 {reg} seed 0, {n} it: {rec['status']}, test acc "
+                       f"{f['test_acc']:.2f}%, median step {rec['median_step_ms']:.2f} ms, "
+                       f"wall {time.time() - t:.0f}s")
+        print(summary[-1], flush=True)
+
+    print("\n===== SUMMARY =====")
+    print("\n".join(summary))
+    print(f"total {time.time() - t_all:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

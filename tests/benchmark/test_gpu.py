@@ -1,0 +1,56 @@
+"""Checks that need CUDA: the GPU path gives the CPU path's results (run by benchmark.gpu_check).
+
+Skipped on machines without a GPU (CI); `python -m benchmark.gpu_check` runs them on one.
+"""
+
+import pytest
+import torch
+
+import models
+import regularizers
+from benchmark.config import RunSpec, load_protocol
+from benchmark.data import BatchStream, load_dataset
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("name", ["hs_mhe", "mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe",
+                                  "so", "dso", "mc", "srip"])
+def test_penalty_on_gpu_matches_cpu(name):
+    torch.manual_seed(0)
+    model = models.create("cnn9", num_classes=100)
+    values = []
+    for device in ("cpu", "cuda"):
+        m = model.to(device)
+        reg = regularizers.create(name).attach(m, seed=0)
+        reg.before_step(0.1)
+        pen = reg.penalty()
+        pen.backward()
+        values.append((float(pen), m.features[0].weight.grad.detach().cpu().clone()
+                       if hasattr(m, "features") else None))
+        m.zero_grad(set_to_none=True)
+    if name == "rp_comhe":  # CPU and CUDA generators draw different projections
+        assert values[0][0] == pytest.approx(values[1][0], rel=0.05)
+    else:
+        assert values[0][0] == pytest.approx(values[1][0], rel=1e-4)
+
+
+def test_data_stream_is_device_independent():
+    ds = load_dataset("synthetic", load_protocol("smoke").data)
+    cfg = load_protocol("smoke").data
+    a = BatchStream(ds, 32, seed=5, cfg=cfg)
+    b = BatchStream(load_dataset("synthetic", cfg).to("cuda"), 32, seed=5, cfg=cfg)
+    for _ in range(3):
+        (xa, ya), (xb, yb) = a.next(), b.next()
+        assert torch.equal(xa, xb.cpu()) and torch.equal(ya, yb.cpu())
+
+
+def test_short_run_on_gpu(tmp_path):
+    from benchmark.engine import train
+
+    spec = RunSpec(load_protocol("smoke", {"runtime.device": "cuda", "runtime.precision": "auto",
+                                           "runtime.channels_last": "auto"}),
+                   "synthetic", "cnn9", "rp_comhe", 0, model_kwargs={"width": 0.25})
+    rec = train(spec, tmp_path, progress=False)
+    assert rec["status"] == "complete" and "cpu" not in rec["device"]
