@@ -27,13 +27,16 @@ def test_penalty_on_gpu_matches_cpu(name):
         reg.before_step(0.1)
         pen = reg.penalty()
         pen.backward()
-        values.append((float(pen), m.features[0].weight.grad.detach().cpu().clone()
-                       if hasattr(m, "features") else None))
+        grad_norm = torch.sqrt(sum(p.grad.double().pow(2).sum() for p in m.parameters()
+                                   if p.grad is not None))
+        values.append((float(pen), float(grad_norm)))
         m.zero_grad(set_to_none=True)
-    if name == "rp_comhe":  # CPU and CUDA generators draw different projections
+    if name in ("rp_comhe", "ap_comhe", "adv_comhe"):
+        # Random projections: CPU and CUDA generators may draw different ones; the expected
+        # penalty is the same, the realised one within a few percent.
         assert values[0][0] == pytest.approx(values[1][0], rel=0.05)
     else:
-        assert values[0][0] == pytest.approx(values[1][0], rel=1e-4)
+        assert values[0] == pytest.approx(values[1], rel=1e-4)
 
 
 def test_data_stream_is_device_independent():
