@@ -214,7 +214,11 @@ def projected_energy(
         raise ValueError(f"P needs k >= 1 rows; got shape {tuple(P.shape)}")
     if P.ndim == 2:
         return hyperspherical_energy(W @ P.transpose(-1, -2), s, half_space, eps, chunk_size)
-    Z = W.unsqueeze(-3) @ P.transpose(-1, -2)  # (..., C, N, k)
+    C, k = P.shape[-3], P.shape[-2]
+    # One GEMM against all C*k projection rows: W (..., N, d) @ (..., d, C*k). Broadcasting W to
+    # (..., C, N, d) instead would make matmul materialise C copies of W (and of its gradient).
+    Z = W @ P.flatten(-3, -2).transpose(-1, -2)  # (..., N, C*k)
+    Z = Z.unflatten(-1, (C, k)).movedim(-2, -3)  # (..., C, N, k)
     return hyperspherical_energy(Z, s, half_space, eps, chunk_size).mean(-1)
 
 

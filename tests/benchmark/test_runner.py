@@ -7,7 +7,6 @@ complete record atomically. The kill tests (test_kill.py) reuse it in subprocess
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from benchmark.config import ConfigError
-from benchmark.records import record_path
 from benchmark.runner import run_suite
 from benchmark.store import (
     CURVES_SCHEMA,
