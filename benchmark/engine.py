@@ -203,6 +203,10 @@ def setup(spec: RunSpec) -> Run:
     model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **spec.model_kwargs)
     model = model.to(device=device, memory_format=memory_format)
+    if proto.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = proto.bn_momentum
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
