@@ -65,27 +65,31 @@ def _suite_specs(args):
     return suite.expand()
 
 
-def _check_results_dir(path: Path) -> None:
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"results directory '{path}' is not writable")
-
-
 def _cmd_run(args) -> int:
     from . import engine
 
-    specs = _suite_specs(args) if args.suite else _single_spec(args)
-    for spec in specs:
-        engine.validate(spec)
+    specs = _suite_specs(args) if args.suite else _single_spec(args)  # suites validate here
     results = Path(args.results)
-    _check_results_dir(results)
     if args.suite or len(specs) > 1:
+        from .executors import SlurmOptions
         from .runner import run_suite
 
-        summary = run_suite(specs, results, jobs=args.jobs, executor=args.executor,
+        slurm = None
+        if args.executor == "slurm":
+            slurm = SlurmOptions(partition=args.slurm_partition, timeout_min=args.timeout_min,
+                                 gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                                 mem_gb=args.mem_gb, account=args.slurm_account, qos=args.slurm_qos,
+                                 constraint=args.slurm_constraint,
+                                 array_parallelism=args.array_parallelism)
+        summary = run_suite(specs, results, jobs=args.jobs, executor=args.executor, slurm=slurm,
                             retry_failed=args.retry_failed, progress=not args.no_progress)
         print(summary)
-        return 0 if not getattr(summary, "failed", 0) else 1
+        return 0 if summary.ok or summary.jobs else 1
+    for spec in specs:
+        engine.validate(spec)
+    results.mkdir(parents=True, exist_ok=True)
+    if not os.access(results, os.W_OK):
+        raise ConfigError(f"results directory '{results}' is not writable")
     record = engine.train(specs[0], results, progress=not args.no_progress)
     final = record["final"]
     print(f"[{record['run_id']}] {record['status']}: test accuracy {final['test_acc']:.2f}% "
@@ -96,19 +100,34 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .runner import suite_status
+    from .runner import format_status, suite_status
 
+    if not args.suite:
+        raise ConfigError("status needs --suite NAME_OR_PATH")
     specs = _suite_specs(args)
-    status = suite_status(specs, Path(args.results), watch=args.watch)
-    print(status)
+    print(format_status(suite_status(specs, Path(args.results), watch=args.watch)))
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report_from_results
+    from .report import render_leaderboard, write_report
+    from .store import save_store
 
-    written = write_report_from_results(Path(args.results), Path(args.out) if args.out else None,
-                                        leaderboard=args.leaderboard)
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results / "report"
+    written = list(save_store(results, results / "store").values())
+    from .store import load_store
+
+    runs, curves = load_store(results)
+    if args.suite:
+        runs = runs[runs["suite"] == args.suite]
+        curves = curves[curves["run_id"].isin(runs["run_id"])]
+    if runs.empty:
+        raise ConfigError(f"no complete run records under '{results}'"
+                          + (f" for suite '{args.suite}'" if args.suite else ""))
+    written += write_report(runs, curves, out)
+    if args.leaderboard:
+        written.append(render_leaderboard(runs, args.leaderboard))
     for path in written:
         print(path)
     return 0
@@ -140,8 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model")
     run.add_argument("--seed", type=int, nargs="+", default=[0])
     run.add_argument("--label", help="display name in tables")
-    run.add_argument("--jobs", type=int, default=1)
+    run.add_argument("--jobs", type=int, default=1,
+                     help="runs at once (one process and one GPU each); 0 = one per visible GPU")
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
+    slurm = run.add_argument_group("Slurm (with --executor slurm, through submitit)")
+    slurm.add_argument("--slurm-partition")
+    slurm.add_argument("--slurm-account")
+    slurm.add_argument("--slurm-qos")
+    slurm.add_argument("--slurm-constraint")
+    slurm.add_argument("--timeout-min", type=int, default=240)
+    slurm.add_argument("--gpus-per-node", type=int, default=1)
+    slurm.add_argument("--cpus-per-task", type=int, default=8)
+    slurm.add_argument("--mem-gb", type=float)
+    slurm.add_argument("--array-parallelism", type=int, default=64)
     run.add_argument("--retry-failed", action="store_true")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--data-dir", help="where datasets live (default $COMHE_DATA or ./data)")
@@ -153,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="store, tables, plots, paper comparison from run records")
     rep.add_argument("--results", default="results/runs")
+    rep.add_argument("--suite", help="only the records of this suite")
     rep.add_argument("--out", help="output directory (default: <results>/report)")
     rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
     perf = sub.add_parser("perf", help="training-step time per regularizer, as ratios")

@@ -58,7 +58,7 @@ def main() -> int:
     if not a.skip_tests:
         t = time.time()
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                            "tests"], capture_output=True, text=True, check=False)
+                            *map(str, sorted(Path("tests").glob("*/test_gpu*.py")))], capture_output=True, text=True, check=False)
         (out / "pytest_gpu.log").write_text(r.stdout + r.stderr)
         last = (r.stdout.strip().splitlines() or ["no output"])[-1]
         summary.append(f"pytest -m gpu: {last} ({time.time() - t:.0f}s)")

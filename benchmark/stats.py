@@ -286,6 +286,14 @@ def _per_seed(group: pd.DataFrame, metric: str) -> pd.Series:
     return group.groupby("seed")[metric].mean()
 
 
+def _baseline_label(cell: pd.DataFrame, baseline: str, labels: list[str]) -> str:
+    """``baseline`` if it is a label of the cell, else the label of its regularizer's rows."""
+    if baseline in labels or "regularizer" not in cell:
+        return baseline
+    named = cell.loc[cell["regularizer"].astype(str) == baseline, "label"].astype(str).unique()
+    return str(named[0]) if len(named) == 1 else baseline
+
+
 def compare_to_baseline(
     runs_df: pd.DataFrame,
     baseline: str = "weight_decay",
@@ -300,7 +308,9 @@ def compare_to_baseline(
     Args:
         runs_df: the store's ``runs`` table (docs/internals.md); uses columns ``dataset, model,
             label, seed, status, synthetic, n_test`` and ``metric``.
-        baseline: label of the reference row; pairs are the seeds present in both.
+        baseline: the reference row: a label, or a regularizer name (the row whose
+            ``regularizer`` is ``baseline`` when no label is called that, e.g. "weight_decay"
+            displayed as "Baseline"); pairs are the seeds present in both.
         higher_is_better: default True for metrics containing "acc", else False.
     Returns:
         tidy DataFrame, one row per (dataset, model, label): the ``cell_summary`` fields, the
@@ -313,8 +323,10 @@ def compare_to_baseline(
         higher_is_better = "acc" in metric
     df = select_runs(runs_df, include_synthetic=include_synthetic)
     rows: list[dict[str, Any]] = []
+    reference = baseline
     for (dataset, model), cell in df.groupby(["dataset", "model"], sort=True):
         labels = sorted(cell["label"].astype(str).unique())
+        baseline = _baseline_label(cell, reference, labels)
         others = [lab for lab in labels if lab != baseline]
         base = _per_seed(cell[cell["label"] == baseline], metric) if baseline in labels else None
         cell_rows = []
