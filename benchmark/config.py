@@ -82,6 +82,11 @@ class Runtime:
     channels_last: Literal["auto", "on", "off"] = "auto"
     # Packages the data onto the device once and augments with tensor ops (no DataLoader).
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch.compile of forward + loss + penalty (the backward is compiled with it).
+    # "auto": "reduce-overhead" on CUDA (fused kernels replayed as CUDA graphs: at batch 128
+    # the GPU step is launch-bound), "off" on the CPU (compiling costs more than it saves in
+    # a short CPU run). "off" is the plain eager path the fast ones are tested against.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,23 @@ class Run:
     stream: BatchStream
     bf16: bool
     memory_format: torch.memory_format
+    compile_mode: str = "off"
+
+    def __post_init__(self) -> None:
+        self._loss = self._eager_loss
+        if self.compile_mode != "off":
+            self._loss = torch.compile(self._eager_loss, mode=self.compile_mode)
+        # reduce-overhead replays CUDA graphs: each step must be marked, and the graph's
+        # outputs are overwritten by the next replay (we read them within the step).
+        self._mark_step = self.compile_mode in ("reduce-overhead", "max-autotune") and \
+            self.device.type == "cuda"
+
+    def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
+        with self.autocast():
+            logits = self.model(x)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.protocol.label_smoothing)
+        pen = self.reg.penalty()
+        return ce + pen, ce, pen
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -174,13 +191,13 @@ class Run:
         """One iteration in the authors' order; returns (loss, ce, penalty), not synced."""
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.reg.before_step(lr)  # AP/Adv inner projection steps, network frozen
+        # Per-iteration hook, eager: AP/Adv inner projection steps (network frozen), RP's fresh
+        # projections. What follows is a pure function of weights and batch (compilable).
+        self.reg.before_step(lr)
         x, y = self.stream.next()
-        with self.autocast():
-            logits = self.model(self.inputs(x))
-        ce = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.protocol.label_smoothing)
-        pen = self.reg.penalty()
-        loss = ce + pen
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, ce, pen = self._loss(self.inputs(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -215,7 +232,10 @@ def setup(spec: RunSpec) -> Run:
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay)
     stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
-    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format)
+    mode = proto.runtime.compile
+    if mode == "auto":
+        mode = "reduce-overhead" if cuda else "off"
+    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode)
 
 
 def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
@@ -258,6 +278,8 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
         "device": device_name(device), "synthetic": data.synthetic,
         "notes": list(getattr(model, "model_notes", [])),
         "regularizer_hparams_resolved": dict(reg.hparams),
+        "runtime": {"compile": run.compile_mode, "bf16": run.bf16,
+                    "channels_last": run.memory_format == torch.channels_last},
         "started_at": started,
     }
 

@@ -101,12 +101,14 @@ class _CoMHEBase(Regularizer):
 
 @register
 class RPCoMHE(_CoMHEBase):
-    """Random projections, i.i.d. N(0, 1), redrawn at every ``penalty()`` call.
+    """Random projections, i.i.d. N(0, 1), redrawn once per training iteration.
 
-    Draws come from the regularizer's own generator (seeded in attach), in group order, one
-    ``randn`` of shape (L, C, k, d) per projected group, into a preallocated buffer (no
-    allocation in the hot path, CUDA-graph friendly). Because the buffer is overwritten, call
-    ``penalty()`` at most once per backward pass.
+    The draw happens in ``before_step`` (and once at attach), not in ``penalty()``: the
+    penalty is then a pure function of the weights and the current projections, which is what
+    lets the engine compile it or capture the whole step in a CUDA graph, and ``penalty()`` may
+    be called any number of times per iteration. Draws come from the regularizer's own
+    generator (seeded in attach), in group order, one ``randn`` of shape (L, C, k, d) per
+    projected group, into a preallocated buffer (no allocation in the hot path).
     """
 
     name = "rp_comhe"
@@ -120,11 +122,21 @@ class RPCoMHE(_CoMHEBase):
         # the generator state, not the draws, is the checkpointed state: non-persistent buffer
         self.register_buffer(f"proj{gi}", torch.empty(shape, device=device, dtype=p.dtype),
                              persistent=False)
+        self._draw(gi)
 
-    def _projected(self, gi, W):
+    def _draw(self, gi: int) -> None:
         P = getattr(self, f"proj{gi}")
         torch.randn(P.shape, generator=self.generator, out=P)
-        return projected_energy(W, P, 2, half_space=True)
+
+    def before_step(self, lr: float) -> None:
+        """Fresh projections for this iteration."""
+        super().before_step(lr)
+        for gi, mode in enumerate(self._modes):
+            if mode == "proj":
+                self._draw(gi)
+
+    def _projected(self, gi, W):
+        return projected_energy(W, getattr(self, f"proj{gi}"), 2, half_space=True)
 
 
 class _LearnedProjection(_CoMHEBase):
