@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--warmup", type=int, default=5)
     perf.add_argument("--rounds", type=int, default=3)
     perf.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    perf.add_argument("--compile", default="auto",
+                      choices=["auto", "off", "default", "reduce-overhead", "max-autotune"],
+                      help="runtime.compile for the measured steps (auto: reduce-overhead on CUDA)")
     perf.add_argument("--out", help="write the result as JSON here")
     return p
 

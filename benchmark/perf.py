@@ -33,23 +33,33 @@ DEFAULT_REGULARIZERS = {
 def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup: int = 5,
             rounds: int = 3, regularizers: dict[str, dict] | None = None,
             model_kwargs: dict | None = None, device: str = "auto", protocol: str = "paper_cifar",
-            num_classes: int = 100) -> dict:
-    """Median ms per training step for each regularizer; returns a JSON-able result dict."""
+            num_classes: int = 100, compile_mode: str = "auto") -> dict:
+    """Median ms per training step for each regularizer; returns a JSON-able result dict.
+
+    The first regularizer is the baseline of the ratios. One that fails to build or step is
+    reported with its error instead of ending the measurement.
+    """
     regularizers = regularizers or DEFAULT_REGULARIZERS
     proto = load_protocol(protocol, {"batch_size": batch_size, "runtime.device": device,
+                                     "runtime.compile": compile_mode,
                                      "data.max_train": max(4096, 4 * batch_size)})
-    runs = {}
+    runs, errors = {}, {}
     for name, hparams in regularizers.items():
         spec = RunSpec(proto, f"synthetic:{num_classes}", model, name, 0,
                        model_kwargs=dict(model_kwargs or {}), regularizer_hparams=hparams)
-        runs[name] = setup(spec)
+        try:
+            runs[name] = setup(spec)
+            for _ in range(warmup):  # includes compilation and CUDA-graph recording
+                runs[name].step(proto.optimizer.lr)
+        except Exception as exc:  # noqa: BLE001 - report, keep measuring the others
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            runs.pop(name, None)
+    if not runs:
+        raise RuntimeError(f"perf: nothing could be measured: {errors}")
     dev = next(iter(runs.values())).device
     cuda = dev.type == "cuda"
     lr = proto.optimizer.lr
 
-    for run in runs.values():
-        for _ in range(warmup):
-            run.step(lr)
     if cuda:
         torch.cuda.synchronize()
 
@@ -76,30 +86,38 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     rows = [{"regularizer": name, "hparams": regularizers[name],
              "median_ms": statistics.median(t), "ratio": statistics.median(t) / base,
              "n_steps": len(t)} for name, t in times.items()]
+    rows += [{"regularizer": name, "hparams": regularizers[name], "error": err}
+             for name, err in errors.items()]
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(dev), "model": model, "model_kwargs": model_kwargs or {},
         "batch_size": batch_size, "baseline": base_name,
         "settings": {"steps": steps, "warmup": warmup, "rounds": rounds,
-                     "bf16": runs[base_name].bf16,
+                     "bf16": runs[base_name].bf16, "compile": runs[base_name].compile_mode,
                      "channels_last": runs[base_name].memory_format == torch.channels_last},
         **environment(), "rows": rows,
     }
 
 
 def format_table(result: dict) -> str:
+    st = result["settings"]
     lines = [f"{result['model']} batch {result['batch_size']} on {result['device']} "
-             f"(torch {result['versions']['torch']}, {result['date']})",
+             f"(torch {result['versions']['torch']}, compile={st['compile']}, bf16={st['bf16']}, "
+             f"channels_last={st['channels_last']}, {result['date']})",
              "| regularizer | ms / step (median) | x unregularized |", "|---|---|---|"]
     for r in result["rows"]:
         hp = ", ".join(f"{k}={v}" for k, v in r["hparams"].items())
+        if "error" in r:
+            lines.append(f"| {r['regularizer']} | failed: {r['error']} | |")
+            continue
         lines.append(f"| {r['regularizer']}{f' ({hp})' if hp else ''} | {r['median_ms']:.2f} | {r['ratio']:.2f} |")
     return "\n".join(lines)
 
 
 def main(args) -> int:
     result = measure(model=args.model, batch_size=args.batch_size, steps=args.steps,
-                     warmup=args.warmup, rounds=args.rounds, device=args.device)
+                     warmup=args.warmup, rounds=args.rounds, device=args.device,
+                     compile_mode=args.compile)
     print(format_table(result))
     if args.out:
         out = Path(args.out)
