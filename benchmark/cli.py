@@ -61,7 +61,7 @@ def _suite_specs(args):
         raise ConfigError("--set model.* / reg.* apply to single runs; put them in the suite file")
     suite = load_suite(args.suite, overrides=proto_over, profile=args.profile)
     if args.regularizer:
-        suite = suite.with_regularizers([args.regularizer])
+        suite = suite.with_regularizers([args.regularizer], baseline="weight_decay")
     return suite.expand()
 
 
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a protocol field (iterations=200, optimizer.lr=0.05), "
                              "a model kwarg (model.width=0.25) or a regularizer hparam (reg.proj_dim=30)")
         sp.add_argument("--results", default="results/runs", help="results directory")
-        sp.add_argument("--regularizer", help="regularizer name (single run, or restrict a suite)")
+        sp.add_argument("--regularizer", help="regularizer name: a single run, or add to / restrict a suite "
+                             "(the suite's weight_decay baseline is kept)")
 
     run = sub.add_parser("run", help="one run, or a whole suite")
     grid_args(run)

@@ -43,6 +43,8 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--perf-steps", type=int, default=30, help="timed steps per round")
+    p.add_argument("--batch-size", type=int, default=128)
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,8 @@ def main() -> int:
     for mode, regs in (("off", ALL_REGULARIZERS), ("reduce-overhead", compiled)):
         t = time.time()
         try:
-            result = measure(regularizers=regs, steps=30, warmup=10, rounds=3, compile_mode=mode)
+            result = measure(regularizers=regs, steps=a.perf_steps, warmup=10, rounds=3,
+                             compile_mode=mode, batch_size=a.batch_size)
         except Exception as exc:  # noqa: BLE001 - keep going to the real-data runs
             summary.append(f"perf compile={mode} FAILED: {type(exc).__name__}: {exc}")
             continue

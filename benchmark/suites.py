@@ -120,14 +120,21 @@ class Suite:
             for reg in self.regularizers
         ]
 
-    def with_regularizers(self, names: list[str]) -> "Suite":
-        """The same suite restricted to regularizers given by name or label (in suite order)."""
-        keep = tuple(r for r in self.regularizers if r.name in names or r.display_label in names)
-        missing = [n for n in names if not any(n in (r.name, r.display_label) for r in keep)]
-        if missing:
-            have = ", ".join(r.display_label for r in self.regularizers)
-            raise ConfigError(f"suite '{self.name}' has no regularizer '{missing[0]}' (has: {have})")
-        return replace(self, regularizers=keep)
+    def with_regularizers(self, names: list[str], *, baseline: str | None = None) -> "Suite":
+        """The suite restricted to regularizers given by name or label (in suite order).
+
+        A name the suite lacks (a plugin's, say) is appended with default hyper-parameters; with
+        ``baseline``, the suite's entries of that regularizer are kept too, so a new row is
+        paired by seed with the baseline on the leaderboard.
+        """
+        keep = tuple(r for r in self.regularizers
+                     if r.name in names or r.display_label in names or r.name == baseline)
+        added = tuple(RegularizerEntry(n) for n in dict.fromkeys(names)
+                      if not any(n in (r.name, r.display_label) for r in self.regularizers))
+        suite = replace(self, regularizers=keep + added)
+        if added:
+            validate_suite(suite)  # an unknown name fails here, one line with close matches
+        return suite
 
     def __len__(self) -> int:
         return len(self.datasets) * len(self.models) * len(self.seeds) * len(self.regularizers)

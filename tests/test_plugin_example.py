@@ -152,10 +152,6 @@ def test_plugin_file_to_leaderboard_row(tmp_path):
     assert "| baseline |" in base[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`--suite S --regularizer NAME` only restricts S to entries it already has: a plugin's name "
-    "is refused, and the baseline would be dropped. Remove this marker when it adds NAME next to "
-    "the baseline (see CONTRIBUTING.md)."))
 def test_regularizer_flag_adds_plugin_next_to_baseline(tmp_path):
     out = _bench("--plugin", str(PLUGIN_FILE), "status", "--suite", "smoke", "--regularizer", NAME,
                  "--results", str(tmp_path / "runs"))
