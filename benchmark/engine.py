@@ -13,6 +13,7 @@ GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code
 from __future__ import annotations
 
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -121,7 +122,8 @@ def environment() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    commit = git("rev-parse", "HEAD") or "unknown"
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    commit = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
     return {
         "git": {"commit": commit, "dirty": dirty},
@@ -146,6 +148,19 @@ def _new_curves() -> dict:
 
 # --------------------------------------------------------------------------------------------
 # The run
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: float,
+                           softmax_eps: float) -> torch.Tensor:
+    """Mean of -sum_k t_k log(softmax(z)_k + softmax_eps), t = (1 - smoothing) onehot + smoothing/K.
+
+    softmax_eps = 0 is PyTorch's label-smoothed cross-entropy; the authors' TF code uses 1e-4.
+    """
+    if softmax_eps == 0:
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
+    k = logits.shape[1]
+    target = F.one_hot(y, k).to(logits.dtype) * (1 - smoothing) + smoothing / k
+    return -(target * torch.log(torch.softmax(logits, dim=1) + softmax_eps)).sum(1).mean()
 
 
 @dataclass
@@ -176,7 +191,8 @@ class Run:
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
         with self.autocast():
             logits = self.model(x)
-        ce = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.protocol.label_smoothing)
+        p = self.spec.protocol
+        ce = smoothed_cross_entropy(logits.float(), y, p.label_smoothing, p.softmax_eps)
         pen = self.reg.penalty()
         return ce + pen, ce, pen
 
@@ -288,7 +304,7 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
             x, y = stream.next()
             stream.load_state_dict({"epoch": 0, "position": 0})
             logits = model(run.inputs(x))
-            ce0 = F.cross_entropy(logits.float(), y, label_smoothing=proto.label_smoothing)
+            ce0 = smoothed_cross_entropy(logits.float(), y, proto.label_smoothing, proto.softmax_eps)
         pen0 = reg.penalty()
         line = (f"[{run_id}] iteration 0: CE {float(ce0):.4f}, weight-decay term "
                 f"{weight_decay_term(model, opt_cfg.weight_decay):.4f}, penalty {float(pen0.detach()):.4f}")

@@ -41,7 +41,9 @@ def _unpack_fashion_mnist(data_dir: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
-    p.add_argument("--iterations", type=int, default=3000)
+    # The paper recipe sits at chance for its first ~3,000 iterations (recipe.md §4's quirk;
+    # measured on Fashion-MNIST too), so a real-data check needs more than that.
+    p.add_argument("--iterations", type=int, default=6000)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--perf-steps", type=int, default=30, help="timed steps per round")
     p.add_argument("--batch-size", type=int, default=128)
@@ -92,9 +94,9 @@ def main() -> int:
     from .engine import train
 
     n = a.iterations
-    proto = load_protocol("paper_cifar", {"iterations": n, "eval_every": max(n // 6, 1),
+    proto = load_protocol("paper_cifar", {"iterations": n, "eval_every": max(n // 12, 1),
                                           "checkpoint_every": n,
-                                          "schedule.milestones": [n // 2, 3 * n // 4]})
+                                          "schedule.milestones": [2 * n // 3, 5 * n // 6]})
     for reg, hp in (("weight_decay", {}), ("rp_comhe", {})):
         t = time.time()
         try:
