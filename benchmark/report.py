@@ -8,6 +8,7 @@ no statistic is computed here. Markdown and LaTeX come from jinja2 templates in
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -251,6 +252,22 @@ def schedule_of(iterations: int) -> str:
     return SCHEDULES.get(int(iterations), f"{int(iterations)}it")
 
 
+def _run_names(runs: pd.DataFrame) -> pd.Series:
+    """Names a run answers to in ``results/paper``: its label, its regularizer, and for MHE
+    variants ``<regularizer>_<power>`` as the authors' logs are keyed (``mhe_s2``, ``hs_mhe_a0``;
+    power 2 when the run left it at the default)."""
+    def names(row) -> frozenset:
+        out = {str(row.get("label", "")), str(row.get("regularizer", ""))}
+        if row.get("regularizer") in ("mhe", "hs_mhe"):
+            try:
+                power = str(json.loads(row.get("hparams") or "{}").get("power", 2))
+            except (TypeError, ValueError):
+                power = "2"
+            out.add(f"{row['regularizer']}_{'s' + power if power.isdigit() else power}")
+        return frozenset(out)
+    return runs.apply(names, axis=1) if len(runs) else pd.Series(dtype=object)
+
+
 def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
                      protocol_schedule: str | None = None, *,
                      include_synthetic: bool = False) -> pd.DataFrame:
@@ -267,10 +284,11 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
         (one of ``VERDICTS``).
     """
     runs = stats.select_runs(runs_df, include_synthetic=include_synthetic)
+    names = _run_names(runs)
     rows = []
     for _, e in reported_df.iterrows():
-        grp = runs[(runs["dataset"] == e["dataset"]) & (runs["model"] == e["model"]) &
-                   (runs["label"] == e["label"])]
+        answers = names.apply(lambda n, lab=e["label"]: lab in n) if len(runs) else []
+        grp = runs[(runs["dataset"] == e["dataset"]) & (runs["model"] == e["model"]) & answers]
         sched = protocol_schedule
         if sched is None and len(grp) and "iterations" in grp:
             sched = schedule_of(grp["iterations"].mode().iloc[0])

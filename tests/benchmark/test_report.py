@@ -240,3 +240,23 @@ def test_write_report_falls_back_to_synthetic_runs_and_marks_them(tmp_path):
     paths = report.write_report(runs, curves, tmp_path, reported_df=_reported([]), plots=False)
     assert {p.name for p in paths} >= {"table.md", "paper_comparison.md"}
     assert "SYNTHETIC DATA" in (tmp_path / "table.md").read_text()
+
+
+def test_paper_values_match_runs_by_regularizer_and_mhe_power_not_only_label():
+    """Suites show display labels ("RP-CoMHE"); the authors' logs are keyed by regularizer and,
+    for MHE, by power ("hs_mhe_s2"): both must find the runs."""
+    runs, _ = make_store(labels=("rp_comhe", "hs_mhe"), cells=CELLS[1:], seeds=range(3),
+                         shift={}, iterations=42_500)
+    runs["label"] = runs["regularizer"].map({"rp_comhe": "RP-CoMHE", "hs_mhe": "HS-MHE"})
+    rep = _reported([
+        ("log", "mhe_42.5k", "cifar100", "cnn9", "rp_comhe", "test_acc", 75.0, 1, ""),
+        ("log", "mhe_42.5k", "cifar100", "cnn9", "hs_mhe_s2", "test_acc", 75.0, 1, ""),
+        ("log", "mhe_42.5k", "cifar100", "cnn9", "hs_mhe_s0", "test_acc", 75.0, 1, ""),
+    ])
+    comp = report.paper_comparison(runs, rep).set_index("label")
+    assert comp.loc["rp_comhe", "n"] == 3
+    assert comp.loc["hs_mhe_s2", "n"] == 3  # power left at its default, 2
+    assert comp.loc["hs_mhe_s0", "verdict"] == "not reproduced (no runs)"
+    runs.loc[runs["regularizer"] == "hs_mhe", "hparams"] = '{"power": 0}'
+    comp = report.paper_comparison(runs, rep).set_index("label")
+    assert comp.loc["hs_mhe_s0", "n"] == 3 and comp.loc["hs_mhe_s2", "n"] == 0

@@ -252,3 +252,15 @@ def test_holm_skips_statsmodels_gc_collect_and_restores_it():
         restored = gc.collect
         gc.collect = original
     assert restored is not original and restored.__name__ == "<lambda>"  # our spy came back
+
+
+def test_baseline_found_by_regularizer_name_when_displayed_under_another_label():
+    """Suites display weight_decay as "Baseline": pairing must still find it."""
+    rows = [{"dataset": "d", "model": "m", "label": lab, "regularizer": reg, "seed": s,
+             "status": "complete", "synthetic": False, "n_test": 1000,
+             "test_error": 10.0 + (1.0 if reg == "so" else 0.0) + 0.1 * s}
+            for reg, lab in (("weight_decay", "Baseline"), ("so", "SO")) for s in range(4)]
+    out = stats.compare_to_baseline(pd.DataFrame(rows), baseline="weight_decay")
+    so = out[out["label"] == "SO"].iloc[0]
+    assert bool(out[out["label"] == "Baseline"]["is_baseline"].iloc[0])
+    assert so["n_pairs"] == 4 and so["mean_diff"] == pytest.approx(1.0)
