@@ -232,19 +232,24 @@ def available_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
 
 
-def protocol_path(name_or_path: str | Path) -> Path:
+def named_yaml(name_or_path: str | Path, directory: Path, kind: str) -> Path:
+    """A YAML file given by path, or by name in ``directory``; one-line error with close matches."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise ConfigError(f"protocol file '{p}' does not exist")
+            raise ConfigError(f"{kind} file '{p}' does not exist")
         return p
-    path = PROTOCOL_DIR / f"{name_or_path}.yaml"
+    path = directory / f"{name_or_path}.yaml"
     if not path.is_file():
-        names = available_protocols()
+        names = sorted(q.stem for q in directory.glob("*.yaml"))
         close = difflib.get_close_matches(str(name_or_path), names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown protocol '{name_or_path}'{hint} (available: {', '.join(names)})")
+        raise ConfigError(f"unknown {kind} '{name_or_path}'{hint} (available: {', '.join(names)})")
     return path
+
+
+def protocol_path(name_or_path: str | Path) -> Path:
+    return named_yaml(name_or_path, PROTOCOL_DIR, "protocol")
 
 
 def load_protocol(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Protocol:

@@ -36,6 +36,7 @@ from benchmark.config import (
     Protocol,
     RunSpec,
     load_protocol,
+    named_yaml,
     split_overrides,
 )
 
@@ -149,18 +150,7 @@ def available_profiles() -> list[str]:
 
 
 def suite_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"suite file '{p}' does not exist")
-        return p
-    path = SUITE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        names = available_suites()
-        close = difflib.get_close_matches(str(name_or_path), names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown suite '{name_or_path}'{hint} (available: {', '.join(names)})")
-    return path
+    return named_yaml(name_or_path, SUITE_DIR, "suite")
 
 
 def load_suite(
