@@ -87,8 +87,9 @@ def _cmd_run(args) -> int:
         return 0 if summary.ok or summary.jobs else 1
     for spec in specs:
         engine.validate(spec)
-    results.mkdir(parents=True, exist_ok=True)
-    if not os.access(results, os.W_OK):
+    # Nothing is created before the run starts: check the nearest existing ancestor instead.
+    probe = next((p for p in (results, *results.parents) if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
         raise ConfigError(f"results directory '{results}' is not writable")
     record = engine.train(specs[0], results, progress=not args.no_progress)
     final = record["final"]

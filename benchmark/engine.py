@@ -12,6 +12,8 @@ GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code
 
 from __future__ import annotations
 
+import functools
+import json
 import platform
 import re
 import statistics
@@ -40,21 +42,32 @@ FINITE_CHECK_EVERY = 50
 
 def validate(spec: RunSpec) -> None:
     """Raise ConfigError (one line) if the spec names anything unknown or impossible."""
-    import models
     import regularizers
 
     from .plugins import load_plugins
 
     load_plugins()  # those of a parent process (workers), a no-op otherwise
     check_dataset_name(spec.dataset)
-    if not spec.model.startswith("timm:") and spec.model not in models.available():
-        models.create(spec.model, num_classes=10)  # raises with close matches
+    _check_model(spec.model, json.dumps(spec.model_kwargs, sort_keys=True))
     try:
         regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     if not isinstance(spec.seed, int) or spec.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model(name: str, kwargs_json: str) -> None:
+    """Build the model on the meta device (no memory, no init cost): unknown names and
+    keywords fail here, before any run, with the registry's one-line message."""
+    import models
+
+    try:
+        with torch.device("meta"):
+            models.create(name, num_classes=10, **json.loads(kwargs_json))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def resolve_device(choice: str) -> torch.device:
