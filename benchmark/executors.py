@@ -109,17 +109,19 @@ def submit_slurm(
     import submitit
 
     options = options or SlurmOptions()
-    results_dir = prepare_results_dir(results_dir).resolve()
+    root = Path(results_dir).resolve()
+    folder = Path(options.folder) if options.folder else root / "slurm" / "%j"
+    # Before anything is created: no cluster here is a one-line error and an untouched disk.
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"executor '{options.cluster}' is not available here: {exc}") from None
+    results_dir = prepare_results_dir(root)
     specs = list({s.run_id: s for s in specs}.values())
     todo = [s for s in specs
             if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
     if not todo:
         return []
-    folder = Path(options.folder) if options.folder else results_dir / "slurm" / "%j"
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
-    except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"executor '{options.cluster}' is not available here: {exc}") from None
     executor.update_parameters(**options.parameters())
     task = RunTask(results_dir, train_fn, retry_failed)
     seen = [_signature(record_path(results_dir, s.run_id)) for s in todo]
