@@ -74,13 +74,3 @@ def iter_records(results_dir: str | Path):
         record = load_record(path)
         if record is not None:
             yield path, record
-
-
-def clean_temporaries(results_dir: str | Path) -> int:
-    """Remove temp files left by a process killed mid-write. Returns how many were removed."""
-    n = 0
-    for sub in ("runs", "checkpoints"):
-        for tmp in (Path(results_dir) / sub).glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            n += 1
-    return n
