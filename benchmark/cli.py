@@ -101,7 +101,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .runner import format_status, suite_status
+    from .status import format_status, suite_status
 
     if not args.suite:
         raise ConfigError("status needs --suite NAME_OR_PATH")

@@ -25,7 +25,8 @@ from benchmark.records import (
     record_path,
     write_json_atomic,
 )
-from benchmark.runner import format_status, run_suite, suite_status
+from benchmark.runner import run_suite
+from benchmark.status import format_status, suite_status
 
 KNOWN = {"datasets": {"synthetic", "digits", "cifar10", "cifar100"}, "models": {"cnn9"},
          "regularizers": {"weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",

@@ -1,0 +1,125 @@
+"""Where a suite stands: done / running / failed / pending per run, read from the results
+directory alone (records and lock files), without creating any file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import filelock
+
+from benchmark.config import ConfigError, RunSpec
+from benchmark.records import checkpoint_path, load_record, lock_path, record_path
+
+FINAL = ("complete", "diverged")  # statuses a runner never reruns
+
+
+def lock_is_held(results_dir: str | Path, run_id: str) -> bool:
+    """True when another process holds the run's lock (without creating any file)."""
+    path = lock_path(results_dir, run_id)
+    if not path.exists():
+        return False
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+STATES = ("done", "running", "failed", "pending")
+STATUS_COLUMNS = ("run_id", "suite", "label", "dataset", "model", "regularizer", "seed", "state",
+                  "status", "reason", "checkpoint", "finished_at")
+
+
+def suite_status(
+    specs: Iterable[RunSpec],
+    results_dir: str | Path,
+    *,
+    watch: bool = False,
+    interval_s: float = 5.0,
+    progress: bool = True,
+    file: Any = None,
+):
+    """One row per run: ``state`` is done (status complete or diverged), running (its lock is
+    held by a process), failed (``reason`` says why) or pending. Creates no file.
+
+    ``watch=True`` polls every ``interval_s`` with a progress bar until no run is running or
+    pending (or nothing has been running for two polls), then returns the last table.
+    """
+    specs = list({s.run_id: s for s in specs}.values())
+    root = Path(results_dir)
+    if root.exists() and (not root.is_dir() or not os.access(root, os.R_OK | os.X_OK)):
+        raise ConfigError(f"results directory '{root}' is not a readable directory")
+    table = _status_table(specs, root)
+    if not watch:
+        return table
+    from tqdm.auto import tqdm
+
+    idle = 0
+    with tqdm(total=len(specs), unit="run", desc=(specs[0].suite or "runs") if specs else "runs",
+              disable=not progress, file=file) as bar:
+        while True:
+            c = count_states(table)
+            bar.n = c["done"] + c["failed"]
+            bar.set_postfix(running=c["running"], failed=c["failed"], pending=c["pending"])
+            idle = idle + 1 if c["running"] == 0 else 0
+            if c["running"] + c["pending"] == 0 or idle >= 2:
+                return table
+            time.sleep(interval_s)
+            table = _status_table(specs, root)
+
+
+def _status_table(specs: list[RunSpec], root: Path):
+    import pandas as pd
+
+    rows = []
+    for spec in specs:
+        record = load_record(record_path(root, spec.run_id))
+        status = record["status"] if record else None
+        if lock_is_held(root, spec.run_id):
+            state = "running"
+        elif status in FINAL:
+            state = "done"
+        else:
+            state = "failed" if status == "failed" else "pending"
+        rows.append({
+            "run_id": spec.run_id, "suite": spec.suite, "label": spec.display_label,
+            "dataset": spec.dataset, "model": spec.model, "regularizer": spec.regularizer,
+            "seed": spec.seed, "state": state, "status": status,
+            "reason": record.get("reason") if record else None,
+            "checkpoint": checkpoint_path(root, spec.run_id).exists(),
+            "finished_at": record.get("finished_at") if record else None,
+        })
+    return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
+
+
+def count_states(table) -> dict[str, int]:
+    counts = {s: 0 for s in STATES}
+    if table is not None:
+        for state, n in table["state"].value_counts().items():
+            counts[state] = int(n)
+    return counts
+
+
+def format_status(table, *, max_rows: int = 20) -> str:
+    """Human summary: a counts line, then failed runs (with reasons) and running runs."""
+    c = count_states(table)
+    name = table["suite"].iloc[0] if len(table) else "suite"
+    lines = [f"{name}: {len(table)} runs - {c['done']} done, {c['running']} running, "
+             f"{c['failed']} failed, {c['pending']} pending"]
+    for state in ("failed", "running"):
+        rows = table[table["state"] == state]
+        if len(rows):
+            lines.append(f"{state}:")
+        for row in rows.head(max_rows).itertuples():
+            why = f": {row.reason}" if state == "failed" and row.reason else ""
+            lines.append(f"  {row.run_id}  {row.dataset} {row.model} {row.label} seed {row.seed}{why}")
+        if len(rows) > max_rows:
+            lines.append(f"  ... and {len(rows) - max_rows} more")
+    return "\n".join(lines)
