@@ -427,15 +427,21 @@ def run_suite(
     summary = RunSummary(total=len(specs))
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
                desc=(specs[0].suite or "runs") if specs else "runs", disable=not progress)
-    deferred: list[RunSpec] = []
-    try:
-        for spec, outcome in dispatcher.map(todo, results_dir, seen):
+
+    def dispatch(batch: list[RunSpec]) -> list[RunSpec]:
+        """Run ``batch``; return the runs another process held (BUSY)."""
+        busy = []
+        for spec, outcome in dispatcher.map(batch, results_dir, seen):
             if outcome == BUSY:
-                deferred.append(spec)
+                busy.append(spec)
                 continue
             if outcome != SKIPPED:
                 summary.executed[spec.run_id] = outcome
             bar.update(1)
+        return busy
+
+    try:
+        deferred = dispatch(todo)
         while deferred and wait_for_others:
             ready, waiting = [], []
             for spec in deferred:
@@ -445,14 +451,7 @@ def run_suite(
                     waiting.append(spec)
                 else:  # its holder finished without a final record, or died: our turn
                     ready.append(spec)
-            for spec, outcome in dispatcher.map(ready, results_dir, seen):
-                if outcome == BUSY:
-                    waiting.append(spec)
-                    continue
-                if outcome != SKIPPED:
-                    summary.executed[spec.run_id] = outcome
-                bar.update(1)
-            deferred = waiting
+            deferred = waiting + dispatch(ready)
             if deferred:
                 bar.set_postfix_str(f"waiting for {len(deferred)} run(s) held by other processes")
                 time.sleep(poll_s)
