@@ -53,6 +53,7 @@ def benchmark(session: nox.Session) -> None:
     p.add_argument("--plugin", action="append", default=[])
     p.add_argument("--results", default=None)
     p.add_argument("--jobs", default="1")
+    p.add_argument("--leaderboard", default="results/leaderboard.md")
     a = p.parse_args(session.posargs)
     results = a.results or f"results/{Path(a.suite).stem}"
     plugins = [x for plugin in a.plugin for x in ("--plugin", plugin)]
@@ -63,7 +64,7 @@ def benchmark(session: nox.Session) -> None:
         run += ["--regularizer", a.regularizer]
     _bench(session, *run)
     _bench(session, *plugins, "report", "--results", f"{results}/runs", "--out", f"{results}/report",
-           "--leaderboard", "results/leaderboard.md")
+           "--leaderboard", a.leaderboard)
 
 
 @nox.session(python=False)
