@@ -29,7 +29,9 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
         path = stem.with_name(f"{stem.name}.{fmt}")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            # No creation date in the PDF: regenerating from the same records gives the same bytes.
+            meta = {"CreationDate": None} if fmt == "pdf" else {}
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
