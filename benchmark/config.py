@@ -76,8 +76,9 @@ class Data:
 
 @dataclass(frozen=True)
 class Runtime:
-    # "auto": bf16 autocast on CUDA, fp32 on CPU.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 on CPU. "fp64": weights, data and loss in float64, for
+    # checking a fast path against a reference (float32 noise is amplified by training).
+    precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     # "auto": channels_last on CUDA only (it slows CNNs on the CPU).
     channels_last: Literal["auto", "on", "off"] = "auto"
     # Packages the data onto the device once and augments with tensor ops (no DataLoader).

@@ -280,7 +280,57 @@ class BatchStream:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def scale_input(x: torch.Tensor, mode: str) -> torch.Tensor:
+class PackedBatchStream:
+    """The batch streams of S seeds advanced together (packed seeds): (S, B, ...) per step.
+
+    Every seed keeps its own epoch permutation and augmentation, drawn exactly as its own
+    ``BatchStream`` would (same generator seeds), so seed s of a packed run sees the batches of
+    the single run with that seed. Seeds share the dataset and batch size, so their epochs turn
+    together; all S batches are gathered and augmented in one call, not S.
+    """
+
+    def __init__(self, streams: list[BatchStream]):
+        first = streams[0]
+        if any(s.x is not first.x or s.batch_size != first.batch_size for s in streams):
+            raise ValueError("packed streams must share their dataset and batch size")
+        self.streams = streams
+        self.epoch, self.position = 0, 0
+        self._epoch_loaded = -1
+
+    def _load_epoch(self) -> None:
+        for s in self.streams:
+            s.epoch = self.epoch
+            s._load_epoch()
+        self.perm, self.oy, self.ox, self.flip = (
+            torch.stack([getattr(s, k) for s in self.streams]) for k in ("perm", "oy", "ox", "flip"))
+        self._epoch_loaded = self.epoch
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of every seed: uint8 images (S, B, C, H, W) augmented, labels (S, B)."""
+        first = self.streams[0]
+        if self._epoch_loaded != self.epoch:
+            self._load_epoch()
+        lo = self.position * first.batch_size
+        sl = slice(lo, min(lo + first.batch_size, first.n))
+        idx = self.perm[:, sl]
+        x = first.x[idx.reshape(-1)]
+        if first.train_aug:
+            a = first.cfg.augmentation
+            x = augment(x, self.oy[:, sl].reshape(-1), self.ox[:, sl].reshape(-1),
+                        self.flip[:, sl].reshape(-1), a.pad, a.pad_mode)
+        self.position += 1
+        if self.position == first.per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return x.unflatten(0, idx.shape), first.y[idx]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def scale_input(x: torch.Tensor, mode: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 -> float: "tf" is (x - 127.5) / 128 as the authors' code; "unit" is x / 255."""
-    x = x.float()
+    x = x.to(dtype)
     return (x - 127.5) / 128.0 if mode == "tf" else x / 255.0

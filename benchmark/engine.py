@@ -13,6 +13,7 @@ GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import platform
 import re
@@ -111,7 +112,7 @@ def evaluate(run: Run, x_all, y_all, batch=1000) -> tuple[float, float]:
         x = run.inputs(x_all[lo : lo + batch])
         y = y_all[lo : lo + batch]
         with run.autocast():
-            logits = model(x).float()
+            logits = model(x).to(run.dtype)
         correct += (logits.argmax(1) == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
     model.train()
@@ -168,12 +169,17 @@ def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: flo
     """Mean of -sum_k t_k log(softmax(z)_k + softmax_eps), t = (1 - smoothing) onehot + smoothing/K.
 
     softmax_eps = 0 is PyTorch's label-smoothed cross-entropy; the authors' TF code uses 1e-4.
+    logits (..., B, K), y (..., B): the mean is over B, one value per leading index (packed seeds).
     """
     if softmax_eps == 0:
-        return F.cross_entropy(logits, y, label_smoothing=smoothing)
-    k = logits.shape[1]
+        if logits.dim() == 2:
+            return F.cross_entropy(logits, y, label_smoothing=smoothing)
+        per_example = F.cross_entropy(logits.flatten(0, -2), y.flatten(), label_smoothing=smoothing,
+                                      reduction="none")
+        return per_example.view(y.shape).mean(-1)
+    k = logits.shape[-1]
     target = F.one_hot(y, k).to(logits.dtype) * (1 - smoothing) + smoothing / k
-    return -(target * torch.log(torch.softmax(logits, dim=1) + softmax_eps)).sum(1).mean()
+    return -(target * torch.log(torch.softmax(logits, dim=-1) + softmax_eps)).sum(-1).mean(-1)
 
 
 @dataclass
@@ -191,6 +197,7 @@ class Run:
     bf16: bool
     memory_format: torch.memory_format
     compile_mode: str = "off"
+    dtype: torch.dtype = torch.float32  # of weights, inputs and loss (autocast aside)
 
     def __post_init__(self) -> None:
         self._loss = self._eager_loss
@@ -205,7 +212,7 @@ class Run:
         with self.autocast():
             logits = self.model(x)
         p = self.spec.protocol
-        ce = smoothed_cross_entropy(logits.float(), y, p.label_smoothing, p.softmax_eps)
+        ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         pen = self.reg.penalty()
         return ce + pen, ce, pen
 
@@ -213,8 +220,12 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        x = scale_input(x, self.spec.protocol.data.input_scaling)
+        x = scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
         return x.contiguous(memory_format=self.memory_format)
+
+    @property
+    def seeds(self) -> int:
+        return 1
 
     def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration in the authors' order; returns (loss, ce, penalty), not synced."""
@@ -232,6 +243,66 @@ class Run:
         self.opt.step()
         return loss, ce, pen
 
+    # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
+    def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
+        """(CE of the first batch, weight-decay term, penalty) at initialisation. The forward runs
+        in training mode (batch statistics, as the authors' log) and the BN running statistics
+        are restored after it: the diagnostic must not change the training that follows."""
+        saved = [b.clone() for b in self.model.buffers()]
+        p = self.spec.protocol
+        with torch.no_grad(), self.autocast():
+            x, y = self.stream.next()
+            self.stream.load_state_dict({"epoch": 0, "position": 0})
+            logits = self.model(self.inputs(x))
+            ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
+        with torch.no_grad():
+            for b, v in zip(self.model.buffers(), saved):
+                b.copy_(v)
+        pen = self.reg.penalty()
+        return [(float(ce), weight_decay_term(self.model, weight_decay), float(pen.detach()))]
+
+    def evaluate(self) -> list[tuple[float, float]]:
+        return [evaluate(self, self.data.test_x, self.data.test_y)]
+
+    def layer_energies(self) -> list[dict[str, float]]:
+        return [layer_energies(self.model, self.roles)]
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @property
+    def regs(self) -> list[Any]:
+        return [self.reg]
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [self.spec]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "regularizer": self.reg.state_dict(), "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.reg.load_state_dict(state["regularizer"])
+        self.stream.load_state_dict(state["stream"])
+
+
+def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_format, str, torch.dtype]:
+    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives."""
+    cuda = device.type == "cuda"
+    rt = proto.runtime
+    bf16 = rt.precision == "bf16" or (rt.precision == "auto" and cuda)
+    cl = rt.channels_last
+    memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
+    mode = rt.compile
+    if mode == "auto":
+        mode = "reduce-overhead" if cuda else "off"
+    dtype = torch.float64 if rt.precision == "fp64" else torch.float32
+    return bf16, memory_format, mode, dtype
+
 
 def setup(spec: RunSpec) -> Run:
     """Data on the device, model (seeded init), regularizer attached, optimiser, batch stream."""
@@ -240,15 +311,12 @@ def setup(spec: RunSpec) -> Run:
 
     proto = spec.protocol
     device = resolve_device(proto.runtime.device)
-    cuda = device.type == "cuda"
-    bf16 = proto.runtime.precision == "bf16" or (proto.runtime.precision == "auto" and cuda)
-    cl = proto.runtime.channels_last
-    memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
+    bf16, memory_format, mode, dtype = runtime_settings(proto, device)
     data = load_dataset(spec.dataset, proto.data).to(device)
     torch.manual_seed(spec.seed)  # model init
     model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **spec.model_kwargs)
-    model = model.to(device=device, memory_format=memory_format)
+    model = model.to(device=device, dtype=dtype, memory_format=memory_format)
     if proto.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -261,10 +329,7 @@ def setup(spec: RunSpec) -> Run:
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay)
     stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
-    mode = proto.runtime.compile
-    if mode == "auto":
-        mode = "reduce-overhead" if cuda else "off"
-    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode)
+    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype)
 
 
 def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
@@ -274,58 +339,78 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
     ``stop_after``: leave after this many iterations of this call, checkpoint written and no
     record (a time-limited job, or a test of resuming). Returns {} in that case.
     """
-    validate(spec)
-    proto = spec.protocol
+    return train_packed([spec], results_dir, progress=progress, stop_after=stop_after)[0]
+
+
+def pack_id(specs: list[RunSpec]) -> str:
+    """The checkpoint name of a run, or of a packed group of runs (resumable only as that group)."""
+    if len(specs) == 1:
+        return specs[0].run_id
+    blob = ",".join(sorted(s.run_id for s in specs))
+    return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: bool = True,
+                 stop_after: int | None = None) -> list[dict]:
+    """Run (or resume) runs that differ by seed only as ONE program (``packed.PackedRun``; one
+    run is the plain ``Run``). Every run gets its own record, written when the group ends, as the
+    single run would write it (plus ``runtime.packed_seeds``); one checkpoint holds the group.
+
+    A seed that diverges is recorded as diverged at its iteration and the others go on (its
+    tensors are its own: NaNs do not cross seeds). Returns the records ([{}, ...] on stop_after).
+    """
+    for spec in specs:
+        validate(spec)
+    if len(specs) > 1:
+        from .packed import check_packable
+
+        check_packable(specs)
+    proto = specs[0].protocol
+    S = len(specs)
     results_dir = Path(results_dir)
-    run_id = spec.run_id
-    ckpt_path = records.checkpoint_path(results_dir, run_id)
+    ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run = setup(spec)
-    device, data, model, reg, opt, stream = run.device, run.data, run.model, run.reg, run.opt, run.stream
+    if S == 1:
+        run = setup(specs[0])
+    else:
+        from .packed import setup_packed
+
+        run = setup_packed(specs)
+    device, data = run.device, run.data
     cuda = device.type == "cuda"
     opt_cfg = proto.optimizer
 
-    curves, window_ms, start_it, elapsed_before = _new_curves(), [], 0, 0.0
+    curves, window_ms, start_it, elapsed_before = [_new_curves() for _ in specs], [], 0, 0.0
     # Running sums since the last evaluation (logged as window means); part of the checkpoint.
-    window = {"loss_sum": 0.0, "pen_sum": 0.0, "steps": 0}
+    window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0}
+    diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        reg.load_state_dict(ck["regularizer"])
-        stream.load_state_dict(ck["stream"])
+        run.load_state_dict(ck["run"])
         torch.set_rng_state(ck["rng_cpu"])
         if cuda and ck.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ck["rng_cuda"])
-        curves, window_ms = ck["curves"], ck["window_ms"]
+        curves, window_ms, diverged = ck["curves"], ck["window_ms"], ck["diverged"]
         start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
 
-    record = {
-        "schema_version": records.SCHEMA_VERSION, "run_id": run_id, "suite": spec.suite,
-        "label": spec.display_label, "status": "failed", "reason": None,
-        "config": spec.identity(), "seed": spec.seed, **environment(),
-        "device": device_name(device), "synthetic": data.synthetic,
-        "notes": list(getattr(model, "model_notes", [])),
-        "regularizer_hparams_resolved": dict(reg.hparams),
-        "runtime": {"compile": run.compile_mode, "bf16": run.bf16,
-                    "channels_last": run.memory_format == torch.channels_last},
+    base_record = {
+        "schema_version": records.SCHEMA_VERSION, "status": "failed", "reason": None,
+        **environment(), "device": device_name(device), "synthetic": data.synthetic,
+        "notes": list(getattr(run.models[0], "model_notes", [])),
+        "regularizer_hparams_resolved": dict(run.regs[0].hparams),
+        "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
+                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S},
         "started_at": started,
     }
 
     if start_it == 0:
-        with torch.no_grad(), run.autocast():
-            x, y = stream.next()
-            stream.load_state_dict({"epoch": 0, "position": 0})
-            logits = model(run.inputs(x))
-            ce0 = smoothed_cross_entropy(logits.float(), y, proto.label_smoothing, proto.softmax_eps)
-        pen0 = reg.penalty()
-        line = (f"[{run_id}] iteration 0: CE {float(ce0):.4f}, weight-decay term "
-                f"{weight_decay_term(model, opt_cfg.weight_decay):.4f}, penalty {float(pen0.detach()):.4f}")
-        print(line, flush=True)
+        for spec, (ce0, wd0, pen0) in zip(specs, run.iteration0(opt_cfg.weight_decay)):
+            print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term {wd0:.4f}, "
+                  f"penalty {pen0:.4f}", flush=True)
 
-    loss_sum = torch.full((), window["loss_sum"], device=device)
-    pen_sum = torch.full((), window["pen_sum"], device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    loss_sum = torch.tensor(window["loss_sum"], device=device)
+    pen_sum = torch.tensor(window["pen_sum"], device=device)
+    first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
     steps_in_window = window["steps"]
     t0 = time.perf_counter()
     t_window = t0
@@ -333,53 +418,70 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=proto.iterations, initial=start_it, desc=f"{spec.display_label} s{spec.seed}",
+        seeds = ",".join(str(s.seed) for s in specs)
+        bar = tqdm(total=proto.iterations, initial=start_it, desc=f"{specs[0].display_label} s{seeds}",
                    dynamic_ncols=True, leave=False)
 
-    def finish(status: str, reason: str | None, it: int) -> dict:
+    def check_finite() -> bool:
+        """Record newly diverged seeds; True when no seed is left training."""
+        for s, it_bad in enumerate(first_bad.tolist()):
+            if it_bad >= 0 and diverged[s] is None:
+                diverged[s] = it_bad
+        return all(d is not None for d in diverged)
+
+    def finish(last_it: int) -> list[dict]:
         if bar is not None:
             bar.close()
-        record.update(
-            status=status, reason=reason, curves=curves,
-            final=_final(curves, it, data.test_y.shape[0]),
-            wall_time_s=elapsed_before + time.perf_counter() - t0,
-            median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        records.write_json_atomic(records.record_path(results_dir, run_id), record)
+        out = []
+        wall = elapsed_before + time.perf_counter() - t0
+        for s, spec in enumerate(specs):
+            it = last_it if diverged[s] is None else diverged[s]
+            record = {
+                **base_record, "run_id": spec.run_id, "suite": spec.suite,
+                "label": spec.display_label, "config": spec.identity(), "seed": spec.seed,
+                "status": "complete" if diverged[s] is None else "diverged",
+                "reason": None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
+                "curves": _truncate(curves[s], it), "final": _final(_truncate(curves[s], it), it,
+                                                                    data.test_y.shape[0]),
+                "wall_time_s": wall,
+                "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
+            out.append(record)
         ckpt_path.unlink(missing_ok=True)
-        return record
+        return out
 
-    it = start_it
     for it in range(start_it, proto.iterations):
         loss, ce, pen = run.step(proto.lr_at(it))
 
         # Device-side bookkeeping: no host sync per step.
-        bad = ~torch.isfinite(loss.detach())
+        bad = ~torch.isfinite(loss.detach().reshape(-1))
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, it), first_bad)
-        loss_sum += ce.detach()
-        pen_sum += pen.detach().float()
+        loss_sum += ce.detach().reshape(-1)
+        pen_sum += pen.detach().float().reshape(-1)
         steps_in_window += 1
         done = it + 1
         is_eval = done % proto.eval_every == 0 or done == proto.iterations
-        if (is_eval or done % FINITE_CHECK_EVERY == 0) and int(first_bad) >= 0:
-            return finish("diverged", f"non-finite loss at iteration {int(first_bad)}", int(first_bad))
+        if (is_eval or done % FINITE_CHECK_EVERY == 0) and check_finite():
+            return finish(done)
         if is_eval:
             if cuda:
                 torch.cuda.synchronize()
             window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
-            acc, _ = evaluate(run, data.test_x, data.test_y)
-            energies = layer_energies(model, run.roles)
-            curves["iteration"].append(done)
-            curves["test_acc"].append(acc)
-            curves["test_error"].append(100.0 - acc)
-            curves["train_loss"].append(float(loss_sum) / steps_in_window)
-            curves["penalty"].append(float(pen_sum) / steps_in_window)
-            curves["energy_total"].append(sum(energies.values()))
-            for name, e in energies.items():
-                curves["energy"].setdefault(name, []).append(e)
+            evals, energies = run.evaluate(), run.layer_energies()
+            losses, pens = (loss_sum / steps_in_window).tolist(), (pen_sum / steps_in_window).tolist()
+            for c, (acc, _), e, lo, pe in zip(curves, evals, energies, losses, pens):
+                c["iteration"].append(done)
+                c["test_acc"].append(acc)
+                c["test_error"].append(100.0 - acc)
+                c["train_loss"].append(lo)
+                c["penalty"].append(pe)
+                c["energy_total"].append(sum(e.values()))
+                for name, v in e.items():
+                    c["energy"].setdefault(name, []).append(v)
             if bar is not None:
-                bar.set_postfix(loss=f"{curves['train_loss'][-1]:.3f}", acc=f"{acc:.2f}")
+                bar.set_postfix(loss=f"{curves[0]['train_loss'][-1]:.3f}", acc=f"{evals[0][0]:.2f}")
             loss_sum.zero_()
             pen_sum.zero_()
             steps_in_window = 0
@@ -388,14 +490,26 @@ def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
             bar.update(1)
         stopping = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
         if done < proto.iterations and (done % proto.checkpoint_every == 0 or stopping):
-            window = {"loss_sum": float(loss_sum), "pen_sum": float(pen_sum), "steps": steps_in_window}
-            _save_checkpoint(ckpt_path, model, opt, reg, stream, curves, window_ms, window, done,
+            check_finite()
+            window = {"loss_sum": loss_sum.tolist(), "pen_sum": pen_sum.tolist(), "steps": steps_in_window}
+            _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
                              elapsed_before + time.perf_counter() - t0, cuda)
         if stopping:
             if bar is not None:
                 bar.close()
-            return {}
-    return finish("complete", None, proto.iterations)
+            return [{} for _ in specs]
+    check_finite()
+    return finish(proto.iterations)
+
+
+def _truncate(curves: dict, iteration: int) -> dict:
+    """The curves up to ``iteration`` (a diverged seed of a packed run stops counting there)."""
+    keep = sum(i <= iteration for i in curves["iteration"])
+    if keep == len(curves["iteration"]):
+        return curves
+    out = {k: v[:keep] for k, v in curves.items() if k != "energy"}
+    out["energy"] = {k: v[:keep] for k, v in curves["energy"].items()}
+    return out
 
 
 def _final(curves: dict, iteration: int, n_test: int) -> dict:
@@ -404,17 +518,15 @@ def _final(curves: dict, iteration: int, n_test: int) -> dict:
     return {"iteration": iteration, **last, "n_test": n_test}
 
 
-def _save_checkpoint(path, model, opt, reg, stream, curves, window_ms, window, iteration, elapsed,
-                     cuda):
+def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda):
     import io
 
     state = {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "regularizer": reg.state_dict(), "stream": stream.state_dict(),
+        "run": run.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
-        "curves": curves, "window_ms": window_ms, "window": window, "iteration": iteration,
-        "elapsed_s": elapsed,
+        "curves": curves, "window_ms": window_ms, "window": window, "diverged": diverged,
+        "iteration": iteration, "elapsed_s": elapsed,
     }
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -85,6 +85,10 @@ class Regularizer(nn.Module):
         self.generator: torch.Generator | None = None
         self.seed: int | None = None
         self.lr: float = 0.0  # last learning rate given to before_step
+        # Tensors standing in for the attached parameters (by name) while ``penalty_for`` or
+        # ``before_step_for`` runs: packed seeds keep S networks' weights stacked, and each seed's
+        # regularizer reads its slice. None: the attached parameters themselves.
+        self._weights: dict[str, Tensor] | None = None
 
     # ----------------------------------------------------------------- hyper-parameters
     @classmethod
@@ -162,11 +166,16 @@ class Regularizer(nn.Module):
             groups.setdefault((key, p.shape[0], p[0].numel()), []).append(i)
         return list(groups.values())
 
+    def _weight(self, i: int) -> Tensor:
+        """The weight of layer i: the attached parameter, or its stand-in (see ``penalty_for``)."""
+        name, param, _ = self._layers[i]
+        return param if self._weights is None else self._weights[name]
+
     def _stack(self, index: list[int]) -> Tensor:
         """Neuron matrices of the given layers stacked: (L, N, d); a view when L == 1."""
         if len(index) == 1:
-            return neurons(self._layers[index[0]][1]).unsqueeze(0)
-        return torch.stack([neurons(self._layers[i][1]) for i in index])
+            return neurons(self._weight(index[0])).unsqueeze(0)
+        return torch.stack([neurons(self._weight(i)) for i in index])
 
     def _zero(self) -> Tensor:
         p = self._layers[0][1]
@@ -181,6 +190,26 @@ class Regularizer(nn.Module):
     def penalty(self) -> Tensor:
         """The scalar penalty of the current step: 0-dim tensor on the weights' device."""
         raise NotImplementedError
+
+    def penalty_for(self, weights: dict[str, Tensor]) -> Tensor:
+        """``penalty()`` of these tensors in place of the attached parameters (same names and
+        shapes; gradients flow to them). Used by packed seeds, where S networks' weights live in
+        stacked tensors and each seed's regularizer reads its own slice."""
+        return self._with_weights(weights, self.penalty)
+
+    def before_step_for(self, weights: dict[str, Tensor], lr: float) -> None:
+        """``before_step(lr)`` reading these tensors in place of the attached parameters."""
+        self._with_weights(weights, self.before_step, lr)
+
+    def _with_weights(self, weights, fn, *args):
+        missing = [n for n, _, _ in self._layers if n not in weights]
+        if missing:
+            raise KeyError(f"{self.name}: no stand-in for attached weight(s) {', '.join(missing)}")
+        self._weights = weights
+        try:
+            return fn(*args)
+        finally:
+            self._weights = None
 
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:

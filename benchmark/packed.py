@@ -1,0 +1,243 @@
+"""Packed seeds: S independent networks of one configuration trained as one program.
+
+At batch 128 a GPU is mostly idle during a CNN-9 step, so S seeds stepped together cost far less
+than S steps. The S networks stay exactly independent: each has its own initialisation, batch
+order and augmentation, regularizer state and random draws, all seeded as the single run with
+that seed would be, so seed s of a packed run is the single run with seed s up to floating-point
+summation order (``tests/benchmark/test_packed.py`` checks this against the plain engine).
+
+How, in one paragraph: the S models are built and seeded one by one, then their parameters and
+buffers are stacked along a new leading dimension (``torch.func.stack_module_state``) and the
+network is applied with ``torch.func.vmap`` over ``functional_call`` (convolutions become one
+grouped convolution; BatchNorm statistics stay per seed). The loss is the SUM over seeds of each
+seed's mean loss, so the gradient of seed s is exactly its own; SGD is elementwise, so one
+optimiser over the stacked tensors is S independent optimisers. Each seed keeps its own
+regularizer, which reads its slice of the stacked weights (``Regularizer.penalty_for``). The
+per-seed model objects stay alive as views of the stacked tensors: energies, the weight-decay
+term and the regularizers' attachment use them as they would a single run's model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from .config import ConfigError, RunSpec
+from .data import BatchStream, Dataset, PackedBatchStream, load_dataset, scale_input
+
+
+def check_packable(specs: list[RunSpec]) -> None:
+    """One line if these specs cannot be one packed run: they must differ by seed only."""
+    if not specs:
+        raise ConfigError("packed run: no runs given")
+    key = lambda s: {k: v for k, v in s.identity().items() if k != "seed"}  # noqa: E731
+    first = key(specs[0])
+    for s in specs[1:]:
+        if key(s) != first:
+            raise ConfigError(f"packed run: runs must differ by seed only; {specs[0].display_label} "
+                              f"and {s.display_label} differ in more")
+    seeds = [s.seed for s in specs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"packed run: seeds must be distinct, got {seeds}")
+
+
+@dataclass
+class PackedRun:
+    """What a packed training step needs; the S-seed counterpart of ``engine.Run``."""
+
+    specs: list[RunSpec]
+    device: torch.device
+    data: Dataset
+    base: torch.nn.Module           # the architecture on the meta device (holds no weights)
+    models: list[torch.nn.Module]   # seed s's network, its tensors views of the stacked ones
+    roles: dict[str, str]
+    regs: list[Any]                 # one regularizer per seed, attached to models[s]
+    params: dict[str, torch.Tensor]  # stacked (S, ...) leaves: what the optimiser updates
+    buffers: dict[str, torch.Tensor]  # stacked BatchNorm statistics
+    opt: torch.optim.Optimizer
+    stream: PackedBatchStream
+    bf16: bool
+    memory_format: torch.memory_format
+    compile_mode: str = "off"
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        self._loss = self._eager_loss
+        if self.compile_mode != "off":
+            self._loss = torch.compile(self._eager_loss, mode=self.compile_mode)
+        self._mark_step = self.compile_mode in ("reduce-overhead", "max-autotune") and \
+            self.device.type == "cuda"
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.specs[0]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.specs)
+
+    # ----------------------------------------------------------------- pieces
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
+
+    def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
+        """Logits of every seed: x (S, B, ...) -> (S, B, K); or x (B, ...) for all seeds."""
+        def one(p, b, xi):
+            return functional_call(self.base, (p, b), (xi,))
+
+        # randomness="different": dropout (timm models) draws per seed, like independent runs
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0),
+                    randomness="different")(self.params, self.buffers, x)
+
+    def seed_weights(self, detach: bool = False) -> list[dict[str, torch.Tensor]]:
+        """Per seed, the regularized weights by name: views (with gradient) of the stacked ones."""
+        names = self.regs[0].layer_names
+        views = {n: torch.unbind(self.params[n].detach() if detach else self.params[n]) for n in names}
+        return [{n: views[n][s] for n in names} for s in range(self.seeds)]
+
+    def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
+        from .engine import smoothed_cross_entropy
+
+        with self.autocast():
+            logits = self.forward(x)
+        p = self.spec.protocol
+        ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)  # (S,)
+        pen = torch.stack([reg.penalty_for(w) for reg, w in zip(self.regs, self.seed_weights())])
+        return ce + pen, ce, pen
+
+    # ----------------------------------------------------------------- the step
+    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One iteration of every seed, in the authors' order; (loss, ce, penalty) each (S,)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        for reg, w in zip(self.regs, self.seed_weights(detach=True)):
+            reg.before_step_for(w, lr)
+        x, y = self.stream.next()
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, ce, pen = self._loss(self.inputs(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        # the sum of the seeds' losses: d(sum)/d(theta_s) = d(loss_s)/d(theta_s), seeds stay apart
+        loss.sum().backward()
+        self.opt.step()
+        return loss, ce, pen
+
+    # ----------------------------------------------------------------- diagnostics
+    def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
+        """Per seed (CE of the first batch in training mode, weight-decay term, penalty) at
+        initialisation; BN running statistics are restored, so training is unaffected."""
+        from .engine import smoothed_cross_entropy, weight_decay_term
+
+        saved = {k: v.clone() for k, v in self.buffers.items()}
+        p = self.spec.protocol
+        with torch.no_grad(), self.autocast():
+            x, y = self.stream.next()
+            self.stream.load_state_dict({"epoch": 0, "position": 0})
+            ce = smoothed_cross_entropy(self.forward(self.inputs(x)).to(self.dtype), y, p.label_smoothing,
+                                        p.softmax_eps)
+        with torch.no_grad():
+            for k, v in saved.items():
+                self.buffers[k].copy_(v)
+        pens = [float(reg.penalty().detach()) for reg in self.regs]
+        return [(float(c), weight_decay_term(m, weight_decay), pen)
+                for c, m, pen in zip(ce, self.models, pens)]
+
+    @torch.no_grad()
+    def evaluate(self, batch: int = 1000) -> list[tuple[float, float]]:
+        """Per seed (accuracy %, mean CE) on the test set with running BN statistics."""
+        x_all, y_all = self.data.test_x, self.data.test_y
+        batch = max(1, batch // self.seeds)  # the same images per forward as a single run's total
+        S = self.seeds
+        correct = torch.zeros(S, device=x_all.device)
+        loss_sum = torch.zeros(S, device=x_all.device)
+        self.base.eval()
+        try:
+            for lo in range(0, x_all.shape[0], batch):
+                x, y = self.inputs(x_all[lo: lo + batch]), y_all[lo: lo + batch]
+                with self.autocast():
+                    logits = self.forward(x, shared_input=True).to(self.dtype)  # (S, b, K)
+                correct += (logits.argmax(-1) == y).sum(-1)
+                loss_sum += F.cross_entropy(logits.flatten(0, 1), y.repeat(S),
+                                            reduction="none").view(S, -1).sum(-1)
+        finally:
+            self.base.train()
+        n = x_all.shape[0]
+        return [(float(c) * 100.0 / n, float(s) / n) for c, s in zip(correct, loss_sum)]
+
+    def layer_energies(self) -> list[dict[str, float]]:
+        from .engine import layer_energies
+
+        return [layer_energies(m, self.roles) for m in self.models]
+
+    # ----------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        return {
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "buffers": dict(self.buffers), "optimizer": self.opt.state_dict(),
+            "regularizers": [reg.state_dict() for reg in self.regs],
+            "stream": self.stream.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v)
+            for k, v in state["buffers"].items():
+                self.buffers[k].copy_(v)
+        self.opt.load_state_dict(state["optimizer"])
+        for reg, st in zip(self.regs, state["regularizers"]):
+            reg.load_state_dict(st)
+        self.stream.load_state_dict(state["stream"])
+
+
+def setup_packed(specs: list[RunSpec]) -> PackedRun:
+    """The packed counterpart of ``engine.setup``: S seeded models stacked, S regularizers."""
+    import models
+    import regularizers
+
+    from .engine import resolve_device, runtime_settings
+
+    check_packable(specs)
+    proto = specs[0].protocol
+    device = resolve_device(proto.runtime.device)
+    bf16, memory_format, mode, dtype = runtime_settings(proto, device)
+    data = load_dataset(specs[0].dataset, proto.data).to(device)
+    nets = []
+    for spec in specs:
+        torch.manual_seed(spec.seed)  # model init, exactly as the single run
+        net = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                            **spec.model_kwargs).to(device=device, dtype=dtype)
+        if proto.bn_momentum is not None:
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.momentum = proto.bn_momentum
+        nets.append(net)
+    base = copy.deepcopy(nets[0]).to("meta")
+    params, buffers = stack_module_state(nets)
+    # seed s's model now shows slices of the stacked tensors (no second copy of the weights)
+    for s, net in enumerate(nets):
+        for name, t in net.named_parameters():
+            t.data = params[name].detach()[s]
+        for name, t in net.named_buffers():
+            t.data = buffers[name][s]
+    roles = dict(getattr(nets[0], "weight_roles", {})) or regularizers.infer_roles(nets[0])
+    regs = []
+    for spec, net in zip(specs, nets):
+        reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
+        regs.append(reg.attach(net, roles=roles, seed=spec.seed))
+    o = proto.optimizer
+    opt = torch.optim.SGD(list(params.values()), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
+    stream = PackedBatchStream([BatchStream(data, proto.batch_size, s.seed, proto.data) for s in specs])
+    # channels_last has no meaning for the stacked 5-D batch: the packed path keeps the default
+    del memory_format
+    return PackedRun(specs, device, data, base, nets, roles, regs, params, buffers, opt, stream,
+                     bf16, torch.contiguous_format, mode, dtype)
