@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 NOX    := $(BIN)/nox
 PROFILE ?= paper
+PACK ?= 1
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup test benchmark reproduce-table2 perf lint clean-venv
@@ -25,7 +26,7 @@ benchmark: $(STAMP)
 	$(NOX) -s benchmark
 
 reproduce-table2: $(STAMP)
-	$(NOX) -s reproduce_table2 -- --profile $(PROFILE)
+	$(NOX) -s reproduce_table2 -- --profile $(PROFILE) --pack-seeds $(PACK)
 
 perf: $(STAMP)
 	$(NOX) -s perf

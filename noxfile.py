@@ -53,11 +53,13 @@ def benchmark(session: nox.Session) -> None:
     p.add_argument("--plugin", action="append", default=[])
     p.add_argument("--results", default=None)
     p.add_argument("--jobs", default="1")
+    p.add_argument("--pack-seeds", default="1", help="seeds per packed program (GPU)")
     p.add_argument("--leaderboard", default="results/leaderboard.md")
     a = p.parse_args(session.posargs)
     results = a.results or f"results/{Path(a.suite).stem}"
     plugins = [x for plugin in a.plugin for x in ("--plugin", plugin)]
-    run = [*plugins, "run", "--suite", a.suite, "--results", f"{results}/runs", "--jobs", a.jobs]
+    run = [*plugins, "run", "--suite", a.suite, "--results", f"{results}/runs", "--jobs", a.jobs,
+           "--pack-seeds", a.pack_seeds]
     if a.profile:
         run += ["--profile", a.profile]
     if a.regularizer:
@@ -73,9 +75,11 @@ def reproduce_table2(session: nox.Session) -> None:
     p = argparse.ArgumentParser(prog="nox -s reproduce_table2 --")
     p.add_argument("--profile", default="paper", choices=["paper", "smoke"])
     p.add_argument("--jobs", default="1")
+    p.add_argument("--pack-seeds", default="1", help="seeds per packed program (GPU)")
     a = p.parse_args(session.posargs)
     results = "results/table2" if a.profile == "paper" else "results/table2-smoke"
-    run = ["run", "--suite", "table2", "--results", f"{results}/runs", "--jobs", a.jobs]
+    run = ["run", "--suite", "table2", "--results", f"{results}/runs", "--jobs", a.jobs,
+           "--pack-seeds", a.pack_seeds]
     if a.profile != "paper":
         run += ["--profile", a.profile]
     _bench(session, *run)

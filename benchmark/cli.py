@@ -82,7 +82,8 @@ def _cmd_run(args) -> int:
                                  constraint=args.slurm_constraint,
                                  array_parallelism=args.array_parallelism)
         summary = run_suite(specs, results, jobs=args.jobs, executor=args.executor, slurm=slurm,
-                            retry_failed=args.retry_failed, progress=not args.no_progress)
+                            retry_failed=args.retry_failed, progress=not args.no_progress,
+                            pack_seeds=args.pack_seeds)
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
     for spec in specs:
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", help="display name in tables")
     run.add_argument("--jobs", type=int, default=1,
                      help="runs at once (one process and one GPU each); 0 = one per visible GPU")
+    run.add_argument("--pack-seeds", type=int, default=1, metavar="S",
+                     help="train up to S runs that differ only by seed as one packed program "
+                          "(many seeds per GPU; docs/performance.md)")
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
     slurm = run.add_argument_group("Slurm (with --executor slurm, through submitit)")
     slurm.add_argument("--slurm-partition")

@@ -14,7 +14,12 @@ Records and checkpoints are only ever replaced with ``os.replace``, so ``kill -9
 leaves the old file or the new one, never half of one; the OS drops a dead process's lock.
 Lock files themselves may remain after a run (they are empty and harmless).
 
-With ``jobs > 1`` every run gets its own worker process (``python -m benchmark.runner``) that
+With ``pack_seeds = S > 1``, runs that differ only by seed go together, up to S at a time, as one
+packed program (``benchmark.packed``): the runner takes every run's lock, runs those that still
+need it as one ``engine.train_packed`` call, and each run gets its own record. A packed group
+resumes from its checkpoint only as the same group of runs.
+
+With ``jobs > 1`` every run (or packed group) gets its own worker process (``python -m benchmark.runner``) that
 takes the lock itself, one GPU each (``CUDA_VISIBLE_DEVICES``) when CUDA devices exist; its
 output goes to ``logs/<run_id>.log``. With ``jobs == 1`` runs happen in this process.
 """
@@ -192,6 +197,69 @@ def try_run(
         lock.release()
 
 
+def try_run_pack(
+    specs: list[RunSpec],
+    results_dir: Path,
+    *,
+    retry_failed: bool,
+    seen: dict[str, Any],
+    progress: bool = False,
+) -> dict[str, str]:
+    """``try_run`` for a group of runs differing by seed: take each run's lock without waiting,
+    train those that still need it as one packed program. Returns run_id -> outcome."""
+    from benchmark.engine import pack_id, train_packed
+
+    outcomes: dict[str, str] = {}
+    held = []
+    try:
+        for spec in specs:
+            lock = _lock(results_dir, spec.run_id)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                outcomes[spec.run_id] = BUSY
+                continue
+            held.append(lock)
+            if not _needs_run(spec, results_dir, retry_failed, seen.get(spec.run_id)):
+                outcomes[spec.run_id] = SKIPPED
+        todo = [s for s in specs if s.run_id not in outcomes]
+        if not todo:
+            return outcomes
+        for spec in todo:
+            _clean_run_temporaries(results_dir, spec.run_id)
+        _clean_run_temporaries(results_dir, pack_id(todo))
+        before = {s.run_id: _signature(record_path(results_dir, s.run_id)) for s in todo}
+        started = time.time()
+        try:
+            train_packed(todo, results_dir, progress=progress)
+        except Exception as exc:  # the engine records its own failures; this catches the rest
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            for spec in todo:
+                if _signature(record_path(results_dir, spec.run_id)) == before[spec.run_id]:
+                    write_failure_record(spec, results_dir, f"runner (packed): {reason}", started)
+        for spec in todo:
+            record = load_record(record_path(results_dir, spec.run_id))
+            outcomes[spec.run_id] = record["status"] if record else "failed"
+        return outcomes
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def pack_by_seed(specs: list[RunSpec], pack_seeds: int) -> list[list[RunSpec]]:
+    """Groups of up to ``pack_seeds`` runs that differ only by seed, in first-seen order."""
+    groups: dict[str, list[list[RunSpec]]] = {}
+    for spec in specs:
+        ident = spec.identity()
+        ident.pop("seed")
+        key = json.dumps(ident, sort_keys=True)
+        chunks = groups.setdefault(key, [[]])
+        if len(chunks[-1]) == pack_seeds:
+            chunks.append([])
+        chunks[-1].append(spec)
+    return [chunk for chunks in groups.values() for chunk in chunks]
+
+
 def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started: float) -> None:
     """A valid ``failed`` record for a run whose engine could not write one (crash, bug)."""
     now = time.time()
@@ -239,6 +307,14 @@ def spec_from_dict(d: dict[str, Any]) -> RunSpec:
 def _worker_main() -> int:
     """``python -m benchmark.runner`` with a JSON job on stdin: run it, exit with its outcome."""
     job = json.loads(sys.stdin.read())
+    if "specs" in job:  # a packed group: every run writes its own record; exit 0
+        specs = [spec_from_dict(d) for d in job["specs"]]
+        seen = {k: tuple(v) if v is not None else None for k, v in job["seen"].items()}
+        outcomes = try_run_pack(specs, Path(job["results_dir"]), retry_failed=job["retry_failed"],
+                                seen=seen, progress=False)
+        for run_id, outcome in outcomes.items():
+            print(f"runner: {run_id} -> {outcome}", file=sys.stderr)
+        return 0
     spec = spec_from_dict(job["spec"])
     if spec.run_id != job["spec_id"]:
         print(f"spec round trip changed the run id ({job['spec_id']} -> {spec.run_id})", file=sys.stderr)
@@ -258,10 +334,17 @@ class _InProcess:
     def __init__(self, train_fn, retry_failed, progress):
         self.train_fn, self.retry_failed, self.progress = train_fn, retry_failed, progress
 
-    def map(self, specs: list[RunSpec], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
-        for spec in specs:
-            yield spec, try_run(spec, results_dir, self.train_fn, retry_failed=self.retry_failed,
-                                seen=seen[spec.run_id], progress=self.progress)
+    def map(self, units: list[list[RunSpec]], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
+        for unit in units:
+            if len(unit) == 1:
+                yield unit[0], try_run(unit[0], results_dir, self.train_fn,
+                                       retry_failed=self.retry_failed, seen=seen[unit[0].run_id],
+                                       progress=self.progress)
+                continue
+            outcomes = try_run_pack(unit, results_dir, retry_failed=self.retry_failed, seen=seen,
+                                    progress=self.progress)
+            for spec in unit:
+                yield spec, outcomes[spec.run_id]
 
 
 class _Workers:
@@ -282,6 +365,36 @@ class _Workers:
         elif "OMP_NUM_THREADS" not in env:  # share the CPU instead of oversubscribing it
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         return env
+
+    def _pack(self, unit: list[RunSpec], results_dir: Path, seen: dict) -> dict[str, str]:
+        """A packed group in one worker process; outcomes read back from the records."""
+        device = self.slots.get()
+        try:
+            job = {"specs": [spec_to_dict(s) for s in unit], "seen": {s.run_id: seen[s.run_id] for s in unit},
+                   "results_dir": str(results_dir), "retry_failed": self.retry_failed}
+            started = time.time()
+            log = results_dir / "logs" / f"{unit[0].run_id}-pack.log"
+            with open(log, "ab") as out:
+                proc = subprocess.run([sys.executable, "-m", "benchmark.runner"],
+                                      input=json.dumps(job).encode(), stdout=out, stderr=out,
+                                      env=self._env(device))
+        finally:
+            self.slots.put(device)
+        outcomes = {}
+        for spec in unit:
+            record = load_record(record_path(results_dir, spec.run_id))
+            if record is not None and record["status"] in FINAL:
+                outcomes[spec.run_id] = record["status"]
+            elif lock_is_held(results_dir, spec.run_id):
+                outcomes[spec.run_id] = BUSY
+            elif proc.returncode not in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
+                if _needs_run(spec, results_dir, self.retry_failed, seen[spec.run_id]):
+                    write_failure_record(spec, results_dir, f"packed worker exited with code "
+                                         f"{proc.returncode}; see logs/{log.name}", started)
+                outcomes[spec.run_id] = "failed"
+            else:
+                outcomes[spec.run_id] = record["status"] if record else "interrupted"
+        return outcomes
 
     def _one(self, spec: RunSpec, results_dir: Path, seen: Any) -> str:
         device = self.slots.get()
@@ -318,11 +431,15 @@ class _Workers:
         record = load_record(record_path(results_dir, spec.run_id))
         return record["status"] if record else "interrupted"
 
-    def map(self, specs: list[RunSpec], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
+    def map(self, units: list[list[RunSpec]], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            futures = {pool.submit(self._one, s, results_dir, seen[s.run_id]): s for s in specs}
+            futures = {(pool.submit(self._one, u[0], results_dir, seen[u[0].run_id]) if len(u) == 1
+                        else pool.submit(self._pack, u, results_dir, seen)): u for u in units}
             for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+                unit = futures[fut]
+                result = fut.result()
+                for spec in unit:
+                    yield spec, result if len(unit) == 1 else result[spec.run_id]
 
 
 def visible_cuda_devices() -> list[str]:
@@ -386,6 +503,7 @@ def run_suite(
     devices: list[str] | None = None,
     executor: str = "local",
     slurm: Any = None,
+    pack_seeds: int = 1,
 ) -> RunSummary:
     """Run every run of ``specs`` that has no final record; see the module docstring.
 
@@ -394,9 +512,15 @@ def run_suite(
     ``wait_for_others``: at the end, wait for runs other processes hold, so the summary is final.
     ``executor="slurm"``: submit the runs needing it as a job array instead
     (``slurm``: :class:`benchmark.executors.SlurmOptions`) and return at once.
+    ``pack_seeds``: train up to this many runs that differ only by seed as one packed program.
     """
     from tqdm.auto import tqdm
 
+    if isinstance(pack_seeds, bool) or not isinstance(pack_seeds, int) or pack_seeds < 1:
+        raise ConfigError(f"pack_seeds must be an integer >= 1, got {pack_seeds!r}")
+    if pack_seeds > 1 and (executor != "local" or train_fn is not None):
+        raise ConfigError("pack_seeds > 1 runs with the local executor and the default engine only"
+                          f" (got executor={executor!r}, train_fn={'custom' if train_fn else 'default'})")
     if executor != "local":
         from benchmark.executors import EXECUTORS, submit_slurm
 
@@ -431,7 +555,8 @@ def run_suite(
     def dispatch(batch: list[RunSpec]) -> list[RunSpec]:
         """Run ``batch``; return the runs another process held (BUSY)."""
         busy = []
-        for spec, outcome in dispatcher.map(batch, results_dir, seen):
+        units = pack_by_seed(batch, pack_seeds) if pack_seeds > 1 else [[s] for s in batch]
+        for spec, outcome in dispatcher.map(units, results_dir, seen):
             if outcome == BUSY:
                 busy.append(spec)
                 continue

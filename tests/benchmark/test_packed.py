@@ -137,3 +137,35 @@ def test_only_runs_differing_by_seed_pack():
         check_packable([spec("rp_comhe", 0), spec("hs_mhe", 1)])
     with pytest.raises(ConfigError, match="seeds must be distinct"):
         check_packable([spec(seed=0), spec(seed=0)])
+
+
+def test_runner_packs_seeds_and_skips_finished_runs(tmp_path):
+    from benchmark.runner import pack_by_seed, run_suite
+
+    specs = [spec(reg, seed, iterations=4, eval_every=2, **{"schedule.milestones": [2]}) for reg in ("weight_decay", "rp_comhe")
+             for seed in (0, 1, 2)]
+    units = pack_by_seed(specs, 2)
+    assert [[(s.regularizer, s.seed) for s in u] for u in units] == [
+        [("weight_decay", 0), ("weight_decay", 1)], [("weight_decay", 2)],
+        [("rp_comhe", 0), ("rp_comhe", 1)], [("rp_comhe", 2)]]
+    summary = run_suite(specs, tmp_path, pack_seeds=2, progress=False)
+    assert summary.ok and len(summary.executed) == 6
+    packed = {load["seed"]: load["runtime"]["packed_seeds"]
+              for load in (records.load_record(records.record_path(tmp_path, s.run_id))
+                           for s in specs if s.regularizer == "rp_comhe")}
+    assert packed == {0: 2, 1: 2, 2: 1}
+    again = run_suite(specs, tmp_path, pack_seeds=2, progress=False)
+    assert again.ok and again.executed == {}
+    with pytest.raises(ConfigError, match="pack_seeds must be an integer >= 1"):
+        run_suite(specs, tmp_path, pack_seeds=0, progress=False)
+
+
+def test_runner_packs_in_worker_processes(tmp_path):
+    from benchmark.runner import run_suite
+
+    specs = [spec("hs_mhe", seed, iterations=2, eval_every=2, **{"schedule.milestones": [1]}) for seed in (0, 1)]
+    summary = run_suite(specs, tmp_path, pack_seeds=2, jobs=2, progress=False)
+    assert summary.ok and set(summary.executed.values()) == {"complete"}
+    for s in specs:
+        rec = records.load_record(records.record_path(tmp_path, s.run_id))
+        assert rec["runtime"]["packed_seeds"] == 2
