@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--compile", default="auto",
                       choices=["auto", "off", "default", "reduce-overhead", "max-autotune"],
                       help="runtime.compile for the measured steps (auto: reduce-overhead on CUDA)")
+    perf.add_argument("--pack-seeds", type=int, default=1, metavar="S",
+                      help="also time S seeds packed into one program, per regularizer")
+    perf.add_argument("--regularizers", default="default",
+                      help="'default' (weight_decay, hs_mhe, rp_comhe), 'all', or a comma list")
     perf.add_argument("--out", help="write the result as JSON here")
     return p
 
