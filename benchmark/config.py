@@ -87,7 +87,9 @@ class Runtime:
     # "auto": "reduce-overhead" on CUDA (fused kernels replayed as CUDA graphs: at batch 128
     # the GPU step is launch-bound), "off" on the CPU (compiling costs more than it saves in
     # a short CPU run). "off" is the plain eager path the fast ones are tested against.
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # "graph": the WHOLE step (batch, forward, backward, SGD) recorded as one CUDA graph per
+    # learning rate (benchmark/capture.py); on the CPU its body runs unrecorded.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune", "graph"] = "auto"
 
 
 @dataclass(frozen=True)

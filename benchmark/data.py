@@ -207,19 +207,27 @@ def pad_index(n: int, pad: int, mode: str) -> torch.Tensor:
     return i
 
 
+def pad_maps(h: int, w: int, pad: int, mode: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column source maps of ``augment`` (built once: a host-to-device copy per batch
+    would be a sync, and cannot be recorded in a CUDA graph)."""
+    if pad and mode == "zeros":
+        rows, cols = torch.arange(h + 2 * pad), torch.arange(w + 2 * pad)
+    else:
+        rows, cols = pad_index(h, pad, mode), pad_index(w, pad, mode)
+    return rows.to(device), cols.to(device)
+
+
 def augment(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
-            pad: int, mode: str) -> torch.Tensor:
+            pad: int, mode: str, maps: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Pad by ``pad``, crop back to (H, W) at offsets (oy, ox), flip where ``flip``: one gather.
 
-    x: (B, C, H, W); oy, ox: (B,) ints in [0, 2*pad]; flip: (B,) bool. Returns (B, C, H, W).
+    x: (B, C, H, W); oy, ox: (B,) ints in [0, 2*pad]; flip: (B,) bool; maps: ``pad_maps`` of
+    this shape (built here if not given). Returns (B, C, H, W).
     """
     B, C, H, W = x.shape
+    rows_map, cols_map = maps if maps is not None else pad_maps(H, W, pad, mode, x.device)
     if pad and mode == "zeros":
         x = F.pad(x, (pad, pad, pad, pad))
-        rows_map, cols_map = torch.arange(H + 2 * pad), torch.arange(W + 2 * pad)
-    else:
-        rows_map, cols_map = pad_index(H, pad, mode), pad_index(W, pad, mode)
-    rows_map, cols_map = rows_map.to(x.device), cols_map.to(x.device)
     rows = rows_map[oy[:, None] + torch.arange(H, device=x.device)]          # (B, H)
     cols = ox[:, None] + torch.arange(W, device=x.device)                      # (B, W)
     cols = torch.where(flip[:, None], cols.flip(-1), cols)
@@ -227,6 +235,20 @@ def augment(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Ten
     b = torch.arange(B, device=x.device)[:, None, None]
     out = x[b, :, rows[:, :, None], cols[:, None, :]]                          # (B, H, W, C)
     return out.permute(0, 3, 1, 2)
+
+
+def take_batch(stream: "BatchStream", perm: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+               flip: torch.Tensor, sel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``sel`` (a slice, or a device index tensor) of an epoch's order and augmentation,
+    gathered and augmented in one go. perm/oy/ox/flip: (n,) or (S, n) for packed seeds; returns
+    images (..., B, C, H, W) and labels (..., B)."""
+    idx = perm[..., sel]
+    x = stream.x[idx.reshape(-1)]
+    if stream.train_aug:
+        a = stream.cfg.augmentation
+        x = augment(x, oy[..., sel].reshape(-1), ox[..., sel].reshape(-1),
+                    flip[..., sel].reshape(-1), a.pad, a.pad_mode, stream.maps)
+    return x.unflatten(0, idx.shape), stream.y[idx]
 
 
 class BatchStream:
@@ -244,6 +266,8 @@ class BatchStream:
         if self.per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set ({self.n} images)")
         self.seed, self.cfg, self.train_aug = seed, cfg, train_aug
+        self.maps = pad_maps(self.x.shape[-2], self.x.shape[-1], cfg.augmentation.pad,
+                             cfg.augmentation.pad_mode, self.x.device)
         self.epoch, self.position = 0, 0
         self._epoch_loaded = -1
 
@@ -261,17 +285,19 @@ class BatchStream:
         """The next batch: uint8 images (B, C, H, W) augmented, labels (B,)."""
         if self._epoch_loaded != self.epoch:
             self._load_epoch()
+        batch = take_batch(self, self.perm, self.oy, self.ox, self.flip, self.current_slice())
+        self.advance()
+        return batch
+
+    def current_slice(self) -> slice:
         lo = self.position * self.batch_size
-        sl = slice(lo, min(lo + self.batch_size, self.n))
-        idx = self.perm[sl]
-        x = self.x[idx]
-        if self.train_aug:
-            a = self.cfg.augmentation
-            x = augment(x, self.oy[sl], self.ox[sl], self.flip[sl], a.pad, a.pad_mode)
+        return slice(lo, min(lo + self.batch_size, self.n))
+
+    def advance(self) -> None:
+        """Move to the next batch position (and epoch) without producing the batch."""
         self.position += 1
         if self.position == self.per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return x, self.y[idx]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -311,17 +337,19 @@ class PackedBatchStream:
         if self._epoch_loaded != self.epoch:
             self._load_epoch()
         lo = self.position * first.batch_size
-        sl = slice(lo, min(lo + first.batch_size, first.n))
-        idx = self.perm[:, sl]
-        x = first.x[idx.reshape(-1)]
-        if first.train_aug:
-            a = first.cfg.augmentation
-            x = augment(x, self.oy[:, sl].reshape(-1), self.ox[:, sl].reshape(-1),
-                        self.flip[:, sl].reshape(-1), a.pad, a.pad_mode)
+        batch = take_batch(first, self.perm, self.oy, self.ox, self.flip,
+                           slice(lo, min(lo + first.batch_size, first.n)))
+        self.advance()
+        return batch
+
+    def advance(self) -> None:
         self.position += 1
-        if self.position == first.per_epoch:
+        if self.position == self.streams[0].per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return x.unflatten(0, idx.shape), first.y[idx]
+
+    @property
+    def n(self) -> int:
+        return self.streams[0].n
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -182,8 +182,60 @@ def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: flo
     return -(target * torch.log(torch.softmax(logits, dim=-1) + softmax_eps)).sum(-1).mean(-1)
 
 
+class _Steps:
+    """The training step shared by ``Run`` and ``packed.PackedRun``: plain, compiled, or replayed
+    from a whole-step CUDA graph (``runtime.compile``; ``capture.GraphedStep``)."""
+
+    def _init_step(self) -> None:
+        from .capture import GraphedStep
+
+        mode, cuda = self.compile_mode, self.device.type == "cuda"
+        self._loss, self._graphed = self._eager_loss, None
+        if mode == "graph":
+            if cuda:  # fused kernels without graphs of their own: the whole step is recorded
+                self._loss = torch.compile(self._eager_loss)
+            self._graphed = GraphedStep(self, capture=cuda)
+        elif mode != "off":
+            self._loss = torch.compile(self._eager_loss, mode=mode)
+        # reduce-overhead replays CUDA graphs: each step must be marked, and the graph's
+        # outputs are overwritten by the next replay (we read them within the step).
+        self._mark_step = mode in ("reduce-overhead", "max-autotune") and cuda
+
+    def autocast(self):
+        # autocast's cast cache must be off while a CUDA graph is recorded (PyTorch's notes)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16,
+                              cache_enabled=self.compile_mode != "graph")
+
+    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One iteration in the authors' order; returns (loss, ce, penalty), not synced
+        (0-dim for a run, (S,) for packed seeds)."""
+        if self._graphed is not None:
+            return self._graphed(lr)
+        return self.eager_step(lr)
+
+    def prepare_step(self, lr: float) -> None:
+        """The learning rate, then the per-iteration hook, eager: AP/Adv inner projection steps
+        (network frozen), RP's fresh projections. What follows is a pure function of weights and
+        batch (compilable, recordable)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.before_step(lr)
+
+    def eager_step(self, lr: float):
+        self.prepare_step(lr)
+        x, y = self.stream.next()
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, ce, pen = self._loss(self.inputs(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        # packed seeds: the sum of the seeds' losses, so d(sum)/d(theta_s) = d(loss_s)/d(theta_s)
+        loss.sum().backward()
+        self.opt.step()
+        return loss, ce, pen
+
+
 @dataclass
-class Run:
+class Run(_Steps):
     """Everything a training step needs, built once from a spec (also used by ``perf``)."""
 
     spec: RunSpec
@@ -200,13 +252,7 @@ class Run:
     dtype: torch.dtype = torch.float32  # of weights, inputs and loss (autocast aside)
 
     def __post_init__(self) -> None:
-        self._loss = self._eager_loss
-        if self.compile_mode != "off":
-            self._loss = torch.compile(self._eager_loss, mode=self.compile_mode)
-        # reduce-overhead replays CUDA graphs: each step must be marked, and the graph's
-        # outputs are overwritten by the next replay (we read them within the step).
-        self._mark_step = self.compile_mode in ("reduce-overhead", "max-autotune") and \
-            self.device.type == "cuda"
+        self._init_step()
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
         with self.autocast():
@@ -216,9 +262,6 @@ class Run:
         pen = self.reg.penalty()
         return ce + pen, ce, pen
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
         return x.contiguous(memory_format=self.memory_format)
@@ -227,21 +270,8 @@ class Run:
     def seeds(self) -> int:
         return 1
 
-    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One iteration in the authors' order; returns (loss, ce, penalty), not synced."""
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        # Per-iteration hook, eager: AP/Adv inner projection steps (network frozen), RP's fresh
-        # projections. What follows is a pure function of weights and batch (compilable).
+    def before_step(self, lr: float) -> None:
         self.reg.before_step(lr)
-        x, y = self.stream.next()
-        if self._mark_step:
-            torch.compiler.cudagraph_mark_step_begin()
-        loss, ce, pen = self._loss(self.inputs(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss, ce, pen
 
     # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
     def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ConfigError, RunSpec
+from .engine import _Steps
 from .data import BatchStream, Dataset, PackedBatchStream, load_dataset, scale_input
 
 
@@ -47,7 +48,7 @@ def check_packable(specs: list[RunSpec]) -> None:
 
 
 @dataclass
-class PackedRun:
+class PackedRun(_Steps):
     """What a packed training step needs; the S-seed counterpart of ``engine.Run``."""
 
     specs: list[RunSpec]
@@ -67,11 +68,7 @@ class PackedRun:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
-        self._loss = self._eager_loss
-        if self.compile_mode != "off":
-            self._loss = torch.compile(self._eager_loss, mode=self.compile_mode)
-        self._mark_step = self.compile_mode in ("reduce-overhead", "max-autotune") and \
-            self.device.type == "cuda"
+        self._init_step()
 
     @property
     def spec(self) -> RunSpec:
@@ -82,9 +79,6 @@ class PackedRun:
         return len(self.specs)
 
     # ----------------------------------------------------------------- pieces
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
 
@@ -113,22 +107,10 @@ class PackedRun:
         pen = torch.stack([reg.penalty_for(w) for reg, w in zip(self.regs, self.seed_weights())])
         return ce + pen, ce, pen
 
-    # ----------------------------------------------------------------- the step
-    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One iteration of every seed, in the authors' order; (loss, ce, penalty) each (S,)."""
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+    # ----------------------------------------------------------------- the step (engine._Steps)
+    def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
             reg.before_step_for(w, lr)
-        x, y = self.stream.next()
-        if self._mark_step:
-            torch.compiler.cudagraph_mark_step_begin()
-        loss, ce, pen = self._loss(self.inputs(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        # the sum of the seeds' losses: d(sum)/d(theta_s) = d(loss_s)/d(theta_s), seeds stay apart
-        loss.sum().backward()
-        self.opt.step()
-        return loss, ce, pen
 
     # ----------------------------------------------------------------- diagnostics
     def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:

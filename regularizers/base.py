@@ -77,6 +77,11 @@ class Regularizer(nn.Module):
 
     name: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, HParam]] = {}
+    #: True when ``before_step`` is a pure device computation of weights, buffers and lr (no
+    #: random draws, no host syncs, nothing but ``self.lr`` read from Python): a whole-step CUDA
+    #: graph (``runtime.compile: graph``) may then record it, with lr fixed per graph. The base
+    #: hook only stores lr; RP-CoMHE draws random projections, so it says False.
+    capturable_before_step: ClassVar[bool] = True
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()

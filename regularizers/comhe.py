@@ -13,9 +13,16 @@ go through one kernel call; the C projections of a layer go through one batched 
 Learned projections (AP, Adv) are buffers, not parameters: the network's optimiser and weight
 decay never see them, and they go into the regularizer's state dict. Their inner updates run in
 ``before_step(lr)`` with the network frozen (W detached). In ``penalty()`` the network's energy
-uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the autograd graph
-(``torch.autograd.grad(create_graph=True)``) so the gradient reaches W through grad_P as well
-(second order, the released code's behaviour and our default; ``first_order=True`` detaches it).
+uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the autograd graph so the
+gradient reaches W through grad_P as well (second order, the released code's behaviour and our
+default; ``first_order=True`` detaches it).
+
+Both gradients w.r.t. P are taken with ``torch.func.grad``, not ``torch.autograd.grad``: the
+inner steps (:meth:`_LearnedProjection.inner_update`) and the look-ahead
+(:meth:`_LearnedProjection.look_ahead`) are then pure tensor functions that ``torch.compile``
+traces into one graph (dynamo breaks the graph at ``torch.autograd.grad``). The function
+transform composes with ordinary autograd: W, closed over, stays differentiable, which is the
+second-order term.
 """
 
 from __future__ import annotations
@@ -50,11 +57,24 @@ def ap_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4) -> Tensor:
     return fro + P_L2 * P.square().sum((-2, -1)) / 2
 
 
-def adv_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4) -> Tensor:
+def adv_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4, chunk_size: int | None = None) -> Tensor:
     """Adv-CoMHE projection loss, to MINIMISE over P (= maximise the projected FULL-space s=2
-    energy, with the same tiny L2). W (..., N, d), P (..., k, d) -> (...)."""
-    energy = hyperspherical_energy(W @ P.transpose(-1, -2), 2, half_space=False, eps=eps)
+    energy, with the same tiny L2). W (..., N, d), P (..., k, d) -> (...). chunk_size: as in
+    :func:`hyperspherical_energy` (the regularizer passes N, see ``AdvCoMHE._p_loss``)."""
+    energy = hyperspherical_energy(W @ P.transpose(-1, -2), 2, half_space=False, eps=eps,
+                                   chunk_size=chunk_size)
     return -energy + P_L2 * P.square().sum((-2, -1)) / 2
+
+
+def _grad_p(p_loss, W: Tensor, P: Tensor) -> Tensor:
+    """grad_P of p_loss(W, P).sum(), same shape as P: a pure function (torch.func.grad).
+
+    Summing over the stacked layers is exact: each P[l] only enters its own layer's term. W is
+    closed over, so ordinary autograd still sees the result as a function of W when W requires
+    grad (second order); pass W detached for a constant. The transform ignores an outer
+    ``torch.no_grad()`` (it always differentiates w.r.t. P), which the evaluation path relies on.
+    """
+    return torch.func.grad(lambda P_: p_loss(W, P_).sum())(P)
 
 
 class _CoMHEBase(Regularizer):
@@ -112,6 +132,7 @@ class RPCoMHE(_CoMHEBase):
     """
 
     name = "rp_comhe"
+    capturable_before_step = False  # draws from its own generator: eager, outside the graph
     HPARAMS = {**_CoMHEBase.HPARAMS,
                "proj_dim": HParam(40, "int", 1, "k, rows of each projection"),
                "num_projections": HParam(20, "int", 1, "C, projections averaged per layer")}
@@ -175,34 +196,45 @@ class _LearnedProjection(_CoMHEBase):
                 total = total + self._p_loss(self._stack(index), getattr(self, f"P{gi}")).sum()
         return total
 
+    def inner_update(self, W: Tensor, P: Tensor, lr) -> Tensor:
+        """P after ``inner_steps`` plain-SGD steps on p_loss at learning rate lr, network frozen.
+
+        Pure: (W (L, N, d), P (L, k, d), lr float or 0-dim tensor) -> new P (L, k, d), no grad
+        history, inputs untouched; what ``before_step`` writes into the buffers, and what a
+        compiled step may call directly (a Python loop of fixed length: unrolled when traced).
+        """
+        W, P = W.detach(), P.detach()
+        for _ in range(self.hparams["inner_steps"]):
+            P = P - lr * _grad_p(self._p_loss, W, P)
+        return P
+
+    def look_ahead(self, W: Tensor, P: Tensor, lr) -> Tensor:
+        """The network's projection P' = P - lr * grad_P p_loss(W, P) (L, k, d).
+
+        While autograd records and ``first_order`` is off, P' is a differentiable function of W
+        (second order); otherwise (first order, or evaluation under no_grad) it is a constant
+        and the gradient is taken against W detached (same value, no graph through W kept).
+        """
+        second = torch.is_grad_enabled() and not self.hparams["first_order"]
+        P = P.detach()
+        P_next = P - lr * _grad_p(self._p_loss, W if second else W.detach(), P)
+        return P_next if second else P_next.detach()
+
     def before_step(self, lr: float) -> None:
-        """Inner plain-SGD steps on every P at learning rate lr, network frozen."""
+        """Inner plain-SGD steps on every P at learning rate lr, network frozen, in place."""
         super().before_step(lr)
+        if self.hparams["inner_steps"] == 0:
+            return
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
-            if mode != "proj":
-                continue
-            W = self._stack(index).detach()
-            buf = getattr(self, f"P{gi}")
-            for _ in range(self.hparams["inner_steps"]):
-                with torch.enable_grad():
-                    P = buf.detach().requires_grad_(True)
-                    # sum over the stacked layers: each P only affects its own layer's term
-                    (g,) = torch.autograd.grad(self._p_loss(W, P).sum(), P)
-                buf.sub_(self.lr * g)
+            if mode == "proj":
+                buf = getattr(self, f"P{gi}")
+                # in place: the buffer's storage (state dict entry, captured graphs) is kept
+                buf.copy_(self.inner_update(self._stack(index), buf, self.lr))
 
     def _projected(self, gi, W):
         P = getattr(self, f"P{gi}")
-        if self.lr != 0.0 and torch.is_grad_enabled():
-            P0 = P.detach().requires_grad_(True)
-            second = not self.hparams["first_order"]
-            (g,) = torch.autograd.grad(self._p_loss(W, P0).sum(), P0, create_graph=second)
-            # look-ahead P' = P - lr * grad; in first order it is a constant for the network
-            P = P0 - self.lr * g if second else (P0 - self.lr * g).detach()
-        elif self.lr != 0.0:  # no autograd (evaluation): the look-ahead value only
-            with torch.enable_grad():
-                P0 = P.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self._p_loss(W.detach(), P0).sum(), P0)
-            P = P - self.lr * g
+        if self.lr != 0.0:  # before the first before_step lr is 0 and P' = P
+            P = self.look_ahead(W, P, self.lr)
         return projected_energy(W, P.unsqueeze(-3), 2, half_space=True)
 
 
@@ -230,7 +262,9 @@ class AdvCoMHE(_LearnedProjection):
 
     @staticmethod
     def _p_loss(W, P):
-        return adv_p_loss(W, P)
+        # one block however many neurons: above 2048 the energy would checkpoint its blocks,
+        # and torch.func.grad does not support the saved-tensor hooks checkpointing uses
+        return adv_p_loss(W, P, chunk_size=W.shape[-2])
 
 
 @register

@@ -49,3 +49,65 @@ def test_auto_compiles_only_on_cuda():
     run = setup(RunSpec(load_protocol("smoke"), "synthetic", "cnn9", "weight_decay", 0,
                         model_kwargs={"width": 0.125}))
     assert run.compile_mode == ("reduce-overhead" if torch.cuda.is_available() else "off")
+
+
+def _run_steps(compile_mode, regularizer="rp_comhe", packed_seeds=0, steps=20, **over):
+    """Loss/CE/penalty per step, final weights and the run (8 batches of 16 per epoch)."""
+    from benchmark.packed import setup_packed
+
+    overrides = {"runtime.compile": compile_mode, "iterations": steps, "batch_size": 16,
+                 "data.max_train": 128, "schedule.milestones": [3, 11], **over}
+    proto = load_protocol("smoke", overrides)
+    specs = [RunSpec(proto, "digits", "cnn9", regularizer, seed, model_kwargs={"width": 0.125})
+             for seed in range(max(packed_seeds, 1))]
+    run = setup_packed(specs) if packed_seeds else setup(specs[0])
+    trace = []
+    for it in range(steps):
+        loss, ce, pen = run.step(proto.lr_at(it))
+        trace.append(torch.stack([loss.detach(), ce.detach(), pen.detach()]).clone())
+    state = [p.detach().clone() for p in (run.params.values() if packed_seeds else run.model.parameters())]
+    return torch.stack(trace), state, run
+
+
+@pytest.mark.parametrize("regularizer, packed_seeds, over", [
+    ("rp_comhe", 0, {}),                                            # projections drawn outside
+    ("ap_comhe", 0, {}),                                            # inner steps + look-ahead
+    ("srip", 0, {"data.drop_last": False, "data.max_train": 120}),  # partial last batches
+    ("rp_comhe", 2, {}),                                            # packed seeds
+])
+def test_whole_step_graph_body_matches_eager(regularizer, packed_seeds, over):
+    """``runtime.compile: graph`` on the CPU runs the body it would record on a GPU, with the same
+    host bookkeeping: device batch counter, epoch buffers, one graph per learning rate, uncaptured
+    warm-up steps at each new rate, partial batches uncaptured. 20 steps of 8-batch epochs cross
+    two epoch boundaries and two rate changes. Same operations in the same order: the result
+    must equal the eager path bit for bit."""
+    eager, w_eager, _ = _run_steps("off", regularizer, packed_seeds, **over)
+    graph, w_graph, run = _run_steps("graph", regularizer, packed_seeds, **over)
+    assert run._graphed is not None and run._graphed.capture is False
+    # 2 warm-up steps ran uncaptured at each of the 3 rates (and partial batches); the rest
+    # went through the graph body
+    partial = 2 if over.get("data.drop_last") is False else 0
+    assert run._graphed.replayed == 20 - 3 * 2 - partial
+    assert run._graphed.before_inside == (regularizer != "rp_comhe")
+    assert run._graphed.batches._epoch == run.stream.epoch
+    torch.testing.assert_close(graph, eager, rtol=0, atol=0)
+    for a, b in zip(w_graph, w_eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_graph_batches_follow_the_stream_across_epochs():
+    """The device-counter batches are the stream's batches, position by position."""
+    from benchmark.capture import StaticBatches
+    from benchmark.data import BatchStream, load_dataset
+
+    proto = load_protocol("smoke", {"data.max_train": 200, "batch_size": 48})
+    ds = load_dataset("digits", proto.data)
+    ref, st = BatchStream(ds, 48, 3, proto.data), BatchStream(ds, 48, 3, proto.data)
+    batches = StaticBatches(st)
+    for _ in range(3 * ref.per_epoch + 1):
+        xr, yr = ref.next()
+        batches.prepare()
+        x, y = batches.next()
+        batches.advanced()
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+        assert int(batches.pos) == batches._pos_host or st.position == 0
