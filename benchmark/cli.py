@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--rounds", type=int, default=3)
     perf.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     perf.add_argument("--compile", default="auto",
-                      choices=["auto", "off", "default", "reduce-overhead", "max-autotune"],
+                      choices=["auto", "off", "default", "reduce-overhead", "max-autotune", "graph"],
                       help="runtime.compile for the measured steps (auto: reduce-overhead on CUDA)")
     perf.add_argument("--pack-seeds", type=int, default=1, metavar="S",
                       help="also time S seeds packed into one program, per regularizer")

@@ -2,7 +2,12 @@
 
 Made for a lent GPU machine with no network (torch preinstalled, this tree copied over):
 
-    python -m benchmark.gpu_check --out "$OUT" [--iterations 3000]
+    python -m benchmark.gpu_check --out "$OUT" [--iterations 6000] [--paper-run]
+
+What it measures (issue #7): the step of each compile mode (``reduce-overhead``, the whole-step
+``graph``; ``--eager`` adds the plain path for every regularizer), the per-seed step of 16 packed
+seeds, AP/Adv with their inner steps recorded, then real Fashion-MNIST runs in the ``graph`` mode
+(``--paper-run``: the whole 75,000-step paper schedule with RP-CoMHE, the "<= 5 minutes" target).
 
 Fashion-MNIST comes from ``$COMHE_DATA/FashionMNIST/raw`` or the Debian package's .gz files
 (``data/fashion-mnist-gz/`` in the tree is unpacked too, so the files can travel with it).
@@ -47,6 +52,11 @@ def main() -> int:
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--perf-steps", type=int, default=30, help="timed steps per round")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--pack-seeds", type=int, default=16)
+    p.add_argument("--eager", action="store_true", help="also time every regularizer eagerly")
+    p.add_argument("--paper-run", action="store_true",
+                   help="also train the full 75,000-step paper schedule with RP-CoMHE")
+    p.add_argument("--mode", default="graph", help="runtime.compile of the real-data runs")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,22 +80,27 @@ def main() -> int:
     # 2. Step-time ratios of the engine's step, every regularizer, CUDA events.
     from .perf import format_table, measure
 
-    # Eager: every regularizer. Compiled (the GPU default): the issue's targets only, since
-    # each compilation costs ~30 s of a few minutes of lent GPU time.
-    compiled = {k: ALL_REGULARIZERS[k] for k in ("weight_decay", "hs_mhe", "rp_comhe")}
-    for mode, regs in (("off", ALL_REGULARIZERS), ("reduce-overhead", compiled)):
+    # Each compilation costs ~30 s of a few minutes of lent GPU time: the issue's targets only.
+    pick = lambda *names: {k: ALL_REGULARIZERS[k] for k in names}  # noqa: E731
+    plan = [("reduce-overhead", pick("weight_decay", "hs_mhe", "rp_comhe"), 1),
+            ("graph", pick("weight_decay", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe"), 1),
+            ("graph", pick("weight_decay", "rp_comhe"), a.pack_seeds)]
+    if a.eager:
+        plan.insert(0, ("off", ALL_REGULARIZERS, 1))
+    for mode, regs, pack in plan:
         t = time.time()
         try:
             result = measure(regularizers=regs, steps=a.perf_steps, warmup=10, rounds=3,
-                             compile_mode=mode, batch_size=a.batch_size)
+                             compile_mode=mode, batch_size=a.batch_size, pack_seeds=pack)
         except Exception as exc:  # noqa: BLE001 - keep going to the real-data runs
             summary.append(f"perf compile={mode} FAILED: {type(exc).__name__}: {exc}")
             continue
-        (out / f"perf_gpu_{mode}.json").write_text(json.dumps(result, indent=1))
+        tag = f"{mode}-pack{pack}" if pack > 1 else mode
+        (out / f"perf_gpu_{tag}.json").write_text(json.dumps(result, indent=1))
         table = format_table(result)
-        (out / f"perf_gpu_{mode}.md").write_text(table + "\n")
+        (out / f"perf_gpu_{tag}.md").write_text(table + "\n")
         print(table, flush=True)
-        summary.append(f"perf compile={mode} ({time.time() - t:.0f}s):\n{table}")
+        summary.append(f"perf compile={mode} pack={pack} ({time.time() - t:.0f}s):\n{table}")
 
     # 3. Real Fashion-MNIST runs (CNN-9, paper recipe, shortened schedule).
     data_dir = Path(os.environ.setdefault("COMHE_DATA", "data"))
@@ -94,10 +109,15 @@ def main() -> int:
     from .engine import train
 
     n = a.iterations
+    mode = {"runtime.compile": a.mode}
     proto = load_protocol("paper_cifar", {"iterations": n, "eval_every": max(n // 12, 1),
-                                          "checkpoint_every": n,
+                                          "checkpoint_every": n, **mode,
                                           "schedule.milestones": [2 * n // 3, 5 * n // 6]})
-    for reg, hp in (("weight_decay", {}), ("rp_comhe", {})):
+    jobs = [(proto, "weight_decay", {}), (proto, "rp_comhe", {})]
+    if a.paper_run:  # the whole recipe: 75,000 steps, 150 evaluations on the 10,000 test images
+        jobs.append((load_protocol("paper_cifar", mode), "rp_comhe", {}))
+    for proto, reg, hp in jobs:
+        n = proto.iterations
         t = time.time()
         try:
             rec = train(RunSpec(proto, "fashion_mnist", "cnn9", reg, 0, regularizer_hparams=hp),

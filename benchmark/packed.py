@@ -221,5 +221,26 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     stream = PackedBatchStream([BatchStream(data, proto.batch_size, s.seed, proto.data) for s in specs])
     # channels_last has no meaning for the stacked 5-D batch: the packed path keeps the default
     del memory_format
-    return PackedRun(specs, device, data, base, nets, roles, regs, params, buffers, opt, stream,
-                     bf16, torch.contiguous_format, mode, dtype)
+    run = PackedRun(specs, device, data, base, nets, roles, regs, params, buffers, opt, stream,
+                    bf16, torch.contiguous_format, mode, dtype)
+    _check_reads_stand_ins(run)
+    return run
+
+
+def _check_reads_stand_ins(run: PackedRun) -> None:
+    """Refuse a regularizer whose penalty reads its attached parameters directly instead of
+    through ``_stack`` / ``_weight``: packed, its gradient would silently miss the weights that
+    are trained. One penalty evaluation on seed 0, its state restored afterwards."""
+    reg, net = run.regs[0], run.models[0]
+    saved = copy.deepcopy(reg.state_dict())
+    try:
+        pen = reg.penalty_for(run.seed_weights()[0])
+        own = [p for p in net.parameters() if p.requires_grad]
+        leaks = pen.requires_grad and any(
+            g is not None for g in torch.autograd.grad(pen, own, allow_unused=True))
+    finally:
+        reg.load_state_dict(saved)
+    if leaks:
+        raise ConfigError(f"regularizer '{reg.name}' reads its attached parameters directly, so it "
+                          "cannot be packed; read weights through self._stack()/self._weight() "
+                          "(CONTRIBUTING.md), or run without --pack-seeds")

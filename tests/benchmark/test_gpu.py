@@ -74,3 +74,50 @@ def test_compiled_cuda_graph_step_matches_eager():
     # recipe's first steps are explosive (the loss saturates), so later steps amplify rounding
     # and are not compared (measured on the H100: step 4 differed by 11%).
     assert compiled[0] == pytest.approx(eager[0], rel=2e-2)
+
+
+def _graph_vs_eager(packed_seeds: int, compiled: bool, steps: int = 12):
+    """Per-step (loss, ce, pen), fp32 on CUDA, of runtime.compile=graph recorded and replayed, and
+    of a reference running the same kernels unrecorded: the eager path (compiled=False: the
+    recorded body is the eager code) or the graph body without recording (compiled=True)."""
+    from benchmark.engine import setup
+    from benchmark.packed import setup_packed
+
+    torch.backends.cudnn.deterministic = True  # the comparison is of recording, not of cuDNN's picks
+    out = {}
+    for mode in ("off", "graph"):
+        torch._dynamo.reset()
+        proto = load_protocol("smoke", {"runtime.device": "cuda",
+                                        "runtime.compile": "graph" if compiled else mode,
+                                        "iterations": steps, "schedule.milestones": [3, 8]})
+        specs = [RunSpec(proto, "synthetic", "cnn9", "rp_comhe", s, model_kwargs={"width": 0.25})
+                 for s in range(max(packed_seeds, 1))]
+        run = setup_packed(specs) if packed_seeds else setup(specs[0])
+        if mode == "graph" and not compiled:
+            run._loss = run._eager_loss  # record the plain eager kernels: isolates the recording
+        if mode == "off" and compiled:
+            run._graphed.capture = False  # the same compiled body, run unrecorded
+        out[mode] = [torch.stack([t.detach().float().reshape(-1) for t in run.step(proto.lr_at(i))]).cpu()
+                     for i in range(steps)]
+        if mode == "graph":
+            assert run._graphed.capture and run._graphed.recorded == 3  # one graph per rate
+            assert run._graphed.replayed == steps - 3 * run._graphed.warmup
+    return out["off"], out["graph"]
+
+
+@pytest.mark.parametrize("packed_seeds", [0, 2])
+def test_recorded_whole_step_replays_the_eager_step(packed_seeds):
+    """Recording the eager kernels and replaying them must give the eager run, step after step:
+    a stale batch, a learning rate baked into the wrong graph, or gradients accumulating across
+    replays would all show here."""
+    eager, graph = _graph_vs_eager(packed_seeds, compiled=False)
+    for i, (e, g) in enumerate(zip(eager, graph)):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"step {i}")
+
+
+def test_compiled_whole_step_graph_replays_its_body():
+    """compile=graph as used (inductor kernels, recorded and replayed) against the same compiled
+    body run unrecorded: equal step after step."""
+    unrecorded, graph = _graph_vs_eager(0, compiled=True)
+    for i, (e, g) in enumerate(zip(unrecorded, graph)):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"step {i}")

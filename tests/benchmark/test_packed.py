@@ -169,3 +169,22 @@ def test_runner_packs_in_worker_processes(tmp_path):
     for s in specs:
         rec = records.load_record(records.record_path(tmp_path, s.run_id))
         assert rec["runtime"]["packed_seeds"] == 2
+
+
+class _ReadsParametersDirectly(regularizers.Regularizer):
+    """Test-only: a penalty that bypasses _stack/_weight (what a careless plugin might do)."""
+
+    name = "test_reads_parameters"
+    HPARAMS = {}
+
+    def penalty(self):
+        return sum(p.square().sum() for _, p, _ in self._layers)
+
+
+def test_a_regularizer_that_bypasses_stand_ins_is_refused(monkeypatch):
+    from regularizers import registry
+
+    monkeypatch.setitem(registry._REGISTRY, _ReadsParametersDirectly.name, _ReadsParametersDirectly)
+    with pytest.raises(ConfigError, match="reads its attached parameters directly"):
+        setup_packed([spec(_ReadsParametersDirectly.name, seed) for seed in (0, 1)])
+    setup(spec(_ReadsParametersDirectly.name, 0))  # a single run is fine
