@@ -14,7 +14,10 @@ from benchmark.engine import setup
 
 
 def _losses(regularizer, compile_mode, steps=3):
-    proto = load_protocol("smoke", {"runtime.compile": compile_mode})
+    # float64: inductor reassociates sums, and this recipe's tiny network amplifies float32
+    # rounding to percent-level differences within a few steps; in float64 it stays far below
+    # the tolerance, so the test can tell a real difference from rounding.
+    proto = load_protocol("smoke", {"runtime.compile": compile_mode, "runtime.precision": "fp64"})
     run = setup(RunSpec(proto, "synthetic", "cnn9", regularizer, 0, model_kwargs={"width": 0.125}))
     out = []
     for it in range(steps):
@@ -28,21 +31,16 @@ def _losses(regularizer, compile_mode, steps=3):
 def test_compiled_step_matches_eager():
     """RP-CoMHE covers the whole compiled region: forward, CE, projected and plain energies.
 
-    The first step sees identical weights, so it must agree to float32 rounding; later steps
-    differ by reassociation amplified through SGD, so they get a looser bound.
+    Three steps, so that a compiled path that went wrong after the first update shows too.
     """
     torch._dynamo.reset()
     eager, p_eager, run_e = _losses("rp_comhe", "off")
     compiled, p_comp, run_c = _losses("rp_comhe", "default")
     assert run_e.compile_mode == "off" and run_c.compile_mode == "default"
-    assert compiled[0] == pytest.approx(eager[0], rel=1e-5)
-    for (ce_e, pen_e), (ce_c, pen_c) in zip(eager[1:], compiled[1:]):
-        assert ce_c == pytest.approx(ce_e, rel=5e-3)
-        assert pen_c == pytest.approx(pen_e, rel=5e-3)
-    # One SGD step from identical weights: the updated parameters agree to float32 rounding.
-    _, p1_eager, _ = _losses("rp_comhe", "off", steps=1)
-    _, p1_comp, _ = _losses("rp_comhe", "default", steps=1)
-    assert float((p1_comp - p1_eager).norm() / p1_eager.norm()) < 2e-5
+    for (ce_e, pen_e), (ce_c, pen_c) in zip(eager, compiled):
+        assert ce_c == pytest.approx(ce_e, rel=1e-9)
+        assert pen_c == pytest.approx(pen_e, rel=1e-9)
+    assert float((p_comp - p_eager).norm() / p_eager.norm()) < 1e-9
 
 
 def test_auto_compiles_only_on_cuda():
