@@ -98,6 +98,8 @@ class GraphedStep:
         self.recorded = 0    # graphs recorded so far
         self.replayed = 0    # steps that went through the graph (or its body, unrecorded)
         self.before_inside = all(r.capturable_before_step for r in run.regs)
+        # uncaptured steps run on a side stream, as PyTorch's CUDA-graph notes ask of warm-ups
+        self.side = torch.cuda.Stream() if capture else None
 
     def __call__(self, lr: float):
         run = self.run
@@ -105,7 +107,13 @@ class GraphedStep:
             self.graph, self.outputs, self.graph_lr, self.uncaptured = None, None, lr, 0
         if not self.batches.full_batch_ahead() or (self.graph is None and self.uncaptured < self.warmup):
             self.uncaptured += 1
-            return run.eager_step(lr)
+            if self.side is None:
+                return run.eager_step(lr)
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                out = run.eager_step(lr)
+            torch.cuda.current_stream().wait_stream(self.side)
+            return out
         for group in run.opt.param_groups:
             group["lr"] = lr
         if not self.before_inside:
