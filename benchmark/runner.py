@@ -366,20 +366,24 @@ class _Workers:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         return env
 
-    def _pack(self, unit: list[RunSpec], results_dir: Path, seen: dict) -> dict[str, str]:
-        """A packed group in one worker process; outcomes read back from the records."""
+    def _spawn(self, job: dict, log: Path) -> int:
+        """Run ``job`` in a worker process on a free slot (GPU); its exit code."""
         device = self.slots.get()
         try:
-            job = {"specs": [spec_to_dict(s) for s in unit], "seen": {s.run_id: seen[s.run_id] for s in unit},
-                   "results_dir": str(results_dir), "retry_failed": self.retry_failed}
-            started = time.time()
-            log = results_dir / "logs" / f"{unit[0].run_id}-pack.log"
             with open(log, "ab") as out:
-                proc = subprocess.run([sys.executable, "-m", "benchmark.runner"],
+                return subprocess.run([sys.executable, "-m", "benchmark.runner"],
                                       input=json.dumps(job).encode(), stdout=out, stderr=out,
-                                      env=self._env(device))
+                                      env=self._env(device)).returncode
         finally:
             self.slots.put(device)
+
+    def _pack(self, unit: list[RunSpec], results_dir: Path, seen: dict) -> dict[str, str]:
+        """A packed group in one worker process; outcomes read back from the records."""
+        job = {"specs": [spec_to_dict(s) for s in unit], "seen": {s.run_id: seen[s.run_id] for s in unit},
+               "results_dir": str(results_dir), "retry_failed": self.retry_failed}
+        started = time.time()
+        log = results_dir / "logs" / f"{unit[0].run_id}-pack.log"
+        code = self._spawn(job, log)
         outcomes = {}
         for spec in unit:
             record = load_record(record_path(results_dir, spec.run_id))
@@ -387,30 +391,21 @@ class _Workers:
                 outcomes[spec.run_id] = record["status"]
             elif lock_is_held(results_dir, spec.run_id):
                 outcomes[spec.run_id] = BUSY
-            elif proc.returncode not in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
+            elif code not in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
                 if _needs_run(spec, results_dir, self.retry_failed, seen[spec.run_id]):
                     write_failure_record(spec, results_dir, f"packed worker exited with code "
-                                         f"{proc.returncode}; see logs/{log.name}", started)
+                                         f"{code}; see logs/{log.name}", started)
                 outcomes[spec.run_id] = "failed"
             else:
                 outcomes[spec.run_id] = record["status"] if record else "interrupted"
         return outcomes
 
     def _one(self, spec: RunSpec, results_dir: Path, seen: Any) -> str:
-        device = self.slots.get()
-        try:
-            job = {"spec": spec_to_dict(spec), "spec_id": spec.run_id, "seen": seen,
-                   "results_dir": str(results_dir), "train_fn": self.train_fn,
-                   "retry_failed": self.retry_failed}
-            started = time.time()
-            log = results_dir / "logs" / f"{spec.run_id}.log"
-            with open(log, "ab") as out:
-                proc = subprocess.run([sys.executable, "-m", "benchmark.runner"],
-                                      input=json.dumps(job).encode(), stdout=out, stderr=out,
-                                      env=self._env(device))
-        finally:
-            self.slots.put(device)
-        code = proc.returncode
+        job = {"spec": spec_to_dict(spec), "spec_id": spec.run_id, "seen": seen,
+               "results_dir": str(results_dir), "train_fn": self.train_fn,
+               "retry_failed": self.retry_failed}
+        started = time.time()
+        code = self._spawn(job, results_dir / "logs" / f"{spec.run_id}.log")
         if code == EXIT_BUSY:
             return BUSY
         if code == EXIT_SKIPPED:
