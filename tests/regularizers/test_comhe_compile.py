@@ -21,7 +21,7 @@ import torch._dynamo.testing
 import regularizers
 from regularizers import energy
 from regularizers.base import Regularizer
-from regularizers.comhe import AdvCoMHE, APCoMHE
+from regularizers.comhe import AdvCoMHE, APCoMHE, adv_p_loss, ap_p_loss
 from regularizers.energy import projected_energy
 
 from .conftest import TinyNet
@@ -217,10 +217,12 @@ def test_before_step_and_penalty_compile_fullgraph():
 # ----------------------------------------------------------------- eager cost, old vs new
 def _bench(reps: int = 5, threads: int = 1) -> None:
     """Eager before_step(lr) + penalty() forward+backward over the paper CNN-9's weights
-    (float32, regularizers._bench's shapes), torch.func against the former autograd.grad code,
-    interleaved in one process; prints a markdown table with the median ms and the ratio."""
+    (float32, regularizers._bench's shapes): the current code (torch.autograd.grad when eager),
+    the current code forced onto its traced path (torch.func.grad, run eagerly), and the former
+    autograd.grad code, interleaved in one process; prints the median ms and the ratio."""
     import statistics
     import time
+    from unittest import mock
 
     from regularizers._bench import CNN9Weights
 
@@ -228,28 +230,30 @@ def _bench(reps: int = 5, threads: int = 1) -> None:
     net = CNN9Weights()
     cases = {}
     for name, steps in (("ap_comhe", 1), ("adv_comhe", 10)):
-        for label, cls in (("torch.func", CLASSES[name]), ("autograd.grad", OLD[name])):
-            cases[f"{name} ({steps} inner), {label}"] = cls(inner_steps=steps).attach(net, seed=0)
+        for label, cls, func in (("current", CLASSES[name], False), ("torch.func path", CLASSES[name], True),
+                                 ("former autograd.grad code", OLD[name], False)):
+            cases[f"{name} ({steps} inner), {label}"] = (cls(inner_steps=steps).attach(net, seed=0), func)
 
-    def once(reg):
+    def once(reg, func):
         net.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        reg.before_step(0.1)
-        reg.penalty().backward()
-        return 1e3 * (time.perf_counter() - t0)
+        with mock.patch.object(torch.compiler, "is_compiling", lambda: func):
+            t0 = time.perf_counter()
+            reg.before_step(0.1)
+            reg.penalty().backward()
+            return 1e3 * (time.perf_counter() - t0)
 
     times = {k: [] for k in cases}
-    for reg in cases.values():
-        once(reg)  # warm-up
+    for case in cases.values():
+        once(*case)  # warm-up
     for _ in range(reps):
-        for k, reg in cases.items():
-            times[k].append(once(reg))
+        for k, case in cases.items():
+            times[k].append(once(*case))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {reps}")
-    print("| CNN-9, eager, before_step + penalty fwd+bwd | ms | torch.func / autograd.grad |")
+    print("| CNN-9, eager, before_step + penalty fwd+bwd | ms | / former code |")
     print("|---|---|---|")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
-        base = med[k.replace("torch.func", "autograd.grad")]
+        base = med[k.split(",")[0] + ", former autograd.grad code"]
         print(f"| {k} | {v:.1f} | {v / base:.2f} |")
 
 
@@ -257,3 +261,27 @@ if __name__ == "__main__":  # python -m tests.regularizers.test_comhe_compile [r
     import sys
 
     _bench(*(int(a) for a in sys.argv[1:3]))
+
+
+@pytest.mark.parametrize("p_loss", [ap_p_loss, adv_p_loss])
+def test_traced_and_eager_gradients_of_p_agree(p_loss, monkeypatch):
+    """``_grad_p`` takes torch.func.grad while compiling and torch.autograd.grad eagerly: the
+    two must give the same grad_P and the same second-order gradient w.r.t. W (float64)."""
+    from regularizers.comhe import _grad_p
+
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(2, 12, 40, generator=gen, dtype=torch.float64, requires_grad=True)
+    P = torch.randn(2, 6, 40, generator=gen, dtype=torch.float64)
+    R = torch.randn(2, 6, 40, generator=gen, dtype=torch.float64)
+
+    def both():
+        g = _grad_p(p_loss, W, P)
+        (gw,) = torch.autograd.grad((g * R).sum(), W)
+        return g.detach(), gw
+
+    eager = both()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = both()
+    for a, b in zip(eager, traced):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert eager[1].abs().max() > 0  # the second-order term exists
