@@ -8,6 +8,10 @@ decay on every parameter). Evaluation uses running BN statistics on the whole te
 reported metric is the one at the final iteration.
 
 GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code path is the same.
+
+``train`` is ``train_packed`` with one spec: the same loop drives a single ``Run`` or a
+``packed.PackedRun`` (S seeds as one program); ``runtime.compile`` picks eager, torch.compile, or
+the whole-step CUDA graph of ``capture.py``. All of them are tested against the eager path.
 """
 
 from __future__ import annotations
