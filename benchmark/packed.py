@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ConfigError, RunSpec
-from .engine import _Steps
 from .data import BatchStream, Dataset, PackedBatchStream, load_dataset, scale_input
+from .engine import (_Steps, layer_energies, resolve_device, runtime_settings,
+                     smoothed_cross_entropy, weight_decay_term)
 
 
 def check_packable(specs: list[RunSpec]) -> None:
@@ -98,8 +99,6 @@ class PackedRun(_Steps):
         return [{n: views[n][s] for n in names} for s in range(self.seeds)]
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
-        from .engine import smoothed_cross_entropy
-
         with self.autocast():
             logits = self.forward(x)
         p = self.spec.protocol
@@ -116,8 +115,6 @@ class PackedRun(_Steps):
     def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
         """Per seed (CE of the first batch in training mode, weight-decay term, penalty) at
         initialisation; BN running statistics are restored, so training is unaffected."""
-        from .engine import smoothed_cross_entropy, weight_decay_term
-
         saved = {k: v.clone() for k, v in self.buffers.items()}
         p = self.spec.protocol
         with torch.no_grad(), self.autocast():
@@ -155,8 +152,6 @@ class PackedRun(_Steps):
         return [(float(c) * 100.0 / n, float(s) / n) for c, s in zip(correct, loss_sum)]
 
     def layer_energies(self) -> list[dict[str, float]]:
-        from .engine import layer_energies
-
         return [layer_energies(m, self.roles) for m in self.models]
 
     # ----------------------------------------------------------------- checkpoint state
@@ -184,8 +179,6 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     """The packed counterpart of ``engine.setup``: S seeded models stacked, S regularizers."""
     import models
     import regularizers
-
-    from .engine import resolve_device, runtime_settings
 
     check_packable(specs)
     proto = specs[0].protocol
