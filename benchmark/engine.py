@@ -142,7 +142,9 @@ def environment() -> dict:
 
     commit = git("rev-parse", "--verify", "-q", "HEAD")
     commit = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
+    # "dirty" is about the code: results/ holds the committed outputs that runs rewrite
+    dirty = (bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
+             if commit != "unknown" else None)
     return {
         "git": {"commit": commit, "dirty": dirty},
         "versions": {
