@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.registry import register, weight_roles_from
+from models.registry import he_init, register, weight_roles_from
 
 # PyTorch's momentum is the weight of the NEW batch statistic: 0.001 here equals the
 # TensorFlow moving-average decay 0.999 of the released code.
@@ -51,13 +51,8 @@ class CNN9(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # N(0, 2 / fan_in) for every conv, fc6 and score included (recipe §4).
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # N(0, 2 / fan_in) for every conv, fc6 and score included (recipe §4).
+        he_init(self, "fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -129,6 +129,17 @@ def weight_roles_from(model: nn.Module, first: str | list[str], output: str | li
     return roles
 
 
+def he_init(model: nn.Module, mode: str) -> None:
+    """He-normal conv weights (``mode`` "fan_in" or "fan_out"), BatchNorm gamma 1 and beta 0, in
+    module order (so a seeded model draws the same numbers)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def check_roles(model: nn.Module, name: str = "") -> None:
     """Fail loudly if ``model.weight_roles`` does not tag exactly the conv/linear weights."""
     roles = getattr(model, "weight_roles", None)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register, weight_roles_from
+from models.registry import he_init, register, weight_roles_from
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -117,12 +117,7 @@ class CifarResNet(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.bn_final = nn.BatchNorm2d(c_in) if self.preact else nn.Identity()
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self, "fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
