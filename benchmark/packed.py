@@ -185,17 +185,22 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     device = resolve_device(proto.runtime.device)
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
     data = load_dataset(specs[0].dataset, proto.data).to(device)
-    nets = []
-    for spec in specs:
-        torch.manual_seed(spec.seed)  # model init, exactly as the single run
+
+    def build(spec: RunSpec) -> torch.nn.Module:
         net = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                            **spec.model_kwargs).to(device=device, dtype=dtype)
+                            **spec.model_kwargs)
         if proto.bn_momentum is not None:
             for m in net.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.momentum = proto.bn_momentum
-        nets.append(net)
-    base = copy.deepcopy(nets[0]).to("meta")
+        return net
+
+    nets = []
+    for spec in specs:
+        torch.manual_seed(spec.seed)  # model init, exactly as the single run
+        nets.append(build(spec).to(device=device, dtype=dtype))
+    with torch.device("meta"):  # the architecture functional_call runs; holds no weights
+        base = build(specs[0])
     params, buffers = stack_module_state(nets)
     # seed s's model now shows slices of the stacked tensors (no second copy of the weights)
     for s, net in enumerate(nets):
