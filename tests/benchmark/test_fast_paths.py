@@ -109,3 +109,40 @@ def test_graph_batches_follow_the_stream_across_epochs():
         batches.advanced()
         assert torch.equal(x, xr) and torch.equal(y, yr)
         assert int(batches.pos) == batches._pos_host or st.position == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regularizer, packed_seeds", [("ap_comhe", 0), ("rp_comhe", 2)])
+def test_graph_mode_compiles_only_outside_the_recording(regularizer, packed_seeds):
+    """On a GPU the ``graph`` mode runs the loss through torch.compile inside the recorded body.
+    A recompilation there would compile (and load kernels) in the middle of a CUDA-graph capture.
+    So the warm-up steps at each rate must leave nothing to compile: the body's inputs (batches
+    gathered from the static buffers) must match what the warm-up compiled for (the stream's own
+    batches) in every guarded property. Here with the GPU's settings on the CPU: bf16 autocast,
+    channels_last, the loss compiled (inductor's CPU backend), the recording's autocast without
+    cast cache; AP's penalty reads the learning rate, so each rate compiles once, in its warm-up.
+    """
+    from benchmark.capture import GraphedStep
+    from benchmark.packed import setup_packed
+
+    torch._dynamo.reset()
+    proto = load_protocol("smoke", {
+        "runtime.compile": "graph", "runtime.precision": "bf16", "runtime.channels_last": "on",
+        "iterations": 12, "batch_size": 16, "data.max_train": 64, "schedule.milestones": [5]})
+    specs = [RunSpec(proto, "digits", "cnn9", regularizer, seed, model_kwargs={"width": 0.125})
+             for seed in range(max(packed_seeds, 1))]
+    run = setup_packed(specs) if packed_seeds else setup(specs[0])
+    assert run.bf16 and run._graphed is not None
+    run._loss = torch.compile(run._eager_loss)  # what _init_step does on CUDA
+    step: GraphedStep = run._graphed
+    body = step._body
+
+    def body_without_recompiling():
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            return body()
+
+    step._body = body_without_recompiling
+    for it in range(12):  # two rates, three epoch turns (4 batches per epoch)
+        loss, _, _ = step(proto.lr_at(it))
+        assert torch.isfinite(loss).all()
+    assert step.replayed == 12 - 2 * step.warmup
