@@ -146,7 +146,16 @@ class GraphedStep:
     def _record(self) -> None:
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self._body()
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self._body()
+        except Exception as exc:
+            # Something in the step (often a new regularizer: a host read, a CPU tensor, an
+            # unregistered generator) cannot be recorded. Say which mode to fall back to.
+            names = ", ".join(sorted({r.name for r in self.run.regs}))
+            raise RuntimeError(
+                f"runtime.compile=graph: the training step ({names}) could not be recorded as a "
+                f"CUDA graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "run with --set runtime.compile=reduce-overhead (or off)") from exc
         self.graph, self.outputs = graph, outputs
         self.recorded += 1

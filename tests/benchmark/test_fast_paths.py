@@ -146,3 +146,26 @@ def test_graph_mode_compiles_only_outside_the_recording(regularizer, packed_seed
         loss, _, _ = step(proto.lr_at(it))
         assert torch.isfinite(loss).all()
     assert step.replayed == 12 - 2 * step.warmup
+
+
+def test_graph_that_cannot_be_recorded_says_which_mode_to_use(monkeypatch):
+    """A step that cannot be captured (a host read, a CPU tensor...) fails with one line naming
+    the regularizer and the modes to fall back to. The CUDA calls are stand-ins on the CPU."""
+    import contextlib
+
+    proto = load_protocol("smoke", {"runtime.compile": "graph"})
+    run = setup(RunSpec(proto, "synthetic", "cnn9", "srip", 0, model_kwargs={"width": 0.125}))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+
+    def body():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+
+    run._graphed._body = body
+    with pytest.raises(RuntimeError, match=r"^runtime.compile=graph: the training step \(srip\) could "
+                                           r"not be recorded as a CUDA graph \(RuntimeError: CUDA "
+                                           r"error: operation not permitted when stream is "
+                                           r"capturing\); run with --set "
+                                           r"runtime.compile=reduce-overhead \(or off\)$"):
+        run._graphed._record()
