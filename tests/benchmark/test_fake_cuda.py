@@ -74,10 +74,16 @@ def test_recorded_step_stays_on_the_device(regularizer, seeds):
         assert loss.shape == ce.shape == pen.shape == shape
 
 
-def test_recorded_step_cifar_resnet():
-    """A second architecture family (residual blocks, shortcut convolutions), with RP-CoMHE."""
-    _, step, watch, _ = _run_graph_body(_specs("rp_comhe", 1, model="resnet20"))
-    assert step.replayed == 3 and watch.problems == [] and watch.bf16_convolutions > 0
+@pytest.mark.parametrize("model, kwargs, seeds", [
+    ("resnet20", {}, 1),                                    # residual blocks, shortcut convolutions
+    ("timm:resnet18", {}, 1),                               # a timm model with the CIFAR stem
+    ("timm:resnet18", {}, 2),
+    ("timm:vit_tiny_patch16_224", {"img_size": 32, "cifar_stem": False}, 1),  # attention, no BN
+])
+def test_recorded_step_other_architectures(model, kwargs, seeds):
+    _, step, watch, _ = _run_graph_body(_specs("rp_comhe", seeds, model=model, **kwargs))
+    assert step.replayed == 3 and watch.problems == []
+    assert watch.bf16_convolutions > 0
 
 
 def test_watch_catches_what_breaks_a_recording():
