@@ -188,3 +188,24 @@ def test_a_regularizer_that_bypasses_stand_ins_is_refused(monkeypatch):
     with pytest.raises(ConfigError, match="reads its attached parameters directly"):
         setup_packed([spec(_ReadsParametersDirectly.name, seed) for seed in (0, 1)])
     setup(spec(_ReadsParametersDirectly.name, 0))  # a single run is fine
+
+
+@pytest.mark.slow
+def test_compiled_packed_step_matches_eager_packed():
+    """On a GPU a packed run compiles its loss by default (``reduce-overhead``): vmap over the
+    stacked networks, and every seed's penalty through its stand-in weights. Here the same code
+    through inductor's CPU backend, float64, three steps against the eager packed step. AP-CoMHE:
+    its penalty also reads the learned projections and the learning rate (RP's compiled packed
+    loss runs in test_fast_paths.py). About 2 minutes of compilation on 2 CPU cores."""
+    regularizer = "ap_comhe"
+    torch._dynamo.reset()
+    runs = [setup_packed([spec(regularizer, seed, **{"runtime.compile": mode}) for seed in (0, 3)])
+            for mode in ("off", "default")]
+    assert [r.compile_mode for r in runs] == ["off", "default"]
+    for it in range(3):
+        lr = runs[0].spec.protocol.lr_at(it)
+        (l0, c0, p0), (l1, c1, p1) = (r.step(lr) for r in runs)
+        torch.testing.assert_close(c1, c0, rtol=1e-9, atol=0)
+        torch.testing.assert_close(p1, p0, rtol=1e-9, atol=1e-12)
+    for name, p in runs[0].params.items():
+        torch.testing.assert_close(runs[1].params[name], p, rtol=1e-9, atol=1e-12, msg=name)
