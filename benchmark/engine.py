@@ -20,9 +20,7 @@ import functools
 import hashlib
 import json
 import platform
-import re
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -131,22 +129,8 @@ def environment() -> dict:
 
     from . import __version__
 
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], check=False, cwd=root, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--verify", "-q", "HEAD")
-    commit = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
-    # "dirty" is about the code: results/ holds the committed outputs that runs rewrite
-    dirty = (bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
-             if commit != "unknown" else None)
     return {
-        "git": {"commit": commit, "dirty": dirty},
+        "git": records.git_state(),
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__,
@@ -340,9 +324,22 @@ def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_fo
     return bf16, memory_format, mode, dtype
 
 
+def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
+    """The spec's model for this data (initialised from the global seed, on the current default
+    device), with the protocol's BatchNorm momentum."""
+    import models
+
+    model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                          **spec.model_kwargs)
+    if spec.protocol.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = spec.protocol.bn_momentum
+    return model
+
+
 def setup(spec: RunSpec) -> Run:
     """Data on the device, model (seeded init), regularizer attached, optimiser, batch stream."""
-    import models
     import regularizers
 
     proto = spec.protocol
@@ -350,13 +347,7 @@ def setup(spec: RunSpec) -> Run:
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
     data = load_dataset(spec.dataset, proto.data).to(device)
     torch.manual_seed(spec.seed)  # model init
-    model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                          **spec.model_kwargs)
-    model = model.to(device=device, dtype=dtype, memory_format=memory_format)
-    if proto.bn_momentum is not None:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = proto.bn_momentum
+    model = build_model(spec, data).to(device=device, dtype=dtype, memory_format=memory_format)
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
@@ -397,10 +388,6 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     """
     for spec in specs:
         validate(spec)
-    if len(specs) > 1:
-        from .packed import check_packable
-
-        check_packable(specs)
     proto = specs[0].protocol
     S = len(specs)
     results_dir = Path(results_dir)

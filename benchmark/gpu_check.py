@@ -36,11 +36,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-ALL_REGULARIZERS = {
-    "weight_decay": {}, "hs_mhe": {}, "mhe": {}, "rp_comhe": {"proj_dim": 30, "num_projections": 20},
-    "ap_comhe": {}, "adv_comhe": {}, "g_comhe": {}, "so": {}, "srip": {},
-}
-
 # Rough seconds per section on an H100, from the first GPU session (each torch.compile of a
 # mode and regularizer ~30 s; a 6,000-step run ~30-60 s): used only to skip what cannot finish.
 COMPILE_S = 35
@@ -140,7 +135,7 @@ def main() -> int:
 
     # 2. Step-time ratios of the engine's step, CUDA events. Each compilation costs ~30 s of a
     #    few minutes of lent time: the targets only, unless --eager.
-    from .perf import format_table, measure
+    from .perf import format_table, measure, parse_regularizers
 
     def perf(mode, regs, pack):
         def fn():
@@ -149,13 +144,13 @@ def main() -> int:
             return format_table(result), result
         return fn
 
-    pick = lambda *names: {k: ALL_REGULARIZERS[k] for k in names}  # noqa: E731
-    plan = [("graph", pick("weight_decay", "hs_mhe", "rp_comhe"), 1),
-            ("reduce-overhead", pick("weight_decay", "hs_mhe", "rp_comhe"), 1),
-            ("graph", pick("weight_decay", "rp_comhe"), a.pack_seeds),
-            ("graph", pick("weight_decay", "ap_comhe", "adv_comhe"), 1)]
+    # (weight_decay, the baseline of every ratio, is put first by parse_regularizers)
+    plan = [("graph", parse_regularizers("hs_mhe,rp_comhe"), 1),
+            ("reduce-overhead", parse_regularizers("hs_mhe,rp_comhe"), 1),
+            ("graph", parse_regularizers("rp_comhe"), a.pack_seeds),
+            ("graph", parse_regularizers("ap_comhe,adv_comhe"), 1)]
     if a.eager:
-        plan.append(("off", ALL_REGULARIZERS, 1))
+        plan.append(("off", parse_regularizers("all"), 1))
     for mode, regs, pack in plan:
         cost = (COMPILE_S if mode != "off" else 5) * len(regs) * (2 if pack > 1 else 1)
         report.section(f"perf compile={mode} seeds={pack} ({', '.join(regs)})", cost,

@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ConfigError, RunSpec
 from .data import BatchStream, Dataset, PackedBatchStream, load_dataset, scale_input
-from .engine import (_Steps, layer_energies, resolve_device, runtime_settings,
+from .engine import (_Steps, build_model, layer_energies, resolve_device, runtime_settings,
                      smoothed_cross_entropy, weight_decay_term)
 
 
@@ -177,7 +177,6 @@ class PackedRun(_Steps):
 
 def setup_packed(specs: list[RunSpec]) -> PackedRun:
     """The packed counterpart of ``engine.setup``: S seeded models stacked, S regularizers."""
-    import models
     import regularizers
 
     check_packable(specs)
@@ -185,22 +184,12 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     device = resolve_device(proto.runtime.device)
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
     data = load_dataset(specs[0].dataset, proto.data).to(device)
-
-    def build(spec: RunSpec) -> torch.nn.Module:
-        net = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                            **spec.model_kwargs)
-        if proto.bn_momentum is not None:
-            for m in net.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.momentum = proto.bn_momentum
-        return net
-
     nets = []
     for spec in specs:
         torch.manual_seed(spec.seed)  # model init, exactly as the single run
-        nets.append(build(spec).to(device=device, dtype=dtype))
+        nets.append(build_model(spec, data).to(device=device, dtype=dtype))
     with torch.device("meta"):  # the architecture functional_call runs; holds no weights
-        base = build(specs[0])
+        base = build_model(specs[0], data)
     params, buffers = stack_module_state(nets)
     # seed s's model now shows slices of the stacked tensors (no second copy of the weights)
     for s, net in enumerate(nets):

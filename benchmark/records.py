@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,27 @@ REQUIRED_FIELDS = (
     "schema_version", "run_id", "status", "reason", "config", "seed", "git", "versions",
     "device", "synthetic", "wall_time_s", "median_step_ms", "curves", "final",
 )
+
+
+def git_state() -> dict[str, Any]:
+    """{"commit": the checkout's commit or "unknown", "dirty": modified code (None if unknown)}.
+
+    "Dirty" is about the code: ``results/`` holds the committed outputs that runs rewrite.
+    """
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], check=False, cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return {"commit": "unknown", "dirty": None}
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    return {"commit": commit, "dirty": bool(dirty)}
 
 
 def record_path(results_dir: str | Path, run_id: str) -> Path:

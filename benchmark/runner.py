@@ -48,6 +48,7 @@ from benchmark.config import ConfigError, Protocol, RunSpec, from_dict
 from benchmark.records import (
     SCHEMA_VERSION,
     checkpoint_path,
+    git_state,
     load_record,
     lock_path,
     record_path,
@@ -267,25 +268,12 @@ def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started:
     write_json_atomic(record_path(results_dir, spec.run_id), {
         "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "suite": spec.suite,
         "label": spec.display_label, "status": "failed", "reason": reason,
-        "config": spec.identity(), "seed": spec.seed, "git": _git_info(),
+        "config": spec.identity(), "seed": spec.seed, "git": git_state(),
         "versions": {"python": platform.python_version()}, "device": None,
         "synthetic": spec.dataset.startswith("synthetic"), "notes": ["record written by the runner"],
         "started_at": iso(started), "finished_at": iso(now), "wall_time_s": now - started,
         "median_step_ms": None, "curves": {}, "final": {},
     })
-
-
-def _git_info() -> dict[str, Any]:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                     ":(exclude)results"], cwd=repo,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty if commit else None}
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,12 +17,11 @@ uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the auto
 gradient reaches W through grad_P as well (second order, the released code's behaviour and our
 default; ``first_order=True`` detaches it).
 
-Both gradients w.r.t. P are taken with ``torch.func.grad``, not ``torch.autograd.grad``: the
-inner steps (:meth:`_LearnedProjection.inner_update`) and the look-ahead
-(:meth:`_LearnedProjection.look_ahead`) are then pure tensor functions that ``torch.compile``
-traces into one graph (dynamo breaks the graph at ``torch.autograd.grad``). The function
-transform composes with ordinary autograd: W, closed over, stays differentiable, which is the
-second-order term.
+Both gradients w.r.t. P (the inner steps, :meth:`_LearnedProjection.inner_update`, and the
+look-ahead, :meth:`_LearnedProjection.look_ahead`) go through :func:`_grad_p`: pure tensor
+functions, taken with ``torch.func.grad`` while ``torch.compile`` traces them (dynamo breaks the
+graph at ``torch.autograd.grad``) and with ``torch.autograd.grad`` eagerly (cheaper there). Either
+way W, closed over, stays differentiable, which is the second-order term.
 """
 
 from __future__ import annotations
