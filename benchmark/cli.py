@@ -7,6 +7,7 @@ input ends with one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -18,22 +19,49 @@ def _cmd_list(args) -> int:
     import models
     import regularizers
 
-    from .config import available_protocols
-    from .data import DATASETS
-    from .suites import available_suites
+    from . import datasets
+    from .config import available_protocols, load_protocol
+    from .suites import available_suites, load_suite
+
+    def regularizer_lines(name):
+        cls = regularizers.get(name)
+        doc = inspect.getdoc(cls) if cls.__doc__ else ""  # its own, not the base class's
+        yield " ".join(doc.split("\n\n")[0].split())
+        for key, hp in cls.HPARAMS.items():
+            default = "depends on the others" if hp.default is None else repr(hp.default)
+            kind = getattr(hp.kind, "value", hp.kind)
+            yield f"  {key} ({kind}, default {default}){': ' + hp.doc if hp.doc else ''}"
+
+    def model_lines(name):
+        d = models.describe(name)
+        yield d["description"]
+        for key, default in d["kwargs"].items():
+            yield f"  {key} (default {default!r})"
+
+    def dataset_lines(name):
+        d = datasets.info(name)
+        classes = d.num_classes if d.arg is None else f"<{d.arg}>"
+        yield f"{d.description}; classes: {classes}; {'offline' if d.offline else 'needs files'}"
 
     sections = {
-        "regularizers": regularizers.available(),
-        "models": list(models.available()) + ["timm:<any timm model name>"],
-        "datasets": list(DATASETS) + ["synthetic:<classes>"],
-        "protocols": available_protocols(),
-        "suites": available_suites(),
+        "regularizers": (regularizers.available(), regularizer_lines),
+        "models": (models.available(), model_lines),
+        "datasets": (datasets.available(), dataset_lines),
+        "protocols": (available_protocols(), lambda n: [load_protocol(n).description]),
+        "suites": (available_suites(), lambda n: [load_suite(n).description]),
     }
-    for name, items in sections.items():
-        if args.what in (None, name):
-            print(f"{name}:")
-            for item in items:
-                print(f"  {item}")
+    usage = {"models": ["timm:<any timm model name>"],
+             "datasets": [datasets.info(n).usage for n in datasets.available() if datasets.info(n).arg]}
+    for section, (names, details) in sections.items():
+        if args.what not in (None, section):
+            continue
+        print(f"{section}:")
+        for name in names + usage.get(section, []):
+            print(f"  {name}")
+            if args.verbose and name in names:
+                for line in details(name):
+                    if line:
+                        print(f"      {line}")
     return 0
 
 
@@ -143,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="registered regularizers, models, datasets, protocols, suites")
     ls.add_argument("what", nargs="?",
-                    choices=["regularizers", "models", "datasets", "protocols", "suites"])
+                    choices=["regularizers", "models", "datasets", "protocols", "suites"],
+                    help="only this section (default: all)")
+    ls.add_argument("-v", "--verbose", action="store_true",
+                    help="descriptions, hyper-parameters and model keywords with their defaults")
 
     def grid_args(sp):
         sp.add_argument("--suite", help="suite name or YAML path")

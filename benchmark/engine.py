@@ -32,7 +32,9 @@ import torch.nn.functional as F
 
 from . import records
 from .config import ConfigError, RunSpec
-from .data import BatchStream, Dataset, check_dataset_name, load_dataset, scale_input
+from . import datasets
+from .data import BatchStream, scale_input
+from .datasets import Dataset
 
 # Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
 # device every step and read back only every this many steps (and at every evaluation).
@@ -50,7 +52,7 @@ def validate(spec: RunSpec) -> None:
     from .plugins import load_plugins
 
     load_plugins()  # those of a parent process (workers), a no-op otherwise
-    check_dataset_name(spec.dataset)
+    datasets.check_name(spec.dataset)
     _check_model(spec.model, json.dumps(spec.model_kwargs, sort_keys=True))
     try:
         regularizers.create(spec.regularizer, **spec.regularizer_hparams)
@@ -345,7 +347,7 @@ def setup(spec: RunSpec) -> Run:
     proto = spec.protocol
     device = resolve_device(proto.runtime.device)
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
-    data = load_dataset(spec.dataset, proto.data).to(device)
+    data = datasets.load(spec.dataset, proto.data).to(device)
     torch.manual_seed(spec.seed)  # model init
     model = build_model(spec, data).to(device=device, dtype=dtype, memory_format=memory_format)
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)

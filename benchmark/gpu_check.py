@@ -1,21 +1,20 @@
 """One-call GPU check: equivalence tests, step-time ratios, and real Fashion-MNIST runs.
 
-Made for a lent GPU machine with no network (torch preinstalled, this tree copied over):
+Made for a GPU machine with no network (torch preinstalled, this tree copied over):
 
-    python -m benchmark.gpu_check --out "$OUT" [--budget-s 540] [--iterations 6000] [--paper-run]
+    python -m benchmark gpu-check --out "$OUT" [--budget-s 540] [--iterations 6000] [--paper-run]
 
-What it measures (issue #7), most important first: the CUDA-only tests; the step of each compile
+What it measures, most important first: the CUDA-only tests; the step of each compile
 mode (``reduce-overhead``, the whole-step ``graph``; ``--eager`` adds the plain path for every
 regularizer); AP/Adv with their inner steps recorded; the per-seed step of 16 packed seeds; then
 real Fashion-MNIST runs in the ``graph`` mode (``--paper-run``: the whole 75,000-step paper
-schedule with RP-CoMHE, the "<= 5 minutes" target).
+schedule with RP-CoMHE, timed against the target in docs/performance.md).
 
-Lent time is short (minutes, one command at most 10 of them), so the check is built to lose
-nothing to a time-out:
+GPU time may be short (minutes), so the check is built to lose nothing to a time-out:
 
 * ``--budget-s``: a section whose rough cost would overrun the budget is skipped and says so;
-* everything measured so far is rewritten after every section into three files, well inside
-  what the lending machine sends back (8 files): ``summary.md`` (tables, one line per section),
+* everything measured so far is rewritten after every section into three files, few enough
+  to copy back from a remote machine: ``summary.md`` (tables, one line per section),
   ``gpu_check.json`` (every perf result and run record) and ``pytest_gpu.log``.
 
 Fashion-MNIST comes from ``$COMHE_DATA/FashionMNIST/raw`` or the Debian package's .gz files
@@ -25,10 +24,8 @@ Fashion-MNIST comes from ``$COMHE_DATA/FashionMNIST/raw`` or the Debian package'
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,21 +33,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-# Rough seconds per section on an H100, from the first GPU session (each torch.compile of a
-# mode and regularizer ~30 s; a 6,000-step run ~30-60 s): used only to skip what cannot finish.
+# Rough seconds per section on an H100 (each torch.compile of a mode and regularizer ~30 s; a
+# 6,000-step run ~30-60 s): used only to skip what cannot finish within the budget.
 COMPILE_S = 35
 TESTS_S = 150
-
-
-def _unpack_fashion_mnist(data_dir: Path) -> None:
-    raw = data_dir / "FashionMNIST" / "raw"
-    for src in (Path("data/fashion-mnist-gz"), Path("/usr/share/datasets/fashion-mnist")):
-        for gz in src.glob("*-ubyte.gz"):
-            target = raw / gz.name[:-3]
-            if not target.exists():
-                raw.mkdir(parents=True, exist_ok=True)
-                with gzip.open(gz, "rb") as f, open(target, "wb") as g:
-                    shutil.copyfileobj(f, g)
 
 
 class Report:
@@ -93,8 +79,9 @@ class Report:
         os.replace(tmp, self.out / name)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark gpu-check",
+                                description="Tests, step-time ratios and real-data runs on a CUDA device.")
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     p.add_argument("--budget-s", type=float, default=540,
                    help="skip sections that would not finish within this many seconds")
@@ -109,7 +96,7 @@ def main() -> int:
     p.add_argument("--paper-run", action="store_true",
                    help="also train the full 75,000-step paper schedule with RP-CoMHE")
     p.add_argument("--mode", default="graph", help="runtime.compile of the real-data runs")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out, a.budget_s)
@@ -157,8 +144,7 @@ def main() -> int:
                        perf(mode, regs, pack))
 
     # 3. Real Fashion-MNIST runs (CNN-9, paper recipe, shortened schedule).
-    data_dir = Path(os.environ.setdefault("COMHE_DATA", "data"))
-    _unpack_fashion_mnist(data_dir)
+    os.environ.setdefault("COMHE_DATA", "data")  # the loader unpacks data/fashion-mnist-gz/*.gz
     from .config import RunSpec, load_protocol
     from .engine import train
 

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ConfigError, RunSpec
-from .data import BatchStream, Dataset, PackedBatchStream, load_dataset, scale_input
+from . import datasets
+from .data import BatchStream, PackedBatchStream, scale_input
+from .datasets import Dataset
 from .engine import (_Steps, build_model, layer_energies, resolve_device, runtime_settings,
                      smoothed_cross_entropy, weight_decay_term)
 
@@ -183,7 +185,7 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     proto = specs[0].protocol
     device = resolve_device(proto.runtime.device)
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
-    data = load_dataset(specs[0].dataset, proto.data).to(device)
+    data = datasets.load(specs[0].dataset, proto.data).to(device)
     nets = []
     for spec in specs:
         torch.manual_seed(spec.seed)  # model init, exactly as the single run

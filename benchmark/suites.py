@@ -17,19 +17,20 @@ seeds), and each run's id depends only on what changes its result, so the same r
 is one run and one record.
 
 A *profile* keeps a suite's grid but swaps what makes it expensive: ``profile="smoke"`` uses
-the ``smoke`` protocol, two seeds and offline stand-ins for datasets that need a download
-(``cifar10`` -> ``synthetic:10``), so ``table2`` can be exercised end to end on a laptop or in CI.
+the ``smoke`` protocol, two seeds and the dataset registry's offline stand-ins for datasets that
+need a download (``cifar10`` -> ``synthetic:10``), so ``table2`` can be exercised end to end on a laptop or in CI.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from benchmark import datasets as datasets_registry
+from regularizers import hint
 from benchmark.config import (
     CONFIG_DIR,
     ConfigError,
@@ -45,20 +46,6 @@ SUITE_KEYS = ("description", "protocol", "protocol_overrides", "datasets", "mode
               "regularizers", "seeds")
 MODEL_KEYS = ("name", "kwargs")
 REGULARIZER_KEYS = ("name", "hparams", "label")
-
-# Datasets that need no download, and the offline stand-in (same number of classes) for those
-# that do. Used by profiles that must run anywhere.
-OFFLINE_DATASETS = ("digits", "synthetic")
-OFFLINE_STAND_INS = {
-    "cifar10": "synthetic:10",
-    "cifar100": "synthetic:100",
-    "fashion_mnist": "synthetic:10",
-    "mnist": "synthetic:10",
-    "svhn": "synthetic:10",
-    "tiny_imagenet": "synthetic:200",
-    "imagenet": "synthetic:1000",
-}
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -236,7 +223,7 @@ def _parse(name: str, raw: Any, path: Path, overrides: dict, profile: str | None
 
     datasets = _parse_datasets(raw["datasets"], where)
     if prof is not None and prof.offline:
-        datasets = tuple(dict.fromkeys(_offline(d, profile) for d in datasets))
+        datasets = tuple(dict.fromkeys(datasets_registry.offline_stand_in(d) for d in datasets))
     models = _parse_models(raw["models"], where, model_over)
     regularizers = _parse_regularizers(raw["regularizers"], where)
     seeds = _parse_seeds(raw["seeds"], where)
@@ -263,9 +250,8 @@ def _parse(name: str, raw: Any, path: Path, overrides: dict, profile: str | None
 def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(allowed)})")
+            raise ConfigError(f"{where}: unknown key '{key}'{hint(key, allowed)} "
+                              f"(allowed: {', '.join(allowed)})")
 
 
 def _nonempty_list(value: Any, key: str, where: str) -> list:
@@ -340,12 +326,3 @@ def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
         raise ConfigError(f"{where}: 'seeds' lists a seed twice: {items}")
     return tuple(items)
 
-
-def _offline(dataset: str, profile: str | None) -> str:
-    if dataset in OFFLINE_DATASETS or dataset.startswith("synthetic:"):
-        return dataset
-    if dataset in OFFLINE_STAND_INS:
-        return OFFLINE_STAND_INS[dataset]
-    known = ", ".join(sorted(OFFLINE_STAND_INS))
-    raise ConfigError(f"profile '{profile}' has no offline stand-in for dataset '{dataset}' "
-                      f"(known: {known}; offline already: digits, synthetic[:<classes>])")

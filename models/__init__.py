@@ -12,6 +12,6 @@ Depends on torch and timm only. See docs/models.md.
 # Importing the family modules runs their @register decorators.
 from models import cnn9 as _cnn9  # noqa: F401
 from models import resnet_cifar as _resnet_cifar  # noqa: F401
-from models.registry import available, create, register
+from models.registry import available, create, describe, register
 
-__all__ = ["available", "create", "register"]
+__all__ = ["available", "create", "describe", "register"]

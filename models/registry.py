@@ -15,14 +15,16 @@ weights); see ``models.timm_models``.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-ROLES = ("first", "hidden", "output")
+# The role vocabulary and the weight walker belong to the regularizers that consume them.
+from regularizers.hints import hint
+from regularizers.roles import ROLES, weight_names
+
 TIMM_PREFIX = "timm:"
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -58,6 +60,18 @@ def available(pattern: str = "*") -> list[str]:
     return sorted(n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern))
 
 
+def describe(name: str) -> dict[str, object]:
+    """``{"description": first docstring line, "kwargs": {keyword: default}}`` of a registered
+    model's builder (for ``python -m benchmark list --verbose``)."""
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown model {name!r}{_suggest(name, available())}")
+    doc = (inspect.getdoc(builder) or "").strip().splitlines()
+    kwargs = {k: p.default for k, p in inspect.signature(builder).parameters.items()
+              if k not in ("num_classes", "in_chans") and p.default is not inspect.Parameter.empty}
+    return {"description": doc[0] if doc else "", "kwargs": kwargs}
+
+
 def create(name: str, num_classes: int, in_chans: int = 3, **kw) -> nn.Module:
     """Build model ``name`` for ``num_classes`` classes and ``in_chans`` input channels.
 
@@ -76,7 +90,7 @@ def create(name: str, num_classes: int, in_chans: int = 3, **kw) -> nn.Module:
     else:
         builder = _BUILDERS.get(name)
         if builder is None:
-            raise ValueError(f"unknown model {name!r}; {_suggest(name, available())} "
+            raise ValueError(f"unknown model {name!r}{_suggest(name, available())} "
                              f"(or 'timm:<name>' for any timm model)")
         _check_kwargs(name, builder, kw)
         model = builder(num_classes=num_classes, in_chans=in_chans, **kw)
@@ -87,38 +101,12 @@ def create(name: str, num_classes: int, in_chans: int = 3, **kw) -> nn.Module:
     return model
 
 
-def conv_linear_weights(model: nn.Module) -> list[str]:
-    """Names (as in ``named_parameters``) of the weights of every conv and linear layer.
-
-    These are the tensors whose rows are neurons. Other tensors with ndim >= 2 (position
-    embeddings, class tokens, relative-position bias tables) are not neurons and are left out.
-    """
-    # named_parameters drops shared tensors after their first name; only keep names it yields.
-    params = {id(p): n for n, p in model.named_parameters()}
-    names = []
-    for mod_name, mod in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
-            attrs = ["weight"]
-        elif isinstance(mod, nn.MultiheadAttention):
-            # q/k/v projections stored as raw tensors rather than nn.Linear children.
-            attrs = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"]
-        else:
-            continue
-        for attr in attrs:
-            p = getattr(mod, attr, None)
-            if isinstance(p, nn.Parameter) and p.ndim >= 2 and params.get(id(p)) == prefix + attr:
-                names.append(prefix + attr)
-    order = {n: i for i, n in enumerate(params.values())}
-    return sorted(names, key=order.__getitem__)
-
-
 def weight_roles_from(model: nn.Module, first: str | list[str], output: str | list[str]
                       ) -> dict[str, str]:
     """Roles for ``model``: the named weights are first/output, every other conv/linear hidden."""
     firsts = [first] if isinstance(first, str) else list(first)
     outputs = [output] if isinstance(output, str) else list(output)
-    names = conv_linear_weights(model)
+    names = weight_names(model)
     missing = [n for n in firsts + outputs if n not in names]
     if missing:
         raise ValueError(f"role names {missing} are not conv/linear weights of "
@@ -145,7 +133,7 @@ def check_roles(model: nn.Module, name: str = "") -> None:
     roles = getattr(model, "weight_roles", None)
     if not isinstance(roles, dict):
         raise TypeError(f"model {name!r} has no weight_roles dict; its builder must set one")
-    expected = conv_linear_weights(model)
+    expected = weight_names(model)
     if set(roles) != set(expected):
         extra = sorted(set(roles) - set(expected))
         untagged = sorted(set(expected) - set(roles))
@@ -163,16 +151,16 @@ def _check_kwargs(name: str, builder: Callable, kw: dict) -> None:
     accepted = [p for p in params if p not in ("num_classes", "in_chans")]
     for key in kw:
         if key not in accepted:
-            raise ValueError(f"unknown keyword {key!r} for model {name!r}; "
+            raise ValueError(f"unknown keyword {key!r} for model {name!r}"
                              f"{_suggest(key, accepted)}")
 
 
 def _suggest(word: str, choices: list[str]) -> str:
-    """``"did you mean 'x'?"`` when something is close, else the list of valid choices."""
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    """``"; did you mean 'x'?"`` when something is close, else the list of valid choices."""
+    close = hint(word, choices)
     if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+        return close
     if not choices:
-        return "it accepts no extra keywords"
+        return "; it accepts no extra keywords"
     shown = ", ".join(choices[:20]) + (", ..." if len(choices) > 20 else "")
-    return f"choose from: {shown}"
+    return f"; choose from: {shown}"

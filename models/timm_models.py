@@ -19,7 +19,6 @@ Pretrained weights are never loaded: nothing may be downloaded.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import sys
 import warnings
@@ -28,17 +27,18 @@ import timm
 from timm.models import model_entrypoint
 from torch import nn
 
-from models.registry import conv_linear_weights, weight_roles_from
+from models.registry import weight_roles_from
+from regularizers.hints import hint
+from regularizers.roles import weight_names
 
 
 def create_timm(name: str, num_classes: int, in_chans: int = 3, *, cifar_stem: bool = True,
                 **kw) -> nn.Module:
     """Build timm model ``name`` with ``pretrained=False``; see the module docstring."""
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = ("did you mean " + " or ".join(f"'timm:{c}'" for c in close) + "?" if close
-                else "see timm.list_models() for the names")
-        raise ValueError(f"unknown timm model {name!r}; {hint}")
+        close = hint(f"timm:{name}", [f"timm:{m}" for m in timm.list_models()], cutoff=0.6)
+        raise ValueError(f"unknown timm model {name!r}"
+                         f"{close or '; see timm.list_models() for the names'}")
     if type(cifar_stem) is not bool:  # a ValueError, like every other bad argument here
         raise ValueError(f"cifar_stem must be True or False, got {cifar_stem!r}")
     if kw.get("pretrained"):
@@ -130,7 +130,7 @@ def _as_list(value) -> list[str]:
 def _timm_roles(model: nn.Module, name: str, first: str | None, notes: list[str]
                 ) -> dict[str, str]:
     """Roles from timm's metadata: ``first_conv`` and ``classifier`` of the pretrained config."""
-    weights = conv_linear_weights(model)
+    weights = weight_names(model)
     cfg = _cfg(model)
     firsts = [first] if first else [f"{n}.weight" for n in _as_list(cfg.get("first_conv"))]
     outputs = [f"{n}.weight" for n in _as_list(cfg.get("classifier"))]
@@ -158,9 +158,7 @@ def _kwarg_error(name: str, kw: dict, err: TypeError) -> str:
     if not bad:
         return f"timm:{name}: {msg}"
     accepted = _accepted_kwargs(name) | {"cifar_stem", "drop_rate", "drop_path_rate"}
-    close = difflib.get_close_matches(bad[0], sorted(accepted), n=3, cutoff=0.5)
-    hint = ("; did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
-    return f"unknown keyword {bad[0]!r} for model 'timm:{name}'{hint}"
+    return f"unknown keyword {bad[0]!r} for model 'timm:{name}'{hint(bad[0], sorted(accepted))}"
 
 
 def _accepted_kwargs(name: str) -> set[str]:

@@ -5,7 +5,8 @@ See docs/regularizers.md for formulas and defaults, docs/internals.md for the co
 
 from .base import HParam, Regularizer
 from .energy import group_energy, hyperspherical_energy, projected_energy
-from .registry import available, create, load_plugin, register
+from .hints import hint
+from .registry import available, create, get, load_plugin, register
 from .roles import infer_roles
 
 # built-in regularizers register themselves on import
@@ -18,8 +19,10 @@ __all__ = [
     "register",
     "create",
     "available",
+    "get",
     "load_plugin",
     "Regularizer",
     "HParam",
     "infer_roles",
+    "hint",
 ]

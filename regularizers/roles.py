@@ -8,13 +8,14 @@ A weight's neurons are ``weight.reshape(weight.shape[0], -1)`` (rows = output un
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ROLES", "infer_roles", "resolve_roles", "neurons"]
+from .hints import hint
+
+__all__ = ["ROLES", "infer_roles", "resolve_roles", "neurons", "weight_names"]
 
 ROLES = ("first", "hidden", "output")
 _WEIGHT_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
@@ -25,28 +26,43 @@ def neurons(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def _hint(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+def weight_names(model: nn.Module) -> list[str]:
+    """Names (as in ``named_parameters``) of the weights of every conv and linear layer, in
+    ``named_parameters`` order: the tensors whose rows are neurons.
+
+    ``nn.MultiheadAttention`` keeps its q/k/v projections as raw tensors (``in_proj_weight`` or
+    ``q/k/v_proj_weight``): they are neurons too. Other tensors with ndim >= 2 (position
+    embeddings, class tokens, relative-position bias tables) are not, and are left out.
+    """
+    return [name for name, _ in _weight_owners(model)]
 
 
-def _weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv/linear modules with a weight of ndim >= 2, in registration order (shared ones once)."""
-    seen, out = set(), []
-    for name, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if isinstance(mod, _WEIGHT_MODULES) and isinstance(w, nn.Parameter) and w.ndim >= 2:
-            if id(w) not in seen:
-                seen.add(id(w))
-                out.append((name, mod))
-    return out
+def _weight_owners(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(parameter name, owning module) of every neuron weight, in named_parameters order."""
+    # named_parameters drops shared tensors after their first name; only keep names it yields.
+    params = {id(p): n for n, p in model.named_parameters()}
+    owners = []
+    for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(mod, _WEIGHT_MODULES):
+            attrs = ["weight"]
+        elif isinstance(mod, nn.MultiheadAttention):
+            attrs = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        else:
+            continue
+        for attr in attrs:
+            p = getattr(mod, attr, None)
+            if isinstance(p, nn.Parameter) and p.ndim >= 2 and params.get(id(p)) == prefix + attr:
+                owners.append((prefix + attr, mod))
+    order = {n: i for i, n in enumerate(params.values())}
+    return sorted(owners, key=lambda o: order[o[0]])
 
 
-def _forward_order(model: nn.Module, mods: list[tuple[str, nn.Module]], example_input: Any):
-    """Module names in the order of their first call during one eval-mode forward pass."""
+def _forward_order(model: nn.Module, owners: list[tuple[str, nn.Module]], example_input: Any):
+    """Weight names in the order their modules are first called during one eval-mode forward."""
     order: list[str] = []
     hooks = []
-    for name, mod in mods:
+    for name, mod in owners:
         def hook(_m, _i, _o, name=name):
             if name not in order:
                 order.append(name)
@@ -65,8 +81,8 @@ def _forward_order(model: nn.Module, mods: list[tuple[str, nn.Module]], example_
             h.remove()
         for m, flag in flags.items():
             m.training = flag
-    # layers never called keep registration order after the called ones
-    return order + [n for n, _ in mods if n not in order]
+    # weights whose module was never called keep their order after the called ones
+    return order + [n for n, _ in owners if n not in order]
 
 
 def infer_roles(model: nn.Module, example_input: Any = None) -> dict[str, str]:
@@ -74,22 +90,19 @@ def infer_roles(model: nn.Module, example_input: Any = None) -> dict[str, str]:
 
     first = the first weight layer, output = the last one (the layer producing the logits),
     everything else hidden. Order is the forward order when ``example_input`` is given (one
-    no-grad eval-mode pass with hooks), else module registration order. A model with a single
+    no-grad eval-mode pass with hooks), else ``named_parameters`` order. A model with a single
     weight layer gets "output". Returns {parameter name: role} in named_parameters() order.
     """
-    mods = _weight_modules(model)
-    if not mods:
+    owners = _weight_owners(model)
+    if not owners:
         return {}
-    names = [n for n, _ in mods]
+    names = [n for n, _ in owners]
     if example_input is not None:
-        names = _forward_order(model, mods, example_input)
+        names = _forward_order(model, owners, example_input)
     roles = {n: "hidden" for n in names}
     roles[names[0]] = "first"
     roles[names[-1]] = "output"
-    pname = {n: (f"{n}.weight" if n else "weight") for n in names}
-    by_param = {pname[n]: r for n, r in roles.items()}
-    order = [n for n, _ in model.named_parameters()]
-    return {n: by_param[n] for n in order if n in by_param}
+    return {n: roles[n] for n, _ in owners}
 
 
 def resolve_roles(
@@ -106,7 +119,7 @@ def resolve_roles(
     for src, extra in (("model.weight_roles", base or {}), ("roles", roles or {})):
         for name, role in extra.items():
             if name not in params:
-                raise ValueError(f"{src} names unknown parameter {name!r}{_hint(name, params)}")
+                raise ValueError(f"{src} names unknown parameter {name!r}{hint(name, params)}")
             if role not in ROLES and not (src == "roles" and role in (None, "none")):
                 allowed = ", ".join(ROLES) + (", 'none'" if src == "roles" else "")
                 raise ValueError(f"{src}[{name!r}] = {role!r}; allowed roles: {allowed}")

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError, Data, load_protocol
-from benchmark.data import BatchStream, augment, check_dataset_name, load_dataset, pad_index
+from benchmark.data import BatchStream, augment, pad_index
+from benchmark.datasets import check_name as check_dataset_name
+from benchmark.datasets import load as load_dataset
 
 
 @pytest.mark.parametrize("mode", ["symmetric", "reflect"])
@@ -63,7 +65,7 @@ def test_digits_are_offline_and_resized():
 
 
 def test_unknown_dataset_and_missing_files(monkeypatch, tmp_path):
-    with pytest.raises(ConfigError, match="did you mean cifar10"):
+    with pytest.raises(ConfigError, match="did you mean 'cifar10'"):
         check_dataset_name("cifar-10")
     with pytest.raises(ConfigError, match="synthetic:<classes>"):
         check_dataset_name("digits:3")

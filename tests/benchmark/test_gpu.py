@@ -9,7 +9,8 @@ import torch
 import models
 import regularizers
 from benchmark.config import RunSpec, load_protocol
-from benchmark.data import BatchStream, load_dataset
+from benchmark.data import BatchStream
+from benchmark.datasets import load as load_dataset
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -1,8 +1,8 @@
-"""``python -m benchmark.gpu_check``: the one-call GPU script keeps what it measured.
+"""``python -m benchmark gpu-check``: the one-call GPU script keeps what it measured.
 
-Lent GPU time is minutes and one command may be cut off, so the script writes everything after
+GPU time may be minutes and one command may be cut off, so the script writes everything after
 every section, skips what its budget cannot fit, and survives a failing section. Checked here
-on the CPU without measuring anything (the GPU itself is only there when a session is lent one).
+on the CPU without measuring anything.
 """
 
 import json

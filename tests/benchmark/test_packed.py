@@ -17,7 +17,8 @@ import torch
 import regularizers
 from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.data import BatchStream, PackedBatchStream, load_dataset
+from benchmark.data import BatchStream, PackedBatchStream
+from benchmark.datasets import load as load_dataset
 from benchmark.engine import pack_id, setup, train, train_packed
 from benchmark.packed import check_packable, setup_packed
 

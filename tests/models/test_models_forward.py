@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import models
-from models.registry import conv_linear_weights
+from regularizers.roles import weight_names
 
 # (name, kwargs, batch): the heavy nets run one image, which keeps the folder fast on 2 cores.
 CASES = [
@@ -50,7 +50,7 @@ def test_forward_backward_32x32(name, kw, batch):
 def test_roles_one_first_one_output_rest_hidden(name, kw, batch):
     model = _build(name, tuple(kw.items()))
     roles = model.weight_roles
-    assert list(roles) == conv_linear_weights(model)
+    assert list(roles) == weight_names(model)
     assert sorted(roles.values()).count("first") == 1
     assert sorted(roles.values()).count("output") == 1
     assert set(roles.values()) == {"first", "hidden", "output"}

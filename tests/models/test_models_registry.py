@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import models
-from models.registry import conv_linear_weights
+from regularizers.roles import weight_names
 
 OUR_MODELS = ["cnn9", "resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "wrn28_10"]
 
@@ -71,7 +71,7 @@ def test_timm_prefix_is_reserved():
         models.register(name="timm:mine")(lambda num_classes, in_chans=3: None)
 
 
-def test_conv_linear_weights_skips_embeddings_and_covers_attention():
+def test_weight_names_skips_embeddings_and_covers_attention():
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
@@ -79,5 +79,12 @@ def test_conv_linear_weights_skips_embeddings_and_covers_attention():
             self.attn = nn.MultiheadAttention(8, 2)
             self.fc = nn.Linear(8, 2)
 
-    names = conv_linear_weights(Odd())
+    names = weight_names(Odd())
     assert names == ["attn.in_proj_weight", "attn.out_proj.weight", "fc.weight"]
+    # One walker: the roles a regularizer infers cover exactly the same weights (they used to
+    # disagree on MultiheadAttention's raw q/k/v tensor).
+    from regularizers import infer_roles
+
+    roles = infer_roles(Odd())
+    assert list(roles) == names
+    assert roles == {"attn.in_proj_weight": "first", "attn.out_proj.weight": "hidden", "fc.weight": "output"}

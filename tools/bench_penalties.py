@@ -1,6 +1,6 @@
 """Penalty forward+backward time over the paper CNN-9's weights: batched vs a literal loop.
 
-    python -m regularizers._bench [--reps 7] [--device cuda]
+    python tools/bench_penalties.py [--reps 7] [--device cuda]
 
 Sets torch.set_num_threads(2) and re-executes itself with MALLOC_MMAP_THRESHOLD_ /
 MALLOC_TRIM_THRESHOLD_ = 1e9 (docs/performance.md: without them CPU timings wander). Prints a
@@ -19,8 +19,8 @@ import time
 import torch
 from torch import nn
 
-from . import create, hyperspherical_energy
-from .roles import neurons
+from regularizers import create, hyperspherical_energy
+from regularizers.roles import neurons
 
 # recipe.md section 4: (name, shape, role); fc6 is the 4x4 valid conv, score the 1x1 conv.
 CNN9_WEIGHTS = [("conv1_1", (64, 3, 3, 3), "first"), ("conv1_2", (64, 64, 3, 3), "hidden"),
@@ -123,5 +123,5 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "1000000000":
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1000000000", MALLOC_TRIM_THRESHOLD_="1000000000")
-        os.execve(sys.executable, [sys.executable, "-m", "regularizers._bench", *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     main()

@@ -1,0 +1,24 @@
+"""Datasets by name: ``load("digits", protocol.data)``, ``available()``, ``@register_dataset``.
+
+Images come as uint8 (N, C, H, W) tensors on the CPU; ``benchmark.data`` turns them into the
+recipe's batches. A new dataset is one file here (or in a plugin) with one decorator.
+"""
+
+from .registry import (
+    Dataset,
+    DatasetInfo,
+    available,
+    check_name,
+    data_dir,
+    download_allowed,
+    info,
+    load,
+    offline_stand_in,
+    register_dataset,
+)
+
+# Importing the family modules runs their @register_dataset.
+from . import cifar, digits, fashion_mnist, synthetic  # noqa: E402,F401  isort: skip
+
+__all__ = ["Dataset", "DatasetInfo", "available", "check_name", "data_dir", "download_allowed",
+           "info", "load", "offline_stand_in", "register_dataset"]

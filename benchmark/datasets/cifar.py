@@ -1,0 +1,44 @@
+"""CIFAR-10 and CIFAR-100 through torchvision (``$COMHE_DATA/cifar-*``; ``--download`` fetches)."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmark.config import ConfigError, Data
+
+from .registry import Dataset, data_dir, download_allowed, register_dataset
+
+
+def _cifar(classes: int) -> Dataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    root = data_dir()
+    try:
+        train = cls(root, train=True, download=download_allowed())
+        test = cls(root, train=False, download=download_allowed())
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise ConfigError(
+            f"cifar{classes} not found or corrupted under {root / cls.base_folder} ({exc}); extract "
+            f"{cls.filename} there, set COMHE_DATA to its parent, or pass --download"
+        ) from None
+    return Dataset(
+        name=f"cifar{classes}",
+        train_x=torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
+        train_y=torch.tensor(train.targets, dtype=torch.long),
+        test_x=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
+        test_y=torch.tensor(test.targets, dtype=torch.long),
+        num_classes=classes,
+    )
+
+
+@register_dataset("cifar10", num_classes=10, offline=False,
+                  description="CIFAR-10, 50k/10k 32x32 colour images (torchvision)")
+def cifar10(arg: str | None, cfg: Data) -> Dataset:
+    return _cifar(10)
+
+
+@register_dataset("cifar100", num_classes=100, offline=False,
+                  description="CIFAR-100, 50k/10k 32x32 colour images, the paper's dataset (torchvision)")
+def cifar100(arg: str | None, cfg: Data) -> Dataset:
+    return _cifar(100)

@@ -1,0 +1,97 @@
+"""The dataset registry: a new dataset is one file and one decorator."""
+
+import textwrap
+
+import pytest
+import torch
+
+from benchmark import datasets
+from benchmark.config import ConfigError, Data, RunSpec, load_protocol
+from benchmark.datasets import registry
+from benchmark.engine import train
+from benchmark.suites import load_suite
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """Registrations made by a test disappear after it."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def _write_dataset_file(path, name="stripes", offline=True, classes=3):
+    path.write_text(textwrap.dedent(f'''
+        import torch
+        from benchmark.datasets import Dataset, register_dataset
+
+        @register_dataset("{name}", num_classes={classes}, offline={offline},
+                          description="horizontal vs vertical stripes, 12x12")
+        def stripes(arg, cfg):
+            g = torch.Generator().manual_seed(0)
+            def make(n):
+                y = torch.randint(0, {classes}, (n,), generator=g)
+                x = torch.zeros(n, 1, 12, 12, dtype=torch.uint8)
+                x[y == 0, :, ::2, :] = 255
+                x[y == 1, :, :, ::2] = 255
+                return x, y
+            (xtr, ytr), (xte, yte) = make(96), make(24)
+            return Dataset("{name}", xtr, ytr, xte, yte, num_classes={classes})
+    '''))
+
+
+def test_builtin_datasets_and_their_offline_stand_ins():
+    assert datasets.available() == ["cifar10", "cifar100", "digits", "fashion_mnist", "synthetic"]
+    assert datasets.offline_stand_in("cifar100") == "synthetic:100"
+    assert datasets.offline_stand_in("cifar10") == "synthetic:10"
+    assert datasets.offline_stand_in("fashion_mnist") == "synthetic:10"
+    assert datasets.offline_stand_in("digits") == "digits"
+    assert datasets.offline_stand_in("synthetic:7") == "synthetic:7"
+
+
+def test_unknown_names_and_arguments_fail_in_one_line():
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar-100'; did you mean 'cifar100'.*"
+                                          r"\(available: cifar10, .*synthetic:<classes>\)"):
+        datasets.check_name("cifar-100")
+    for bad in ("digits:3", "synthetic:1", "synthetic:x"):
+        with pytest.raises(ConfigError, match="synthetic:<classes>") as exc:
+            datasets.check_name(bad)
+        assert "\n" not in str(exc.value)
+
+
+def test_a_dataset_from_one_file_trains_end_to_end(tmp_path, clean_registry):
+    """One file with one decorator (loaded like a plugin) is enough: suites, stand-ins, runs."""
+    import importlib.util
+
+    path = tmp_path / "stripes_dataset.py"
+    _write_dataset_file(path, offline=False)
+    spec = importlib.util.spec_from_file_location("stripes_dataset", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+    assert "stripes" in datasets.available()
+    assert datasets.offline_stand_in("stripes") == "synthetic:3"  # derived, not listed anywhere
+    ds = datasets.load("stripes", Data(image_size=24))
+    assert ds.train_x.shape == (96, 1, 24, 24) and ds.num_classes == 3  # 12 -> 24 upsampled
+
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text("protocol: smoke\ndatasets: [stripes]\nmodels: [{name: cnn9, kwargs: "
+                          "{width: 0.125}}]\nregularizers: [weight_decay]\nseeds: 1\n")
+    assert [s.dataset for s in load_suite(suite_file).expand()] == ["stripes"]
+    assert [s.dataset for s in load_suite(suite_file, profile="smoke").expand()] == ["synthetic:3"] * 2
+
+    proto = load_protocol("smoke", {"iterations": 4, "eval_every": 4, "batch_size": 16,
+                                    "schedule.milestones": [], "data.max_train": 0,
+                                    "data.max_test": 0})
+    rec = train(RunSpec(proto, "stripes", "cnn9", "weight_decay", 0, model_kwargs={"width": 0.125}),
+                tmp_path / "runs", progress=False)
+    assert rec["status"] == "complete" and rec["final"]["n_test"] == 24
+
+
+def test_registering_a_taken_name_with_another_loader_fails(clean_registry):
+    with pytest.raises(ValueError, match="already registered"):
+        datasets.register_dataset("digits", num_classes=10, offline=True, description="x")(
+            lambda arg, cfg: None)
+
+
+def test_synthetic_images_follow_the_protocol_size():
+    ds = datasets.load("synthetic:4", Data(image_size=16, max_train=8, max_test=4))
+    assert ds.train_x.shape == (8, 3, 16, 16) and ds.synthetic and ds.num_classes == 4
+    assert int(ds.train_y.max()) < 4 and ds.train_x.dtype == torch.uint8
