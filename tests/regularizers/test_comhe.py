@@ -157,13 +157,15 @@ def test_comhe_layer_treatment(tiny):
 
 
 @pytest.mark.parametrize("name", regularizers.available())
-def test_every_regularizer_float32_finite_and_on_device(name):
+def test_every_regularizer_float32_finite_on_the_weights_device(name):
+    """On the CPU here; tests/regularizers/test_gpu.py repeats the device check on CUDA."""
     net = TinyNet(dtype=torch.float32)
     kw = {"groups": 2} if name == "g_comhe" else {}
     reg = regularizers.create(name, **kw).attach(net, seed=0)
     reg.before_step(0.1)
     p = reg.penalty()
     assert p.shape == () and p.dtype == torch.float32 and torch.isfinite(p)
+    assert p.device == next(net.parameters()).device
     if p.requires_grad:
         p.backward()
         assert all(torch.isfinite(q.grad).all() for q in net.parameters() if q.grad is not None)
