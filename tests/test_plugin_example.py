@@ -11,6 +11,7 @@ CONTRIBUTING.md, "Add your regularizer to the leaderboard".
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -184,3 +185,20 @@ def test_entry_point_install_needs_no_plugin_flag(tmp_path):
     assert proc.stdout.startswith("comhe_example_plugin {'strength': 2.0}")
     assert f"  {NAME}\n" in proc.stdout
     assert "failed to load" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_plugin_reaches_worker_processes(tmp_path):
+    """With --jobs 2 every run trains in its own worker process: each must load the plugin
+    (through COMHE_PLUGINS) or the plugin's runs would fail as 'unknown regularizer'."""
+    suite = tmp_path / "with_plugin.yaml"
+    suite.write_text(TINY_SUITE.replace("seeds: 2", "seeds: 1"))
+    runs = tmp_path / "runs"
+    out = _bench("--plugin", str(PLUGIN_FILE), "run", "--suite", str(suite), *TINY, "--results",
+                 str(runs), "--jobs", "2", "--no-progress")
+    assert "2 runs: 2 done, 0 failed" in out, out
+    logs = sorted((runs / "logs").glob("*.log"))
+    assert len(logs) == 2  # two worker processes ran, one run each
+    records = [json.loads(p.read_text()) for p in runs.rglob("*.json") if p.parent.name != "logs"]
+    mine = [r for r in records if r.get("config", {}).get("regularizer") == NAME]
+    assert len(mine) == 1 and mine[0]["status"] == "complete"
