@@ -12,7 +12,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.registry import he_init, register, weight_roles_from
+from models.builders import he_init, weight_roles_from
+from models.registry import register
 
 # PyTorch's momentum is the weight of the NEW batch statistic: 0.001 here equals the
 # TensorFlow moving-average decay 0.999 of the released code.

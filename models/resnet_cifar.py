@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import he_init, register, weight_roles_from
+from models.builders import he_init, weight_roles_from
+from models.registry import register
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:

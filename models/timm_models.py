@@ -27,7 +27,7 @@ import timm
 from timm.models import model_entrypoint
 from torch import nn
 
-from models.registry import weight_roles_from
+from models.builders import weight_roles_from
 from regularizers.hints import hint
 from regularizers.roles import weight_names
 
