@@ -163,6 +163,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import VERDICTS, compare_dirs, format_comparison
+    from .records import iter_records
+
+    for flag, path in (("--results", args.results), ("--reference", args.reference)):
+        if not any(True for _ in iter_records(path)):
+            raise ConfigError(f"{flag}: no run records under '{path}'")
+    rows = compare_dirs(args.results, args.reference, rtol=args.rtol, atol=args.atol)
+    print(format_comparison(rows, args.results, args.reference, rtol=args.rtol, atol=args.atol))
+    bad = [r for r in rows if r.verdict in VERDICTS[2:]]
+    return 1 if args.strict and bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--plugin", action="append", default=[],
@@ -223,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--suite", help="only the records of this suite")
     rep.add_argument("--out", help="output directory (default: <results>/report)")
     rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
+    cmp = sub.add_parser("compare", help="did these runs reproduce a reference? (run by run)",
+                         description="Match the runs of two results directories by run id and "
+                                     "give each a verdict: identical, within tolerance, different "
+                                     "(with where the curves part) or missing.")
+    cmp.add_argument("--results", required=True, help="the runs to check")
+    cmp.add_argument("--reference", required=True, help="the runs to check them against")
+    cmp.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance per curve value")
+    cmp.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance per curve value")
+    cmp.add_argument("--strict", action="store_true",
+                     help="exit 1 when a run is different or missing (default: report only)")
     perf = sub.add_parser("perf", help="training-step time per regularizer, as ratios")
     perf.add_argument("--model", default="cnn9")
     perf.add_argument("--batch-size", type=int, default=128)
@@ -256,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins(args.plugin)
         return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status,
-                "report": _cmd_report, "perf": _cmd_perf}[args.command](args)
+                "report": _cmd_report, "perf": _cmd_perf, "compare": _cmd_compare}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
