@@ -7,7 +7,7 @@ PROFILE ?= paper
 PACK ?= 1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test benchmark reproduce-table2 perf lint clean-venv
+.PHONY: setup test test-quick benchmark reference reproduce-table2 perf lint clean-venv
 
 # One shared virtual environment for every nox session (a CUDA torch build is ~5.8 GB:
 # one copy per session would be absurd). Re-installed when pyproject.toml changes.
@@ -22,8 +22,17 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(NOX) -s tests
 
+test-quick: $(STAMP)
+	$(NOX) -s tests -- -m "not slow" -q
+
+# Retrain the offline `quick` suite into runs/quick/ and compare it run by run with the
+# committed reference (results/quick/); the tracked tree is left as it was.
 benchmark: $(STAMP)
 	$(NOX) -s benchmark
+
+# Regenerate the committed reference results/quick/ and results/leaderboard.md on purpose.
+reference: $(STAMP)
+	$(NOX) -s reference
 
 reproduce-table2: $(STAMP)
 	$(NOX) -s reproduce_table2 -- --profile $(PROFILE) --pack-seeds $(PACK)

@@ -2,8 +2,10 @@
 a CUDA build of torch is ~5.8 GB, and a copy per session would cost minutes and disk for nothing.
 
     nox -s tests                        # the test suite (what CI runs, through `make test`)
-    nox -s benchmark                    # offline `quick` suite -> results/leaderboard.md
+    nox -s tests -- -m "not slow" -q    # the quick loop while developing
+    nox -s benchmark                    # retrain `quick` into runs/quick/, compare with results/quick
     nox -s benchmark -- --suite table2  # any suite; --regularizer NAME --plugin FILE also work
+    nox -s reference                    # regenerate results/quick and results/leaderboard.md
     nox -s reproduce_table2 -- --profile smoke
     nox -s perf                         # step-time ratios on whatever device is here
     nox -s lint
@@ -12,6 +14,7 @@ a CUDA build of torch is ~5.8 GB, and a copy per session would cost minutes and 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,30 +46,61 @@ def lint(session: nox.Session) -> None:
                 external=True)
 
 
-@nox.session(python=False)
-def benchmark(session: nox.Session) -> None:
-    """Run the leaderboard suite (offline `quick` by default) and regenerate the leaderboard."""
-    p = argparse.ArgumentParser(prog="nox -s benchmark --")
+def _suite_args(session: nox.Session, prog: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--suite", default="quick")
     p.add_argument("--profile")
-    p.add_argument("--regularizer", help="add/restrict to this regularizer (e.g. a plugin's)")
+    p.add_argument("--regularizer", action="append", default=[],
+                   help="add/restrict to this regularizer (e.g. a plugin's); repeatable")
     p.add_argument("--plugin", action="append", default=[])
-    p.add_argument("--results", default=None)
     p.add_argument("--jobs", default="1")
     p.add_argument("--pack-seeds", default="1", help="seeds per packed program (GPU)")
-    p.add_argument("--leaderboard", default="results/leaderboard.md")
-    a = p.parse_args(session.posargs)
-    results = a.results or f"results/{Path(a.suite).stem}"
+    return p.parse_args(session.posargs)
+
+
+def _train_and_report(session: nox.Session, a: argparse.Namespace, results: Path,
+                      leaderboard: Path) -> None:
     plugins = [x for plugin in a.plugin for x in ("--plugin", plugin)]
-    run = [*plugins, "run", "--suite", a.suite, "--results", f"{results}/runs", "--jobs", a.jobs,
-           "--pack-seeds", a.pack_seeds]
+    run = [*plugins, "run", "--suite", a.suite, "--results", str(results / "runs"), "--jobs",
+           a.jobs, "--pack-seeds", a.pack_seeds]
     if a.profile:
         run += ["--profile", a.profile]
-    if a.regularizer:
-        run += ["--regularizer", a.regularizer]
+    for reg in a.regularizer:
+        run += ["--regularizer", reg]
     _bench(session, *run)
-    _bench(session, *plugins, "report", "--results", f"{results}/runs", "--out", f"{results}/report",
-           "--leaderboard", a.leaderboard)
+    _bench(session, *plugins, "report", "--results", str(results / "runs"), "--out",
+           str(results / "report"), "--leaderboard", str(leaderboard))
+
+
+@nox.session(python=False)
+def benchmark(session: nox.Session) -> None:
+    """The main job: train a suite (offline `quick` by default) from scratch into runs/<suite>/
+    (untracked, recreated every time), compare every run with the committed reference
+    results/<suite>/runs, then build the report and a leaderboard from the fresh runs."""
+    a = _suite_args(session, "nox -s benchmark --")
+    name = Path(a.suite).stem + (f"-{a.profile}" if a.profile else "")
+    fresh = ROOT / "runs" / name
+    if fresh.exists():  # this session's own scratch directory: a reproduction starts from nothing
+        shutil.rmtree(fresh)
+    _train_and_report(session, a, fresh, fresh / "leaderboard.md")
+    reference = ROOT / "results" / name / "runs"
+    if reference.exists():
+        _bench(session, "compare", "--results", str(fresh / "runs"), "--reference", str(reference))
+    else:
+        session.log(f"no committed reference at {reference.relative_to(ROOT)}: nothing to compare")
+    session.log(f"fresh runs, report and leaderboard: {fresh.relative_to(ROOT)}/")
+
+
+@nox.session(python=False)
+def reference(session: nox.Session) -> None:
+    """Regenerate a suite's committed reference records, report and results/leaderboard.md on
+    purpose (after a change that moves numbers): results/<suite>/ is replaced."""
+    a = _suite_args(session, "nox -s reference --")
+    name = Path(a.suite).stem + (f"-{a.profile}" if a.profile else "")
+    target = ROOT / "results" / name
+    if target.exists():
+        shutil.rmtree(target)
+    _train_and_report(session, a, target, ROOT / "results" / "leaderboard.md")
 
 
 @nox.session(python=False)
