@@ -409,6 +409,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     # Running sums since the last evaluation (logged as window means); part of the checkpoint.
     window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0}
     diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
+    resumed_from: list[int] = []
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         run.load_state_dict(ck["run"])
@@ -417,6 +418,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
             torch.cuda.set_rng_state(ck["rng_cuda"])
         curves, window_ms, diverged = ck["curves"], ck["window_ms"], ck["diverged"]
         start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
+        resumed_from = [*ck.get("resumed_from", []), start_it]  # the record says it resumed
 
     base_record = {
         "schema_version": records.SCHEMA_VERSION, "status": "failed", "reason": None,
@@ -468,7 +470,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
                 "reason": None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
                 "curves": _truncate(curves[s], it), "final": _final(_truncate(curves[s], it), it,
                                                                     data.test_y.shape[0]),
-                "wall_time_s": wall,
+                "wall_time_s": wall, "resumed_from": resumed_from,
                 "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
@@ -518,7 +520,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
             check_finite()
             window = {"loss_sum": loss_sum.tolist(), "pen_sum": pen_sum.tolist(), "steps": steps_in_window}
             _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
-                             elapsed_before + time.perf_counter() - t0, cuda)
+                             elapsed_before + time.perf_counter() - t0, cuda, resumed_from)
         if stopping:
             if bar is not None:
                 bar.close()
@@ -543,7 +545,8 @@ def _final(curves: dict, iteration: int, n_test: int) -> dict:
     return {"iteration": iteration, **last, "n_test": n_test}
 
 
-def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda):
+def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda,
+                     resumed_from):
     import io
 
     state = {
@@ -551,7 +554,7 @@ def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, 
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
         "curves": curves, "window_ms": window_ms, "window": window, "diverged": diverged,
-        "iteration": iteration, "elapsed_s": elapsed,
+        "iteration": iteration, "elapsed_s": elapsed, "resumed_from": resumed_from,
     }
     buf = io.BytesIO()
     torch.save(state, buf)

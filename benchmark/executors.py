@@ -14,6 +14,7 @@ which is how it is tested without a cluster.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,7 +31,9 @@ from benchmark.runner import (
     prepare_results_dir,
     run_suite,
     try_run,
+    write_failure_record,
 )
+from benchmark.slurm_jobs import note_jobs, reconcile
 
 EXECUTORS = ("local", "slurm")
 
@@ -50,6 +53,10 @@ class SlurmOptions:
     constraint: str | None = None
     setup: list[str] = field(default_factory=list)  # shell lines run before the task (module load ...)
     additional: dict[str, Any] = field(default_factory=dict)
+    # USR2 this long before the time limit: the task checkpoints and is requeued, at most
+    # max_num_timeout times (then it ends TIMEOUT and `reconcile` records it as failed)
+    signal_delay_s: int = 90
+    max_num_timeout: int = 3
     folder: str | Path | None = None  # submitit logs; default <results>/slurm/%j
     cluster: str = "slurm"            # "local" / "debug": same code path without a cluster
 
@@ -59,6 +66,7 @@ class SlurmOptions:
             "gpus_per_node": int(self.gpus_per_node), "cpus_per_task": int(self.cpus_per_task),
             "tasks_per_node": 1, "nodes": 1,
             "slurm_array_parallelism": int(self.array_parallelism),
+            "slurm_signal_delay_s": int(self.signal_delay_s),
         }
         if self.mem_gb is not None:
             p["mem_gb"] = float(self.mem_gb)
@@ -113,11 +121,16 @@ def submit_slurm(
     folder = Path(options.folder) if options.folder else root / "slurm" / "%j"
     # Before anything is created: no cluster here is a one-line error and an untouched disk.
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+        extra = ({"slurm_max_num_timeout": int(options.max_num_timeout)}
+                 if options.cluster == "slurm" else {})
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster, **extra)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"executor '{options.cluster}' is not available here: {exc}") from None
     results_dir = prepare_results_dir(root)
     specs = list({s.run_id: s for s in specs}.values())
+    # Tasks Slurm ended without a record (cancelled, out of requeues, node lost) get one first.
+    reconcile(specs, results_dir, lambda spec, reason: write_failure_record(
+        spec, results_dir, reason, time.time()))
     todo = [s for s in specs
             if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
     if not todo:
@@ -125,7 +138,9 @@ def submit_slurm(
     executor.update_parameters(**options.parameters())
     task = RunTask(results_dir, train_fn, retry_failed)
     seen = [_signature(record_path(results_dir, s.run_id)) for s in todo]
-    return executor.map_array(task, todo, seen)
+    jobs = executor.map_array(task, todo, seen)
+    note_jobs(results_dir, [s.run_id for s in todo], [j.job_id for j in jobs])
+    return jobs
 
 
 def execute(

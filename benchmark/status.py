@@ -12,6 +12,7 @@ import filelock
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.records import checkpoint_path, load_record, lock_path, record_path
+from benchmark.slurm_jobs import jobs_path, slurm_view
 
 FINAL = ("complete", "diverged")  # statuses a runner never reruns
 
@@ -34,7 +35,7 @@ def lock_is_held(results_dir: str | Path, run_id: str) -> bool:
 
 STATES = ("done", "running", "failed", "pending")
 STATUS_COLUMNS = ("run_id", "suite", "label", "dataset", "model", "regularizer", "seed", "state",
-                  "status", "reason", "checkpoint", "finished_at")
+                  "status", "reason", "checkpoint", "finished_at", "slurm")
 
 
 def suite_status(
@@ -78,6 +79,8 @@ def suite_status(
 def _status_table(specs: list[RunSpec], root: Path):
     import pandas as pd
 
+    # Slurm's own view (PENDING, RUNNING, ...) of runs submitted with --executor slurm
+    slurm = slurm_view(root) if jobs_path(root).exists() else {}
     rows = []
     for spec in specs:
         record = load_record(record_path(root, spec.run_id))
@@ -95,6 +98,7 @@ def _status_table(specs: list[RunSpec], root: Path):
             "reason": record.get("reason") if record else None,
             "checkpoint": checkpoint_path(root, spec.run_id).exists(),
             "finished_at": record.get("finished_at") if record else None,
+            "slurm": slurm.get(spec.run_id),
         })
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
 
@@ -113,13 +117,19 @@ def format_status(table, *, max_rows: int = 20) -> str:
     name = table["suite"].iloc[0] if len(table) else "suite"
     lines = [f"{name}: {len(table)} runs - {c['done']} done, {c['running']} running, "
              f"{c['failed']} failed, {c['pending']} pending"]
+    slurm = table["slurm"].dropna() if "slurm" in table else []
+    if len(slurm):
+        counts = slurm.value_counts()
+        lines.append("slurm: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
     for state in ("failed", "running"):
         rows = table[table["state"] == state]
         if len(rows):
             lines.append(f"{state}:")
         for row in rows.head(max_rows).itertuples():
             why = f": {row.reason}" if state == "failed" and row.reason else ""
-            lines.append(f"  {row.run_id}  {row.dataset} {row.model} {row.label} seed {row.seed}{why}")
+            where = f" [slurm {row.slurm}]" if isinstance(row.slurm, str) else ""
+            lines.append(f"  {row.run_id}  {row.dataset} {row.model} {row.label} seed {row.seed}"
+                         f"{where}{why}")
         if len(rows) > max_rows:
             lines.append(f"  ... and {len(rows) - max_rows} more")
     return "\n".join(lines)

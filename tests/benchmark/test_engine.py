@@ -62,6 +62,8 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, regularizer):
     assert resumed["final"] == full["final"]
     assert resumed["curves"]["train_loss"] == full["curves"]["train_loss"]
     assert resumed["curves"]["energy_total"] == full["curves"]["energy_total"]
+    # the record says that, and where, it resumed (checkpoint_every 4: the one at iteration 4)
+    assert full["resumed_from"] == [] and resumed["resumed_from"] == [6]
 
 
 @pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe"])

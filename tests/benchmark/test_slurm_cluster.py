@@ -1,0 +1,166 @@
+"""The Slurm path on a real one-node Slurm (tools/slurm-local-cluster): a job array, preemption,
+time limits and cancellation, end to end.
+
+Needs root and Debian's Slurm packages (the script installs them); elsewhere every test here is
+skipped with the script's reason. The cluster is started once for the module and stopped after.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.compare import compare_dirs
+from benchmark.config import RunSpec, load_protocol
+from benchmark.executors import SlurmOptions, submit_slurm
+from benchmark.records import checkpoint_path, load_record, record_path
+from benchmark.runner import run_suite
+from benchmark.slurm_jobs import job_states, load_jobs
+from benchmark.status import suite_status
+from tests.benchmark.test_runner import fake_train, make_specs
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "slurm-local-cluster"
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # not under pytest's 0700 temp root: MariaDB (as the mysql user) must reach its data
+    state = Path(tempfile.mkdtemp(prefix="comhe-slurm-"))
+    env = dict(os.environ, COMHE_SLURM_STATE=str(state))
+    up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=600)
+    if up.returncode == 77:
+        pytest.skip(f"no local Slurm here: {up.stderr.strip()}")
+    assert up.returncode == 0, up.stderr
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
+    try:
+        yield state
+    finally:
+        subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def _options(**kw) -> SlurmOptions:
+    # a CPU-only node: no GPUs to ask for, one core per task so tasks share the machine
+    return SlurmOptions(**{"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10, **kw})
+
+
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _final(results: Path, specs) -> bool:
+    return all((load_record(record_path(results, s.run_id)) or {}).get("status") in ("complete", "diverged", "failed")
+               for s in specs)
+
+
+def slow_train(spec: RunSpec, results_dir: Path, *, progress: bool = True) -> dict:
+    """A fake run of SLOW_TRAIN_S one-second steps that checkpoints after every step and resumes
+    from its checkpoint: what a requeued task must do, without the cost of real training."""
+    total = int(os.environ.get("SLOW_TRAIN_S", "60"))
+    ckpt = checkpoint_path(results_dir, spec.run_id)
+    done = int(ckpt.read_text()) if ckpt.exists() else 0
+    resumed = [done] if done else []
+    while done < total:
+        time.sleep(1.0)
+        done += 1
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        tmp.write_text(str(done))
+        tmp.replace(ckpt)
+    record = fake_train(spec, results_dir, progress=False)  # writes the record, drops checkpoints
+    record["resumed_from"] = resumed
+    from benchmark.records import write_json_atomic
+
+    write_json_atomic(record_path(results_dir, spec.run_id), record)
+    return record
+
+
+SLOW = "tests.benchmark.test_slurm_cluster:slow_train"
+
+
+def _real_specs(n_seeds=2, **over):
+    proto = load_protocol("smoke", {"iterations": 12, **over})
+    return [RunSpec(proto, "digits", "cnn9", reg, seed, model_kwargs={"width": 0.125}, suite="slurm-test")
+            for seed in range(n_seeds) for reg in ("weight_decay", "rp_comhe")]
+
+
+def test_suite_as_one_job_array_equals_a_local_run(cluster, tmp_path):
+    specs = _real_specs()
+    jobs = submit_slurm(specs, tmp_path / "slurm", options=_options())
+    assert len(jobs) == len(specs) and len({j.job_id.split("_")[0] for j in jobs}) == 1  # one array
+    assert load_jobs(tmp_path / "slurm") == {s.run_id: j.job_id for s, j in zip(specs, jobs)}
+    run_suite(specs, tmp_path / "local", progress=False)
+    _wait(lambda: _final(tmp_path / "slurm", specs), 600, "the job array's records")
+    rows = compare_dirs(tmp_path / "slurm", tmp_path / "local")
+    assert [r.verdict for r in rows] == ["identical"] * len(specs), [(r.verdict, r.note) for r in rows]
+    # nothing left to submit on a second call
+    assert submit_slurm(specs, tmp_path / "slurm", options=_options()) == []
+
+
+def test_preempted_task_checkpoints_requeues_and_resumes(cluster, tmp_path):
+    (spec,) = _real_specs(n_seeds=1, iterations=60, eval_every=20, checkpoint_every=3)[1:]
+    (job,) = submit_slurm([spec], tmp_path / "slurm", options=_options())
+    _wait(lambda: checkpoint_path(tmp_path / "slurm", spec.run_id).exists(), 600, "a checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    _wait(lambda: _final(tmp_path / "slurm", [spec]), 600, "the requeued task's record")
+    record = load_record(record_path(tmp_path / "slurm", spec.run_id))
+    assert record["status"] == "complete" and record["resumed_from"], record.get("resumed_from")
+    run_suite([spec], tmp_path / "local", progress=False)
+    (row,) = compare_dirs(tmp_path / "slurm", tmp_path / "local")
+    assert row.verdict == "identical", (row.verdict, row.first_difference)
+
+
+def test_time_limit_requeues_until_done_and_too_many_timeouts_fail(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOW_TRAIN_S", "70")
+    ok, over = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe"), suite="limits")
+    # 1-minute limit, USR2 30 s before it: the 70 s run needs two allocations
+    submit_slurm([ok], tmp_path / "ok", train_fn=SLOW,
+                 options=_options(timeout_min=1, signal_delay_s=30, max_num_timeout=3))
+    monkeypatch.setenv("SLOW_TRAIN_S", "600")
+    (job,) = submit_slurm([over], tmp_path / "over", train_fn=SLOW,
+                          options=_options(timeout_min=1, signal_delay_s=30, max_num_timeout=0))
+    _wait(lambda: _final(tmp_path / "ok", [ok]), 420, "the time-limited run's record", poll_s=2)
+    record = load_record(record_path(tmp_path / "ok", ok.run_id))
+    assert record["status"] == "complete" and record["resumed_from"]
+    _wait(lambda: job_states([job.job_id]).get(job.job_id) == "TIMEOUT", 300, "the TIMEOUT state", 2)
+    # the next submission (or `status`) turns Slurm's verdict into a record, and submits nothing
+    assert submit_slurm([over], tmp_path / "over", train_fn=SLOW, options=_options()) == []
+    failed = load_record(record_path(tmp_path / "over", over.run_id))
+    assert failed["status"] == "failed" and "TIMEOUT" in failed["reason"]
+
+
+def test_cancelled_task_fails_with_slurms_state_and_rerun_submits_only_the_missing(cluster, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("SLOW_TRAIN_S", "600")
+    slow, new = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe"), suite="cancel")
+    res = tmp_path / "res"
+    (job,) = submit_slurm([slow], res, train_fn=SLOW, options=_options())
+    _wait(lambda: job_states([job.job_id]).get(job.job_id) == "RUNNING", 300, "the task to start")
+    table = suite_status([slow], res)
+    assert table.loc[0, "slurm"] == "RUNNING" and table.loc[0, "state"] == "running"
+    subprocess.run(["scancel", job.job_id], check=True)
+    _wait(lambda: job_states([job.job_id]).get(job.job_id) == "CANCELLED", 120, "CANCELLED")
+    monkeypatch.setenv("SLOW_TRAIN_S", "1")
+    jobs = submit_slurm([slow, new], res, train_fn=SLOW, options=_options())
+    assert [j.job_id for j in jobs] and load_jobs(res)[new.run_id] == jobs[0].job_id
+    assert len(jobs) == 1  # only the run that never ran; the cancelled one has its record
+    failed = load_record(record_path(res, slow.run_id))
+    assert failed["status"] == "failed" and f"job {job.job_id} ended CANCELLED" in failed["reason"]
+    _wait(lambda: _final(res, [new]), 300, "the new run's record")
