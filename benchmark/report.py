@@ -1,8 +1,11 @@
 """Tables (Markdown, CSV, LaTeX), the paper comparison and the leaderboard.
 
-Everything here renders the tidy statistics of :func:`benchmark.stats.compare_to_baseline`;
-no statistic is computed here. Markdown and LaTeX come from jinja2 templates in
-``benchmark/templates`` (no dependency on ``tabulate``). Files are written atomically.
+Everything here renders the tidy table of :func:`benchmark.cells.compare_to_baseline` and the
+across-cell analysis of :mod:`benchmark.stats_across`; the only arithmetic is the paper verdict
+(:func:`paper_verdict`). Markdown and LaTeX come from jinja2 templates in
+``benchmark/templates``; every label is escaped for the format it is rendered in. All numbers
+are computed (and a set-up mix refused) before the first file is written; files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +23,24 @@ import jinja2
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats as sps
 
-from benchmark import stats
+from benchmark import cells, stats, stats_across
 
 __all__ = [
-    "DEFAULT_REPORTED", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table", "format_cell",
-    "load_reported", "paper_comparison", "power_note", "render_leaderboard", "schedule_of",
+    "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "VERDICTS", "build_table",
+    "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
+    "power_note", "prepare_report", "render_leaderboard", "schedule_of", "tex_escape",
     "write_report", "write_tables",
 ]
 
-TABLE2_LABELS = ["weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
-                 "adv_comhe", "g_comhe"]
 DEFAULT_REPORTED = Path(__file__).resolve().parents[1] / "results" / "paper" / "reported.yaml"
 SCHEDULES = {75_000: "comhe_75k", 42_500: "mhe_42.5k"}  # iterations -> schedule name
-VERDICTS = ("inside CI", "outside CI", "not comparable (schedule differs)",
-            "unknown (no paper value)", "not reproduced (no runs)", "no CI (n<2)")
+# Equivalence margin of the paper verdict, in percentage points of the metric.
+EQUIVALENCE_MARGIN = 1.0
+VERDICTS = ("reproduced", "consistent, not shown equivalent", "differs",
+            "differs by less than the margin", "not comparable (schedule differs)",
+            "unknown (no paper value)", "no runs", "one run: no prediction interval")
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -57,13 +63,43 @@ def _atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
+# --- escaping and number formatting -----------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal Markdown table content: special characters backslash-escaped, line
+    breaks as spaces (a label cannot break a table row or start a formula)."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "–": "--", "≥": r"$\geq$",
+        "≤": r"$\leq$"}
+
+
+def tex_escape(text: Any) -> str:
+    """``text`` as literal LaTeX (one pass, so an escape is never escaped again)."""
+    return "".join(_TEX.get(ch, ch) for ch in " ".join(str(text).split()))
+
+
 def _num(x: Any, nd: int = 2) -> str:
-    return "–" if x is None or not np.isfinite(float(x)) else f"{float(x):.{nd}f}"
+    try:
+        ok = x is not None and np.isfinite(float(x))
+    except (TypeError, ValueError):
+        ok = False
+    return f"{float(x):.{nd}f}" if ok else "–"
 
 
 def _p(p: Any) -> str:
     ok = p is not None and np.isfinite(float(p))
     return "–" if not ok else "<0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def _ci(lo: Any, hi: Any, nd: int = 2) -> str:
+    return f"[{_num(lo, nd)}, {_num(hi, nd)}]" if np.isfinite(float(lo)) else "(no interval)"
 
 
 def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "±") -> str:
@@ -75,151 +111,236 @@ def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "�
     return f"{mean:.{decimals}f} {pm} {std:.{decimals}f} (n={n})"
 
 
-def power_note(n: int, family_size: int, alpha: float = 0.05) -> str:
-    """One sentence on what an exact Wilcoxon test on n pairs can reach under Holm over
-    ``family_size`` comparisons."""
-    if n < 1:
-        return "no paired comparison with the baseline (no shared seeds)."
-    m = max(family_size, 1)
-    pmin, thr = stats.min_p_wilcoxon(n), alpha / m
-    head = f"n={n}: the exact Wilcoxon test cannot go below p={pmin:.3g}"
-    if pmin > alpha:
-        return f"{head}; no difference can be significant at this n (alpha={alpha})."
-    if pmin > thr:
-        return (f"{head}, above Holm's first threshold {alpha}/{m}={thr:.2g}; no difference "
-                f"can be significant after correction at this n.")
-    return (f"{head} <= {alpha}/{m}: significance is reachable, but a non-significant row is "
-            f"weak evidence, not proof of no effect.")
+# --- notes derived from the tests ---------------------------------------------------------------
+
+def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
+    """What the column's tests can show: the primary paired t-test (level alpha/m under Holm
+    over the table's m tests, seeds needed for 0.3 points) and the Wilcoxon column's floor."""
+    others = col[~col["is_baseline"].astype(bool)]
+    pairs = others["n_pairs"].fillna(0).astype(int)
+    if not len(others) or pairs.max() < 1:
+        return "No paired comparison with the baseline (no shared seeds)."
+    m = int(col["family_size"].max()) if len(col) else 0
+    n = int(pairs.min())
+    level = alpha / max(m, 1)
+    head = (f"Primary test: paired t on {n}{'+' if pairs.max() > n else ''} seeds, Holm over "
+            f"the table's {m} test(s) (first threshold {alpha}/{max(m, 1)} = {level:.2g}).")
+    need = others["seeds_needed"].dropna()
+    if n < 2:
+        power = " With fewer than 2 pairs no test is possible."
+    elif len(need):
+        power = (f" With the observed spread of the differences, detecting {stats.DETECT_POINTS} "
+                 f"points with {stats.POWER:.0%} power at that level needs "
+                 f"{int(need.median())} seeds (median over rows; range {int(need.min())}-"
+                 f"{int(need.max())}); a row without a marker is weak evidence, not proof of no "
+                 f"effect.")
+    else:
+        power = " The differences have no spread: the t-test is undefined."
+    floor = stats.min_p_wilcoxon(n)
+    wil = (f" Wilcoxon (robustness column, exact, on error counts): with {n} non-zero "
+           f"differences it cannot go below p = {floor:.3g}"
+           + (", so its marker cannot appear." if floor > level else "."))
+    return head + power + wil
 
 
-def _label_order(labels: Iterable[str], baseline: str) -> list[str]:
-    known = [lab for lab in dict.fromkeys([baseline, *TABLE2_LABELS]) if lab in set(labels)]
-    return known + sorted(set(labels) - set(known))
+def noise_text(col: pd.DataFrame) -> str:
+    noise = col["noise_floor"].dropna()
+    n_test = col["n_test"].max()
+    if not len(noise) or not np.isfinite(n_test):
+        return "Test-set sampling error: unknown (n_test missing)."
+    return (f"Test-set sampling error of one run's accuracy (binomial SE on {int(n_test):,} "
+            f"images): ±{noise.iloc[0]:.2f} points. It is not the noise of a difference between "
+            f"two models on the same images: see the paired (McNemar) SE column.")
 
 
-def build_table(stats_df: pd.DataFrame, *, baseline: str = "weight_decay",
-                alpha: float = 0.05) -> dict[str, Any]:
-    """Arrange the tidy statistics as a labels x cells table.
-
-    Args:
-        stats_df: output of :func:`benchmark.stats.compare_to_baseline`.
-    Returns:
-        dict with ``labels`` (row order), ``columns`` (one dict per (dataset, model): name,
-        power_note, noise and accuracy), ``cells`` ({(label, column name): stats row}),
-        ``best`` ({column name: label set}), ``means`` (DataFrame labels x columns),
-        ``ranks`` (Series), ``friedman`` (dict), ``synthetic`` and ``metric``.
-    """
-    metric = str(stats_df["metric"].iloc[0]) if len(stats_df) else "test_error"
-    higher = "acc" in metric
-    df = stats_df.assign(column=stats_df["dataset"].astype(str) + " / " +
-                         stats_df["model"].astype(str))
-    labels = _label_order(df["label"].astype(str), baseline)
-    columns, cells, best = [], {}, {}
-    for name, col in df.groupby("column", sort=True):
-        for _, r in col.iterrows():
-            cells[(r["label"], name)] = r
-        means = col.set_index("label")["mean"].dropna()
-        if len(means):
-            target = means.max() if higher else means.min()
-            best[name] = set(means.index[np.isclose(means, target, rtol=0, atol=1e-12)])
-        others = col[~col["is_baseline"]]
-        n_pairs = int(others["n_pairs"].min()) if len(others) else 0
-        family = int(col["family_size"].max()) if len(col) else 0
-        n_test = col["n_test"].max()
-        base = col[col["is_baseline"]]
-        acc = float(base["mean_acc"].iloc[0]) if len(base) else float(col["mean_acc"].mean())
-        noise = stats.binomial_noise_floor(acc, n_test) \
-            if np.isfinite(acc) and np.isfinite(n_test) and n_test > 0 else math.nan
-        columns.append({
-            "name": name, "dataset": col["dataset"].iloc[0], "model": col["model"].iloc[0],
-            "n_pairs": n_pairs, "family_size": family, "noise": noise,
-            "power_note": power_note(n_pairs, family, alpha),
-            "n_test_text": f"{int(n_test):,}" if np.isfinite(n_test) else "?",
-            "noise_text": f"±{noise:.2f}" if np.isfinite(noise) else "unknown",
-            "acc_text": f"{acc:.1f}" if np.isfinite(acc) else "",
-        })
-    means = df.pivot_table(index="label", columns="column", values="mean", aggfunc="first")
-    means = means.reindex(index=labels)
-    return {"labels": labels, "columns": columns, "cells": cells, "best": best, "means": means,
-            "ranks": stats.average_ranks(means, higher_is_better=higher),
-            "friedman": stats.friedman(means), "synthetic": bool(df["synthetic"].any()),
-            "metric": metric, "baseline": baseline, "alpha": alpha}
+def suggested_seeds(table: pd.DataFrame) -> int | None:
+    """The largest per-column median of ``seeds_needed`` (None when unknown)."""
+    needs = [g["seeds_needed"].dropna().median() for _, g in table.groupby(["dataset", "model"])]
+    needs = [n for n in needs if np.isfinite(n)]
+    return int(max(needs)) if needs else None
 
 
-def _cell_text(t: dict, label: str, col: str, style: str) -> str:
-    r = t["cells"].get((label, col))
+# --- the comparison table -----------------------------------------------------------------------
+
+def _setup_text(runs: pd.DataFrame) -> str:
+    """The set-up of one column's runs (checked uniform by cells.check_setup)."""
+    def one(col: str) -> str | None:
+        if col not in runs:
+            return None
+        vals = sorted(runs[col].dropna().astype(str).unique())
+        return ", ".join(vals) if vals else None
+
+    parts = []
+    if (proto := one("protocol")) is not None:
+        parts.append(f"protocol {proto}" + (f" ({one('protocol_hash')})"
+                                            if one("protocol_hash") else ""))
+    if (kw := one("model_kwargs")) not in (None, "{}"):
+        parts.append(f"model {kw}")
+    for col, name in (("code", "code"), ("packed_seeds", "packed seeds"), ("dtype", "dtype"),
+                      ("threads", "threads")):
+        if (v := one(col)) is not None:
+            parts.append(f"{name} {v}")
+    if "code" not in runs and (commits := cells.code_versions(runs)):
+        parts.append("code " + ", ".join(commits))
+    return "; ".join(parts) or "set-up not recorded"
+
+
+def _outcome_suffix(r: pd.Series) -> str:
+    """Non-counted runs of a row, shown in the cell itself."""
+    bits = []
+    if r["n_diverged"]:
+        at = ", ".join(str(i) for i in r["diverged_at"])
+        bits.append(f"{r['n_diverged']} diverged" + (f" at it. {at}" if at else ""))
+    for o in ("stuck", "failed"):
+        if r["n_" + o]:
+            bits.append(f"{r['n_' + o]} {o}")
+    return "; ".join(bits)
+
+
+def _cell_text(r: pd.Series | None, style: str) -> str:
     if r is None:
         return "–"
-    text = format_cell(r["mean"], r["std"], int(r["n"]), pm="$\\pm$" if style == "tex" else "±")
-    if text == "–":
-        return text
-    marks = ("*" if r["sig_wilcoxon"] else "") + ("†" if r["sig_ttest"] else "")
-    if style == "tex":
-        text = f"\\textbf{{{text}}}" if label in t["best"].get(col, ()) else text
-        tex_marks = marks.replace("†", "\\dagger")
-        return text + (f"$^{{{tex_marks}}}$" if marks else "")
+    text = format_cell(r["mean"], r["std"], int(r["n"]))
+    extra = _outcome_suffix(r)
+    if extra:
+        text = f"{text} ({extra})" if text != "–" else f"– (0 counted; {extra})"
+    marks = ("†" if r["sig_ttest"] else "") + ("*" if r["sig_wilcoxon"] else "")
     if style == "md":
-        text = f"**{text}**" if label in t["best"].get(col, ()) else text
-        marks = marks.replace("*", "\\*")
+        return md_escape(text) + (f" {md_escape(marks)}" if marks else "")
+    if style == "tex":
+        return tex_escape(text) + (f"$^{{{marks.replace('†', chr(92) + 'dagger')}}}$"
+                                   if marks else "")
     return text + (f" {marks}" if marks else "")
+
+
+def build_table(table: pd.DataFrame, runs: pd.DataFrame | None = None,
+                alpha: float = 0.05) -> dict[str, Any]:
+    """Arrange the tidy table as labels x columns.
+
+    Returns:
+        dict with ``labels`` (row order: the table's, baseline first), ``columns`` (one dict per
+        (dataset, model): name, setup, power_note, noise_text, rows), ``cells`` ({(label,
+        column name): tidy row}), ``synthetic``, ``metric``.
+    """
+    metric = str(table["metric"].iloc[0]) if len(table) else "test_error"
+    labels = list(dict.fromkeys(table.sort_values("is_baseline", ascending=False,
+                                                  kind="stable")["label"].astype(str)))
+    columns, cell_map = [], {}
+    for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
+        name = f"{dataset} / {model}"
+        for _, r in col.iterrows():
+            cell_map[(str(r["label"]), name)] = r
+        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)] \
+            if runs is not None else pd.DataFrame()
+        columns.append({"name": name, "dataset": dataset, "model": model,
+                        "setup": _setup_text(col_runs) if len(col_runs) else "",
+                        "power_note": power_note(col, alpha), "noise_text": noise_text(col),
+                        "rows": col})
+    return {"labels": labels, "columns": columns, "cells": cell_map, "metric": metric,
+            "synthetic": bool(table["synthetic"].any()) if len(table) else False,
+            "alpha": alpha}
+
+
+def _detail_rows(col: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for _, r in col.iterrows():
+        base = bool(r["is_baseline"])
+        rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), str(int(r["n"])),
+                     f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"] + (
+            ["baseline"] + ["–"] * 8 if base else [
+                f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
+                f"(pairs={int(r['n_pairs'])})",
+                f"{_num(r['dz'])} {_ci(r['dz_ci_low'], r['dz_ci_high'])}",
+                _p(r["p_ttest"]), _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
+                _num(r["win_rate"]),
+                f"{_num(r['p_superiority'])} {_ci(r['p_sup_ci_low'], r['p_sup_ci_high'])}",
+                _num(r["mcnemar_se"]) if np.isfinite(r["mcnemar_se"]) else "n/a",
+                _num(r["seeds_needed"], 0)]))
+    return rows
+
+
+DETAIL_HEADER = ["label", "runs", "n", "mean [95% t CI, within 0-100]",
+                 "Δ vs baseline [95% t CI]", "d_z [95% CI]", "p (paired t)",
+                 "p (paired t, Holm)", "p (Wilcoxon on counts, Holm)", "paired win rate",
+                 "P(X > Y) [95% bootstrap CI]", "test-set SE of Δ (McNemar)", "seeds for 0.3"]
 
 
 def _caption(t: dict) -> str:
     kind = "error" if "error" in t["metric"] else t["metric"]
-    return (f"Final-iteration test {kind} (%) per label (rows) and dataset / model (columns): "
-            f"mean ± sample standard deviation (ddof=1) over seeds, n = number of seeds. "
-            f"Tests compare each row with `{t['baseline']}` on the seeds both have, Holm-"
-            f"corrected over the rows of the column.")
+    return (f"Final-iteration test {kind} (%) per label (rows, baseline first, then the "
+            f"suite's order) and cell (columns): mean ± sample standard deviation (ddof=1) over "
+            f"the complete runs, n = their number; diverged, stuck and failed runs are counted "
+            f"in the cell and left out of the mean. † Holm-adjusted paired t-test (the primary "
+            f"test) p < {t['alpha']}, Holm over every comparison in the table; * the same for "
+            f"the exact Wilcoxon signed-rank test on error counts (robustness). No marker means "
+            f"the test did not reject, which at small n is expected even for a real effect.")
 
 
-def _legend(t: dict) -> str:
-    return (f"\\* Holm-adjusted Wilcoxon signed-rank p < {t['alpha']}; † Holm-adjusted paired "
-            f"t-test p < {t['alpha']}. No marker means the test did not reject, which at small n "
-            f"is expected even for a real effect (see below).")
+def _across_text(across: dict[str, Any]) -> tuple[str, list[list[str]], list[list[str]]]:
+    """(sentence, contrast rows, pooled-difference rows) of the across-cell analysis."""
+    pooled = [[md_escape(r["label"]), str(int(r["pairs"])), _num(r["mean_diff"]),
+               _num(r["win_rate"])] for _, r in across["pooled"].iterrows()]
+    if across["kind"] == "none":
+        return f"Not computed: {across['reason']}.", [], pooled
+    if across["kind"] == "friedman":
+        text = (f"Friedman test on the cell means ({across['n_labels']} labels, "
+                f"{across['n_cells']} cells): " + (
+                    f"chi2 = {across['statistic']:.3f}, p = {_p(across['pvalue'])}."
+                    if across["reason"] is None else f"not computed: {across['reason']}."))
+        return text, [], pooled
+    if across["reason"]:
+        return f"Mixed model not computed: {across['reason']}.", [], pooled
+    text = (f"Fewer cells ({across['n_cells']}) than labels ({across['n_labels']}): Friedman "
+            f"cannot reach small p here, so a linear mixed model metric ~ method + cell + "
+            f"(1 | cell:seed) (statsmodels MixedLM, REML) is fitted; each method's coefficient "
+            f"is its difference from the baseline, Wald z, Holm over the methods."
+            + ("" if across["converged"] else " The fit did NOT converge: read with care."))
+    rows = [[md_escape(r["label"]), _num(r["estimate"]), _num(r["se"]), _p(r["p"]),
+             _p(r["p_holm"]), "yes" if r["significant"] else "no"]
+            for _, r in across["contrasts"].iterrows()]
+    return text, rows, pooled
 
 
-def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
-                 ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"),
-                 ("†", r"$^\dagger$")):
-        s = s.replace(a, b)
-    return s
-
-
-def write_tables(stats_df: pd.DataFrame, out_dir: str | Path, *, stem: str = "table",
-                 baseline: str = "weight_decay", alpha: float = 0.05,
-                 title: str | None = None) -> list[Path]:
+def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame | None = None,
+                 across: dict[str, Any] | None = None, alpha: float = 0.05, stem: str = "table",
+                 title: str | None = None, notes: Sequence[str] = ()) -> list[Path]:
     """Write ``<stem>.md``, ``<stem>.csv`` (formatted cells), ``<stem>.tex`` and
-    ``<stem>_stats.csv`` (the tidy numbers) into ``out_dir``; returns the paths."""
+    ``<stem>_stats.csv`` (the tidy numbers) into ``out_dir``; returns the paths. ``notes``:
+    sentences printed under the table (e.g. pooled code versions)."""
     out = Path(out_dir)
-    t = build_table(stats_df, baseline=baseline, alpha=alpha)
+    t = build_table(table, runs, alpha)
     names = [c["name"] for c in t["columns"]]
     title = title or ("Test error by regularizer" + (" (SYNTHETIC)" if t["synthetic"] else ""))
-    md_rows = [[lab, *[_cell_text(t, lab, c, "md") for c in names]] for lab in t["labels"]]
-    ranks_rows = [[lab, f"{v:.2f}"] for lab, v in t["ranks"].dropna().items()]
-    fr = t["friedman"]
-    fr_text = (f"chi2 = {fr['statistic']:.3f}, p = {_p(fr['pvalue'])} over {fr['n_labels']} "
-               f"labels and {fr['n_cells']} cells." if fr["reason"] is None
-               else f"not computed: {fr['reason']}.")
+    across = across or {"kind": "none", "reason": "not requested", "pooled": pd.DataFrame(
+        columns=["label", "pairs", "mean_diff", "win_rate"])}
+    across_sentence, contrast_rows, pooled_rows = _across_text(across)
+    seeds = suggested_seeds(table)
     md = _env().get_template("table.md.j2").render(
-        title=title, synthetic=t["synthetic"], caption=_caption(t), legend=_legend(t),
-        header=["label", *names], rows=md_rows, columns=t["columns"], ranks_rows=ranks_rows,
-        n_cells=len(names), friedman_text=fr_text)
-    csv = pd.DataFrame([[lab, *[_cell_text(t, lab, c, "csv") for c in names]]
+        title=md_escape(title), synthetic=t["synthetic"], caption=_caption(t),
+        header=["label", *[md_escape(n) for n in names]],
+        rows=[[md_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "md") for c in names]]
+              for lab in t["labels"]],
+        columns=[{**c, "name": md_escape(c["name"]), "setup": md_escape(c["setup"]),
+                  "detail": _detail_rows(c["rows"])} for c in t["columns"]],
+        detail_header=DETAIL_HEADER, notes=[md_escape(n) for n in notes],
+        seeds=seeds, detect=stats.DETECT_POINTS, across_sentence=across_sentence,
+        contrast_rows=contrast_rows, pooled_rows=pooled_rows,
+        boot_min=stats.BOOTSTRAP_MIN_N)
+    csv = pd.DataFrame([[lab, *[_cell_text(t["cells"].get((lab, c)), "csv") for c in names]]
                         for lab in t["labels"]], columns=["label", *names])
-    notes = " ".join(f"{c['name']}: {c['power_note']} Binomial noise floor {c['noise_text']} "
-                     f"points." for c in t["columns"])
-    caption = _tex_escape(_caption(t) + " " + _legend(t).replace("\\*", "*") + " " +
-                          "Bold: best mean. " + notes)
-    caption = re.sub(r"`([^`]*)`", r"\\texttt{\1}", caption)
+    caption = tex_escape(_caption(t) + " " + " ".join(
+        f"{c['name']}: {c['setup']}. {c['power_note']} {c['noise_text']}" for c in t["columns"])
+        + " " + " ".join(notes))
     tex = _env().get_template("table.tex.j2").render(
-        caption=caption, header=[_tex_escape(h) for h in ["label", *names]],
-        rows=[[_tex_escape(lab), *[_cell_text(t, lab, c, "tex") for c in names]]
+        caption=caption, header=[tex_escape(h) for h in ["label", *names]],
+        rows=[[tex_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "tex") for c in names]]
               for lab in t["labels"]])
+    tidy = table.assign(values=table["values"].map(json.dumps),
+                        diverged_at=table["diverged_at"].map(json.dumps))
     return [_atomic_write_text(out / f"{stem}.md", md),
             _atomic_write_text(out / f"{stem}.csv", csv.to_csv(index=False)),
             _atomic_write_text(out / f"{stem}.tex", tex),
-            _atomic_write_text(out / f"{stem}_stats.csv", stats_df.to_csv(index=False))]
+            _atomic_write_text(out / f"{stem}_stats.csv", tidy.to_csv(index=False))]
 
 
 # --- paper comparison -------------------------------------------------------------------------
@@ -268,22 +389,62 @@ def _run_names(runs: pd.DataFrame) -> pd.Series:
     return runs.apply(names, axis=1) if len(runs) else pd.Series(dtype=object)
 
 
+def paper_verdict(values: Sequence[float] | np.ndarray, paper: float, *,
+                  margin: float = EQUIVALENCE_MARGIN, confidence: float = stats.CONFIDENCE,
+                  bounds: tuple[float, float] = (0.0, 100.0)) -> dict[str, Any]:
+    """Verdict on one published run against our runs (docs/statistics.md, "Published single
+    runs").
+
+    The prediction interval for ONE new run, mean ± t(n-1) s sqrt(1 + 1/n) (clipped to
+    ``bounds``), is where a faithful single run lands with probability ``confidence``; the
+    equivalence ``margin`` (points) is the difference we call negligible. Verdicts:
+    reproduced (inside the interval and |mean - paper| <= margin), consistent, not shown
+    equivalent (inside, but |mean - paper| > margin), differs (outside and beyond the margin),
+    differs by less than the margin (outside, within it), one run: no prediction interval.
+
+    Returns:
+        dict with ``n, mean, pi_low, pi_high, difference`` (mean - paper), ``verdict``.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    out = {"n": n, "mean": float(x.mean()) if n else math.nan, "pi_low": math.nan,
+           "pi_high": math.nan, "difference": math.nan, "verdict": "no runs"}
+    if not n:
+        return out
+    out["difference"] = out["mean"] - paper
+    if n < 2:
+        out["verdict"] = "one run: no prediction interval"
+        return out
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * float(np.std(x, ddof=1)) * \
+        math.sqrt(1 + 1 / n)
+    out["pi_low"] = max(bounds[0], out["mean"] - half)
+    out["pi_high"] = min(bounds[1], out["mean"] + half)
+    inside = out["pi_low"] <= paper <= out["pi_high"]
+    close = abs(out["difference"]) <= margin
+    out["verdict"] = ("reproduced" if close else "consistent, not shown equivalent") if inside \
+        else ("differs by less than the margin" if close else "differs")
+    return out
+
+
 def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
-                     protocol_schedule: str | None = None, *,
-                     include_synthetic: bool = False) -> pd.DataFrame:
-    """Paper value next to the reproduced mean and 95% t CI, with a verdict.
+                     protocol_schedule: str | None = None, *, include_synthetic: bool = False,
+                     include_stuck: bool = False, margin: float = EQUIVALENCE_MARGIN
+                     ) -> pd.DataFrame:
+    """Paper value next to the reproduced mean and a 95% prediction interval, with a verdict.
 
     Args:
-        runs_df: the store's ``runs`` table. The reproduced metric is the reported row's
-            ``metric`` column, over runs with the same dataset, model and label.
+        runs_df: the store's ``runs`` table; the counted runs (complete, and stuck when
+            ``include_stuck``) with the reported row's dataset, model and label give the values.
         reported_df: from :func:`load_reported`.
         protocol_schedule: the reproduction's schedule; None infers it from ``iterations``.
     Returns:
         one row per reported entry: the reported columns (``value`` renamed ``paper``) plus
-        ``reproduced_schedule, n, mean, ci_low, ci_high, difference`` (mean - paper), ``verdict``
-        (one of ``VERDICTS``).
+        ``reproduced_schedule, n, mean, pi_low, pi_high, difference, margin, verdict`` (one of
+        ``VERDICTS``), ``synthetic``.
     """
-    runs = stats.select_runs(runs_df, include_synthetic=include_synthetic)
+    runs = cells.select_runs(runs_df, include_synthetic=include_synthetic,
+                             include_stuck=include_stuck)
     names = _run_names(runs)
     rows = []
     for _, e in reported_df.iterrows():
@@ -293,97 +454,139 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
         if sched is None and len(grp) and "iterations" in grp:
             sched = schedule_of(grp["iterations"].mode().iloc[0])
         vals = grp.groupby("seed")[e["metric"]].mean() if len(grp) else pd.Series(dtype=float)
-        s = stats.cell_summary(vals.to_numpy())
         paper = float(e["value"])
+        v = paper_verdict(vals.to_numpy(), paper if np.isfinite(paper) else 0.0, margin=margin)
         if not np.isfinite(paper):
-            verdict = "unknown (no paper value)"
+            v.update(verdict="unknown (no paper value)", difference=math.nan)
         elif sched is not None and e["schedule"] != sched:
-            verdict = "not comparable (schedule differs)"
-        elif s["n"] == 0:
-            verdict = "not reproduced (no runs)"
-        elif s["n"] < 2:
-            verdict = "no CI (n<2)"
-        else:
-            inside = s["ci_t_low"] <= paper <= s["ci_t_high"]
-            verdict = "inside CI" if inside else "outside CI"
+            v["verdict"] = "not comparable (schedule differs)"
         rows.append({**{k: e[k] for k in _REPORTED_COLUMNS if k != "value"}, "paper": paper,
-                     "reproduced_schedule": sched, "n": s["n"], "mean": s["mean"],
-                     "ci_low": s["ci_t_low"], "ci_high": s["ci_t_high"],
-                     "difference": s["mean"] - paper, "verdict": verdict,
+                     "reproduced_schedule": sched, **v, "margin": margin,
                      "synthetic": bool(grp["synthetic"].any()) if "synthetic" in grp else False})
     return pd.DataFrame(rows)
 
 
 def _write_paper_comparison(comp: pd.DataFrame, out: Path, schedule: str | None) -> list[Path]:
     header = ["source", "schedule", "dataset / model", "label", "metric", "paper (runs)",
-              "reproduced mean [95% CI] (n)", "difference", "verdict"]
-    rows = [[str(r["source"]).replace("|", "/"),
-             str(r["schedule"]) if pd.notna(r["schedule"]) else "unknown",
-             f"{r['dataset']} / {r['model']}", r["label"], r["metric"],
+              "reproduced mean [95% prediction interval] (n)", "difference", "verdict"]
+    rows = [[md_escape(r["source"]),
+             md_escape(r["schedule"]) if pd.notna(r["schedule"]) else "unknown",
+             md_escape(f"{r['dataset']} / {r['model']}"), md_escape(r["label"]),
+             md_escape(r["metric"]),
              f"{_num(r['paper'])} ({int(r['n_runs']) if pd.notna(r['n_runs']) else '?'})",
-             f"{_num(r['mean'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}] (n={r['n']})",
+             f"{_num(r['mean'])} [{_num(r['pi_low'])}, {_num(r['pi_high'])}] (n={r['n']})",
              _num(r["difference"]), r["verdict"]] for _, r in comp.iterrows()]
     md = _env().get_template("paper_comparison.md.j2").render(
         header=header, rows=rows, schedule_text=schedule or "inferred from each run's iterations",
-        synthetic=bool(comp["synthetic"].any()) if len(comp) else False)
+        synthetic=bool(comp["synthetic"].any()) if len(comp) else False,
+        margin=EQUIVALENCE_MARGIN if not len(comp) else float(comp["margin"].iloc[0]))
     return [_atomic_write_text(out / "paper_comparison.md", md),
             _atomic_write_text(out / "paper_comparison.csv", comp.to_csv(index=False))]
 
 
 # --- leaderboard ------------------------------------------------------------------------------
 
-def _code_version(grp: pd.DataFrame) -> str:
-    commits = sorted({str(c)[:7] for c in grp.get("git_commit", pd.Series()).dropna() if str(c)})
-    dirty = "git_dirty" in grp and bool(grp["git_dirty"].fillna(False).astype(bool).any())
-    return (", ".join(commits) or "?") + (" +dirty" if dirty else "")
+def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str,
+                    alpha: float, notes: Sequence[str] = ()) -> str:
+    sections = []
+    for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
+        rows = []
+        for _, r in col.iterrows():
+            diff = "baseline" if r["is_baseline"] else (
+                f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])}"
+                f" (pairs={int(r['n_pairs'])})")
+            rows.append([md_escape(r["label"]), md_escape(r["outcomes"]),
+                         f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"
+                         if r["n"] > 1 else f"{_num(r['mean'])} (n={int(r['n'])})",
+                         diff, _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
+                         md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
+        sections.append({"dataset": md_escape(dataset), "model": md_escape(model), "rows": rows,
+                         "synthetic": bool(col["synthetic"].any()),
+                         "power_note": power_note(col, alpha), "noise_text": noise_text(col)})
+    header = ["label", "runs", f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
+              "p (paired t, Holm)", "p (Wilcoxon, Holm)", "code", "synthetic"]
+    return _env().get_template("leaderboard.md.j2").render(
+        sections=sections, header=header, metric=metric, baseline=md_escape(baseline),
+        n_runs=n_runs, any_synthetic=any(s["synthetic"] for s in sections),
+        notes=[md_escape(n) for n in notes])
 
 
 def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/leaderboard.md",
                        *, baseline: str = "weight_decay", metric: str = "test_error",
-                       include_synthetic: bool = True, alpha: float = 0.05) -> Path:
+                       include_synthetic: bool = True, include_stuck: bool = False,
+                       alpha: float = 0.05, declared: Sequence[str] = (),
+                       allow_mixed_code: bool = False) -> Path:
     """Render the leaderboard Markdown from the ``runs`` table (template
-    ``leaderboard.md.j2``): one section per (dataset, model), rows sorted by mean ``metric``."""
-    runs = stats.select_runs(runs_df, include_synthetic=include_synthetic)
-    table = stats.compare_to_baseline(runs, baseline=baseline, metric=metric,
-                                      include_synthetic=True, alpha=alpha)
-    sections = []
-    for (dataset, model), cell in table.groupby(["dataset", "model"], sort=True):
-        cell = cell.sort_values("mean", ascending="acc" not in metric, na_position="last")
-        rows = []
-        for rank, (_, r) in enumerate(cell.iterrows(), start=1):
-            grp = runs[(runs["dataset"] == dataset) & (runs["model"] == model) &
-                       (runs["label"] == r["label"])]
-            ci = f"[{_num(r['ci_t_low'])}, {_num(r['ci_t_high'])}]" if r["n"] > 1 else "(n=1)"
-            diff = "baseline" if r["is_baseline"] else (
-                f"{_num(r['mean_diff'], 2)} [{_num(r['diff_ci_low'])}, {_num(r['diff_ci_high'])}]"
-                f" (pairs={r['n_pairs']})")
-            rows.append([str(rank), f"`{r['label']}`", str(r["n"]), f"{_num(r['mean'])} {ci}",
-                         diff, _p(r["p_wilcoxon"]), _p(r["p_wilcoxon_holm"]),
-                         _code_version(grp), "yes" if r["synthetic"] else "no"])
-        others = cell[~cell["is_baseline"]]
-        n_pairs = int(others["n_pairs"].min()) if len(others) else 0
-        noise = cell["noise_floor"].dropna()
-        sections.append({
-            "dataset": dataset, "model": model, "rows": rows,
-            "synthetic": bool(cell["synthetic"].any()),
-            "power_note": power_note(n_pairs, int(cell["family_size"].max()), alpha),
-            "noise_text": (f"±{noise.median():.2f} points (binomial SE of one run's accuracy on "
-                        f"{int(cell['n_test'].max()):,} test images)") if len(noise)
-            else "unknown (n_test missing)"})
-    header = ["#", "label", "n", f"mean {metric} ± 95% CI", f"Δ vs {baseline} [95% CI]",
-              "p (Wilcoxon)", "p (Holm)", "code", "synthetic"]
-    md = _env().get_template("leaderboard.md.j2").render(
-        sections=sections, header=header, metric=metric, baseline=baseline, n_runs=len(runs),
-        any_synthetic=any(s["synthetic"] for s in sections))
+    ``leaderboard.md.j2``): one section per (dataset, model), rows in suite order, baseline
+    first, every run counted by outcome. Refuses (SetupError) before writing on a set-up mix."""
+    table = cells.compare_to_baseline(runs_df, baseline=baseline, metric=metric,
+                                      include_synthetic=include_synthetic,
+                                      include_stuck=include_stuck, alpha=alpha, declared=declared,
+                                      allow_mixed_code=allow_mixed_code)
+    notes = _mixed_code_notes(table) if allow_mixed_code else []
+    md = _leaderboard_md(table, int(len(runs_df)), baseline, metric, alpha, notes)
     return _atomic_write_text(Path(out_path), md)
+
+
+def _mixed_code_notes(table: pd.DataFrame) -> list[str]:
+    notes = []
+    for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
+        codes = sorted({c for v in col["code"].dropna() for c in str(v).split(", ")})
+        if len(codes) > 1:
+            notes.append(f"{dataset} / {model} pools runs of {len(codes)} code versions "
+                         f"({', '.join(codes)}) because --allow-mixed-code was given: pairs may "
+                         f"compare different code.")
+    return notes
 
 
 # --- everything -------------------------------------------------------------------------------
 
+def declared_order(runs: pd.DataFrame) -> list[str]:
+    """Display labels in the declared order of the suites named by the runs (suites that
+    cannot be loaded are skipped)."""
+    from benchmark.suites import load_suite
+
+    order: list[str] = []
+    for name in runs["suite"].dropna().astype(str).unique() if "suite" in runs else []:
+        try:
+            suite = load_suite(name)
+        except Exception:  # noqa: BLE001 - an ad-hoc suite name orders nothing
+            continue
+        order += [r.display_label for r in suite.regularizers]
+    return list(dict.fromkeys(order))
+
+
+def prepare_report(runs_df: pd.DataFrame, *, baseline: str = "weight_decay",
+                   metric: str = "test_error", include_synthetic: bool | None = None,
+                   include_stuck: bool = False, allow_mixed_code: bool = False,
+                   alpha: float = 0.05) -> dict[str, Any]:
+    """Every number of the report, computed before anything is written (a set-up mix raises
+    :class:`benchmark.cells.SetupError` here)."""
+    if include_synthetic is None:
+        include_synthetic = cells.select_runs(runs_df).empty and \
+            cells.with_outcome(runs_df)["synthetic"].fillna(False).astype(bool).any()
+    runs = cells.with_outcome(runs_df)
+    if not include_synthetic and "synthetic" in runs:
+        runs = runs[~runs["synthetic"].fillna(False).astype(bool)]
+    table = cells.compare_to_baseline(runs, baseline=baseline, metric=metric,
+                                      include_synthetic=True, include_stuck=include_stuck,
+                                      alpha=alpha, declared=declared_order(runs),
+                                      allow_mixed_code=allow_mixed_code)
+    counted = cells.select_runs(runs, include_synthetic=True, include_stuck=include_stuck)
+    across = stats_across.across_cells(table, counted, baseline, metric, alpha) if len(table) \
+        else None
+    return {"runs": runs, "counted": counted, "table": table, "across": across,
+            "notes": _mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
+            "baseline": baseline, "metric": metric, "include_stuck": include_stuck,
+            "suggested_seeds": suggested_seeds(table) if len(table) else None}
+
+
 def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir: str | Path,
                  reported_df: pd.DataFrame | None = None, schedule: str | None = None, *,
                  baseline: str = "weight_decay", metric: str = "test_error",
-                 include_synthetic: bool | None = None, plots: bool = True) -> list[Path]:
+                 include_synthetic: bool | None = None, include_stuck: bool = False,
+                 allow_mixed_code: bool = False, plots: bool = True,
+                 prepared: dict[str, Any] | None = None) -> list[Path]:
     """Write tables (md/csv/tex + tidy stats), plots and the paper comparison into ``out_dir``.
 
     Args:
@@ -391,26 +594,33 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
             (smoke runs), which every output then marks as SYNTHETIC.
         reported_df: None loads ``results/paper/reported.yaml`` when it exists.
         schedule: the protocol's schedule for the paper comparison (None: from ``iterations``).
+        prepared: the output of :func:`prepare_report` (computed here when None).
     Returns the written paths.
     """
     from benchmark import plots as _plots  # matplotlib only when plotting
 
+    rep = prepared or prepare_report(runs_df, baseline=baseline, metric=metric,
+                                     include_synthetic=include_synthetic,
+                                     include_stuck=include_stuck,
+                                     allow_mixed_code=allow_mixed_code)
+    if reported_df is None and DEFAULT_REPORTED.exists():
+        reported_df = load_reported(DEFAULT_REPORTED)
+    comp = paper_comparison(rep["counted"], reported_df, schedule, include_synthetic=True,
+                            include_stuck=rep["include_stuck"]) \
+        if reported_df is not None else None
     out = Path(out_dir)
-    if include_synthetic is None:
-        include_synthetic = stats.select_runs(runs_df).empty
-    runs = stats.select_runs(runs_df, include_synthetic=include_synthetic)
-    table = stats.compare_to_baseline(runs, baseline=baseline, metric=metric,
-                                      include_synthetic=True)
-    paths = write_tables(table, out, baseline=baseline)
+    table = rep["table"]
+    paths = write_tables(table, out, runs=rep["runs"], across=rep["across"],
+                         alpha=rep["alpha"], notes=rep["notes"])
+    if comp is not None:
+        paths += _write_paper_comparison(comp, out, schedule)
     if plots and len(table):
         paths += _plots.plot_intervals(table, out / "intervals")
         if curves_df is not None and len(curves_df):
-            curves = curves_df[curves_df["run_id"].isin(runs["run_id"])]
-            paths += _plots.plot_training_dynamics(curves, out,
-                                                   synthetic=bool(table["synthetic"].any()))
-    if reported_df is None and DEFAULT_REPORTED.exists():
-        reported_df = load_reported(DEFAULT_REPORTED)
-    if reported_df is not None:
-        comp = paper_comparison(runs, reported_df, schedule, include_synthetic=True)
-        paths += _write_paper_comparison(comp, out, schedule)
+            curves = curves_df[curves_df["run_id"].isin(rep["counted"]["run_id"])]
+            paths += _plots.plot_training_dynamics(
+                curves, out, synthetic=bool(table["synthetic"].any()),
+                order=list(dict.fromkeys(table["label"].astype(str))),
+                setups={(c["dataset"], c["model"]): c["setup"]
+                        for c in build_table(table, rep["runs"])["columns"]})
     return paths
