@@ -65,7 +65,7 @@ def _atomic_write_text(path: Path, text: str) -> Path:
 
 # --- escaping and number formatting -----------------------------------------------------------
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$])")
 
 
 def md_escape(text: Any) -> str:
@@ -615,12 +615,14 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
     if comp is not None:
         paths += _write_paper_comparison(comp, out, schedule)
     if plots and len(table):
-        paths += _plots.plot_intervals(table, out / "intervals")
+        order = list(dict.fromkeys(table["label"].astype(str)))
+        colors = _plots.method_colors(order)
+        setups = {(c["dataset"], c["model"]): c["setup"]
+                  for c in build_table(table, rep["runs"])["columns"]}
+        paths += _plots.plot_intervals(table, out / "intervals", colors=colors, setups=setups)
         if curves_df is not None and len(curves_df):
             curves = curves_df[curves_df["run_id"].isin(rep["counted"]["run_id"])]
             paths += _plots.plot_training_dynamics(
-                curves, out, synthetic=bool(table["synthetic"].any()),
-                order=list(dict.fromkeys(table["label"].astype(str))),
-                setups={(c["dataset"], c["model"]): c["setup"]
-                        for c in build_table(table, rep["runs"])["columns"]})
+                curves, out, synthetic=bool(table["synthetic"].any()), order=order,
+                colors=colors, setups=setups)
     return paths

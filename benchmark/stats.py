@@ -117,13 +117,13 @@ def wilcoxon_exact(d: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
     patterns of the k non-zero differences, ties ranked by their average rank
     (``scipy.stats.wilcoxon`` with an explicit exact ``PermutationMethod``: scipy's ``auto``
     method changed between releases). Pass integers (error counts) so that rounding cannot
-    split a tie. k = 0 gives p = 1.
+    split a tie. k < 2 gives p = 1.
     """
     nz = _as_1d(d)
     nz = nz[nz != 0]
     k = int(nz.size)
-    if k == 0:
-        return 0.0, 1.0, 0
+    if k < 2:  # 0 or 1 non-zero difference: every sign pattern is as extreme (p = 1)
+        return (float(nz[nz > 0].size), 1.0, k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sps.wilcoxon(nz, zero_method="wilcox", alternative="two-sided",
