@@ -137,8 +137,8 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
     else:
         power = " The differences have no spread: the t-test is undefined."
     floor = stats.min_p_wilcoxon(n)
-    wil = (f" Wilcoxon (robustness column, exact, on error counts): with {n} non-zero "
-           f"differences it cannot go below p = {floor:.3g}"
+    wil = (f" Wilcoxon (robustness column, exact, on error counts): on {n} pairs it cannot "
+           f"go below p = 2/2^{n} = {floor:.3g} (higher when differences are zero)"
            + (", so its marker cannot appear." if floor > level else "."))
     return head + power + wil
 

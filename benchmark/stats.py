@@ -200,7 +200,7 @@ def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float]
             the Wilcoxon column; None uses ``x - baseline`` as they are.
     Returns:
         dict with ``n_pairs, mean_diff`` (mean of x - baseline), ``sd_diff``, ``diff_ci_low,
-        diff_ci_high`` (t interval), ``diff_boot_low, diff_boot_high`` (percentile bootstrap of
+        diff_ci_high`` (t interval, within [-100, 100]), ``diff_boot_low, diff_boot_high`` (percentile bootstrap of
         the mean difference, n >= BOOTSTRAP_MIN_N), ``t_stat, p_ttest`` (paired t, the primary
         test), ``dz, dz_ci_low, dz_ci_high`` (d_z = mean/sd of differences, noncentral-t CI),
         ``w_stat, p_wilcoxon, n_nonzero, min_p_wilcoxon`` (exact signed-rank on the counts),
@@ -238,7 +238,8 @@ def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float]
         return out
     sd = float(np.std(d, ddof=1))
     out["sd_diff"] = sd
-    out["diff_ci_low"], out["diff_ci_high"] = _t_interval(out["mean_diff"], sd, n, confidence)
+    out["diff_ci_low"], out["diff_ci_high"] = _t_interval(out["mean_diff"], sd, n, confidence,
+                                                          (-100.0, 100.0))
     if n >= BOOTSTRAP_MIN_N:
         out["diff_boot_low"], out["diff_boot_high"] = _bootstrap((d,), np.mean, confidence, 0)
         out["p_sup_ci_low"], out["p_sup_ci_high"] = _bootstrap(

@@ -34,7 +34,7 @@ def lock_is_held(results_dir: str | Path, run_id: str) -> bool:
 
 STATES = ("done", "running", "failed", "pending")
 STATUS_COLUMNS = ("run_id", "suite", "label", "dataset", "model", "regularizer", "seed", "state",
-                  "status", "reason", "checkpoint", "finished_at")
+                  "status", "reason", "checkpoint", "finished_at", "stale")
 
 
 def suite_status(
@@ -75,10 +75,40 @@ def suite_status(
             table = _status_table(specs, root)
 
 
+def _without_source(identity: dict) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in identity.items() if k != "regularizer_source"},
+                      sort_keys=True)
+
+
+def _stale_records(specs: list[RunSpec], root: Path) -> dict[str, str]:
+    """{run id of a spec: run id of a record of the same run made from another version of its
+    plugin's source}. Read only when some spec uses a plugin (its identity has a source hash)."""
+    wanted = {}
+    for spec in specs:
+        ident = spec.identity()
+        if "regularizer_source" in ident:
+            wanted[_without_source(ident)] = spec.run_id
+    if not wanted:
+        return {}
+    from benchmark.records import iter_records
+
+    stale = {}
+    for _, record in iter_records(root):
+        config = record.get("config")
+        if isinstance(config, dict) and "regularizer_source" in config:
+            spec_id = wanted.get(_without_source(config))
+            if spec_id is not None and spec_id != record["run_id"]:
+                stale[spec_id] = record["run_id"]
+    return stale
+
+
 def _status_table(specs: list[RunSpec], root: Path):
     import pandas as pd
 
     rows = []
+    stale = _stale_records(specs, root)
     for spec in specs:
         record = load_record(record_path(root, spec.run_id))
         status = record["status"] if record else None
@@ -95,6 +125,7 @@ def _status_table(specs: list[RunSpec], root: Path):
             "reason": record.get("reason") if record else None,
             "checkpoint": checkpoint_path(root, spec.run_id).exists(),
             "finished_at": record.get("finished_at") if record else None,
+            "stale": stale.get(spec.run_id),
         })
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
 
@@ -122,4 +153,11 @@ def format_status(table, *, max_rows: int = 20) -> str:
             lines.append(f"  {row.run_id}  {row.dataset} {row.model} {row.label} seed {row.seed}{why}")
         if len(rows) > max_rows:
             lines.append(f"  ... and {len(rows) - max_rows} more")
+    stale = table[table["stale"].notna()] if "stale" in table else table.iloc[:0]
+    if len(stale):
+        lines.append(f"stale: {len(stale)} record(s) come from an older version of a plugin's "
+                     f"source; their runs are counted as not done and will rerun:")
+        for row in stale.head(max_rows).itertuples():
+            lines.append(f"  {row.stale} -> {row.run_id}  {row.dataset} {row.model} {row.label} "
+                         f"seed {row.seed}")
     return "\n".join(lines)

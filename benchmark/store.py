@@ -121,7 +121,7 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
     outcome, why = classify_outcome(record["status"], final, eps, config.get("dataset"))
     commit = git.get("commit")
     code = (str(commit)[:12] if commit else "unknown") + ("+dirty" if git.get("dirty") else "")
-    correct = final.get("correct")
+    correct = record.get("final_correct")
     return {
         "schema_version": record["schema_version"], "run_id": record["run_id"],
         "suite": record.get("suite"), "label": record.get("label") or config.get("regularizer"),
