@@ -133,15 +133,26 @@ def wilcoxon_exact(d: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
 
 def dz_interval(t_stat: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Confidence interval of Cohen's d_z = mean(d) / sd(d) by inverting the noncentral t
-    distribution of t = d_z sqrt(n) (df = n - 1)."""
+    distribution of t = d_z sqrt(n) (df = n - 1); a bound is NaN where scipy cannot evaluate
+    the noncentral t that far out (very large t at small n)."""
     if n < 2 or not np.isfinite(t_stat):
         return _NAN, _NAN
     df, a = n - 1, (1 - confidence) / 2
 
     def ncp_at(q: float) -> float:  # the ncp whose distribution puts t_stat at quantile q
-        f = lambda nc: sps.nct.cdf(t_stat, df, nc) - q  # noqa: E731
-        span = 10.0 + 2 * abs(t_stat)
-        return optimize.brentq(f, t_stat - span, t_stat + span)
+        f = lambda nc: float(sps.nct.cdf(t_stat, df, nc)) - q  # noqa: E731 - decreasing in nc
+        lo, hi = t_stat - 1.0, t_stat + 1.0
+        for _ in range(40):  # widen the bracket until it holds the root
+            if f(lo) > 0:
+                break
+            lo -= hi - lo
+        for _ in range(40):
+            if f(hi) < 0:
+                break
+            hi += hi - lo
+        if not f(lo) > 0 > f(hi):  # the cdf is not computable that far out
+            return _NAN
+        return optimize.brentq(f, lo, hi)
 
     return ncp_at(1 - a) / math.sqrt(n), ncp_at(a) / math.sqrt(n)
 
