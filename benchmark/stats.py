@@ -152,7 +152,10 @@ def dz_interval(t_stat: float, n: int, confidence: float = CONFIDENCE) -> tuple[
             hi += hi - lo
         if not f(lo) > 0 > f(hi):  # the cdf is not computable that far out
             return _NAN
-        return optimize.brentq(f, lo, hi)
+        try:
+            return optimize.brentq(f, lo, hi)
+        except ValueError:  # NaN inside the bracket
+            return _NAN
 
     return ncp_at(1 - a) / math.sqrt(n), ncp_at(a) / math.sqrt(n)
 
