@@ -28,12 +28,13 @@ from scipy import stats as sps
 from benchmark import cells, stats, stats_across
 
 __all__ = [
-    "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "VERDICTS", "build_table",
+    "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
     "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
     "power_note", "prepare_report", "render_leaderboard", "schedule_of", "tex_escape",
     "write_report", "write_tables",
 ]
 
+TABLE2_LABELS = cells.TABLE2_REGULARIZERS
 DEFAULT_REPORTED = Path(__file__).resolve().parents[1] / "results" / "paper" / "reported.yaml"
 SCHEDULES = {75_000: "comhe_75k", 42_500: "mhe_42.5k"}  # iterations -> schedule name
 # Equivalence margin of the paper verdict, in percentage points of the metric.

@@ -167,8 +167,11 @@ def seeds_needed(sd_diff: float, *, alpha: float, delta: float = DETECT_POINTS,
     (statsmodels ``TTestPower``); NaN without a spread."""
     if not np.isfinite(sd_diff) or sd_diff <= 0:
         return _NAN
+    effect = delta / sd_diff
     try:
-        n = TTestPower().solve_power(effect_size=delta / sd_diff, alpha=alpha, power=power,
+        if TTestPower().power(effect_size=effect, nobs=2, alpha=alpha) >= power:
+            return 2.0  # the solver's bracket starts above the smallest paired design
+        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power,
                                      alternative="two-sided")
     except (ValueError, RuntimeError):
         return _NAN
