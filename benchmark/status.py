@@ -75,32 +75,37 @@ def suite_status(
             table = _status_table(specs, root)
 
 
-def _without_source(identity: dict) -> str:
+def _key(identity: dict, *drop: str) -> str:
     import json
 
-    return json.dumps({k: v for k, v in identity.items() if k != "regularizer_source"},
-                      sort_keys=True)
+    return json.dumps({k: v for k, v in identity.items() if k not in drop}, sort_keys=True)
 
 
 def _stale_records(specs: list[RunSpec], root: Path) -> dict[str, str]:
     """{run id of a spec: run id of a record of the same run made from another version of its
-    plugin's source}. Read only when some spec uses a plugin (its identity has a source hash)."""
-    wanted = {}
+    plugin's source}. Same run: equal identity but for the source hash, or, when none is
+    equal, but for the source hash and hyper-parameters (an edit may change the defaults).
+    Records are read only when some spec uses a plugin (its identity has a source hash)."""
+    exact, loose, source = {}, {}, {}
     for spec in specs:
         ident = spec.identity()
         if "regularizer_source" in ident:
-            wanted[_without_source(ident)] = spec.run_id
-    if not wanted:
+            exact[_key(ident, "regularizer_source")] = spec.run_id
+            loose.setdefault(_key(ident, "regularizer_source", "regularizer_hparams"), spec.run_id)
+            source[spec.run_id] = ident["regularizer_source"]
+    if not exact:
         return {}
     from benchmark.records import iter_records
 
-    stale = {}
+    stale: dict[str, str] = {}
     for _, record in iter_records(root):
         config = record.get("config")
-        if isinstance(config, dict) and "regularizer_source" in config:
-            spec_id = wanted.get(_without_source(config))
-            if spec_id is not None and spec_id != record["run_id"]:
-                stale[spec_id] = record["run_id"]
+        if not isinstance(config, dict) or "regularizer_source" not in config:
+            continue
+        spec_id = exact.get(_key(config, "regularizer_source")) or \
+            loose.get(_key(config, "regularizer_source", "regularizer_hparams"))
+        if spec_id is not None and config["regularizer_source"] != source[spec_id]:
+            stale.setdefault(spec_id, record["run_id"])
     return stale
 
 
