@@ -162,21 +162,27 @@ def dz_interval(t_stat: float, n: int, confidence: float = CONFIDENCE) -> tuple[
 
 def seeds_needed(sd_diff: float, *, alpha: float, delta: float = DETECT_POINTS,
                  power: float = POWER) -> float:
-    """Seeds for a two-sided paired t-test at level ``alpha`` to detect a mean difference of
-    ``delta`` with probability ``power``, given the SD of the per-seed differences
-    (statsmodels ``TTestPower``); NaN without a spread."""
+    """The smallest number of seeds (>= 2) for which a two-sided paired t-test at level
+    ``alpha`` detects a mean difference of ``delta`` with probability ``power``, given the SD of
+    the per-seed differences (power from statsmodels ``TTestPower``); NaN without a spread."""
     if not np.isfinite(sd_diff) or sd_diff <= 0:
         return _NAN
     effect = delta / sd_diff
-    try:
-        if TTestPower().power(effect_size=effect, nobs=2, alpha=alpha) >= power:
-            return 2.0  # the solver's bracket starts above the smallest paired design
-        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power,
-                                     alternative="two-sided")
-    except (ValueError, RuntimeError):
-        return _NAN
-    n = float(np.asarray(n).reshape(-1)[0])
-    return float(max(2, math.ceil(n))) if np.isfinite(n) else _NAN
+
+    def enough(n: int) -> bool:
+        return TTestPower().power(effect_size=effect, nobs=n, alpha=alpha) >= power
+
+    # Power grows with n: double, then bisect (the smallest integer n, no solver tolerance).
+    hi = 2
+    while not enough(hi):
+        if hi > 10**7:
+            return _NAN
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return float(hi)
 
 
 def prob_superiority(x: np.ndarray, y: np.ndarray, *, x_better_when_lower: bool = True

@@ -67,8 +67,9 @@ def mixed_model(runs: pd.DataFrame, baseline: str, metric: str = "test_error",
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            fit = sm.MixedLM(df[metric].astype(float).to_numpy(), exog.to_numpy(),
-                             groups=groups.to_numpy(), exog_names=list(exog)).fit(reml=True)
+            fit = sm.MixedLM(df[metric].astype(float).reset_index(drop=True),
+                             exog.reset_index(drop=True),
+                             groups=groups.to_numpy()).fit(reml=True)
         except (ValueError, np.linalg.LinAlgError) as exc:
             out["reason"] = f"fit failed ({exc})"
             return out
