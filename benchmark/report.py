@@ -133,8 +133,8 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
         power = (f" With the observed spread of the differences, detecting {stats.DETECT_POINTS} "
                  f"points with {stats.POWER:.0%} power at that level needs "
                  f"{int(need.median())} seeds (median over rows; range {int(need.min())}-"
-                 f"{int(need.max())}); a row without a marker is weak evidence, not proof of no "
-                 f"effect.")
+                 f"{int(need.max())}); a comparison that is not significant is weak evidence, not "
+                 f"proof of no effect.")
     else:
         power = " The differences have no spread: the t-test is undefined."
     floor = stats.min_p_wilcoxon(n)
@@ -144,14 +144,14 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
     return head + power + wil
 
 
-def noise_text(col: pd.DataFrame) -> str:
+def noise_text(col: pd.DataFrame, paired_se: str = "the paired (McNemar) SE column") -> str:
     noise = col["noise_floor"].dropna()
     n_test = col["n_test"].max()
     if not len(noise) or not np.isfinite(n_test):
         return "Test-set sampling error: unknown (n_test missing)."
     return (f"Test-set sampling error of one run's accuracy (binomial SE on {int(n_test):,} "
             f"images): ±{noise.iloc[0]:.2f} points. It is not the noise of a difference between "
-            f"two models on the same images: see the paired (McNemar) SE column.")
+            f"two models on the same images: see {paired_se}.")
 
 
 def suggested_seeds(table: pd.DataFrame) -> int | None:
@@ -503,7 +503,8 @@ def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
         sections.append({"dataset": md_escape(dataset), "model": md_escape(model), "rows": rows,
                          "synthetic": bool(col["synthetic"].any()),
-                         "power_note": power_note(col, alpha), "noise_text": noise_text(col)})
+                         "power_note": power_note(col, alpha),
+                         "noise_text": noise_text(col, "the McNemar SE in the report's table")})
     header = ["label", "runs", f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
               "p (paired t, Holm)", "p (Wilcoxon, Holm)", "code", "synthetic"]
     return _env().get_template("leaderboard.md.j2").render(
