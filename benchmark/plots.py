@@ -56,6 +56,7 @@ def method_colors(labels: list[str]) -> dict[str, tuple]:
     return {lab: cmap(i % cmap.N) for i, lab in enumerate(dict.fromkeys(labels))}
 
 
+SEED_LINES_MAX = 5  # up to this many seeds the dynamics plot draws each run, not a band
 _METRIC_NAMES = {"test_error": "test error (%)", "test_acc": "test accuracy (%)"}
 
 
@@ -125,8 +126,9 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
                            setups: dict[tuple, str] | None = None) -> list[Path]:
     """Test error and total hyperspherical energy against iteration, per (dataset, model).
 
-    Mean over seeds per label with a light band of ± one standard deviation across seeds (no
-    band at n=1), clipped to the metric's range (error in [0, 100], energy >= 0).
+    Mean over seeds per label (thick line); with at most SEED_LINES_MAX seeds every run as a
+    thin line of the same colour, with more a light band of ± one standard deviation clipped to
+    the metric's range (error in [0, 100], energy >= 0).
 
     Args:
         curves_df: the store's long ``curves`` table (columns ``dataset, model, label, seed,
@@ -152,8 +154,13 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
                 b = band[band["label"].astype(str) == label]
                 x, m = b["iteration"].to_numpy(float), b["mean"].to_numpy(float)
                 c = colors.get(label, "black")
-                ax.plot(x, m, label=mpl_escape(f"{label} (n={int(b['count'].max())})"), lw=1.2,
+                ax.plot(x, m, label=mpl_escape(f"{label} (n={int(b['count'].max())})"), lw=1.8,
                         color=c)
+                if int(b["count"].max()) <= SEED_LINES_MAX:  # few seeds: show each one
+                    for _, run in cell[cell["label"].astype(str) == label].groupby("seed"):
+                        run = run.dropna(subset=[column]).sort_values("iteration")
+                        ax.plot(run["iteration"], run[column], color=c, lw=0.6, alpha=0.35)
+                    continue
                 sd = b["std"].to_numpy(float)
                 if np.isfinite(sd).any():
                     lo, hi = limits[column]
@@ -170,7 +177,8 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
             axes[0].legend(fontsize=7)
         mark = " [SYNTHETIC]" if synthetic else ""
         setup = (setups or {}).get((dataset, model), "")
-        fig.suptitle(mpl_escape(f"{dataset} / {model}{mark}: mean ± 1 sd over seeds"
+        fig.suptitle(mpl_escape(f"{dataset} / {model}{mark}: mean over seeds (thin: each run; "
+                                f"band: ± 1 sd above {SEED_LINES_MAX} seeds)"
                                 + (f"\n{setup}" if setup else "")), fontsize=9)
         fig.tight_layout()
         paths += _save(fig, Path(out_dir) / _slug(f"{prefix}_{dataset}_{model}"))

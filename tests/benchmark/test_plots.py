@@ -77,8 +77,12 @@ def test_one_colour_per_method_in_every_figure(captured):
     plots.plot_training_dynamics(curves, "b", order=list(table["label"]), colors=colors)
     (fig_i, _), (fig_d, _) = captured
     line_colors = {line.get_label().split(" (")[0]: matplotlib.colors.to_rgba(line.get_color())
-                   for line in fig_d.get_axes()[0].get_lines()}
+                   for line in fig_d.get_axes()[0].get_lines()
+                   if not line.get_label().startswith("_")}
     assert line_colors == {lab: colors[lab] for lab in LABELS}
+    dots = {tuple(np.round(c.get_facecolor()[0][:3], 6)) for c in fig_i.get_axes()[0].collections
+            if isinstance(c, PathCollection)}
+    assert dots == {tuple(np.round(colors[lab][:3], 6)) for lab in LABELS}
     assert len(set(colors.values())) == len(LABELS)
 
 
@@ -91,7 +95,7 @@ def test_training_dynamics_files_per_cell(tmp_path):
 
 
 def test_training_dynamics_mean_and_bounded_band_over_seeds(captured):
-    _, curves = make_store(cells=CELLS[1:], seeds=range(3))
+    _, curves = make_store(cells=CELLS[1:], seeds=range(6))
     curves.loc[curves.seed == 0, "test_error"] = 0.5  # a band that would reach below 0
     plots.plot_training_dynamics(curves, "out", synthetic=True)
     (fig, stem), = captured
@@ -99,13 +103,23 @@ def test_training_dynamics_mean_and_bounded_band_over_seeds(captured):
     err_ax, energy_ax = fig.get_axes()
     assert "SYNTHETIC" in fig._suptitle.get_text()
     lines = {line.get_label(): line for line in err_ax.get_lines()}
-    assert set(lines) == {f"{lab} (n=3)" for lab in LABELS}
+    assert set(lines) == {f"{lab} (n=6)" for lab in LABELS}
     wd = curves[curves.label == "weight_decay"].groupby("iteration")["test_error"].mean()
-    np.testing.assert_allclose(lines["weight_decay (n=3)"].get_ydata(), wd.to_numpy())
+    np.testing.assert_allclose(lines["weight_decay (n=6)"].get_ydata(), wd.to_numpy())
     assert len(err_ax.collections) == len(LABELS)  # one ± sd band per label
     for band in err_ax.collections:
         ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
         assert ys.min() >= 0.0 and ys.max() <= 100.0
+
+
+def test_training_dynamics_draws_every_run_at_small_n(captured):
+    _, curves = make_store(cells=CELLS[1:], seeds=range(3))
+    plots.plot_training_dynamics(curves, "out")
+    (fig, _), = captured
+    err_ax = fig.get_axes()[0]
+    assert len(err_ax.get_lines()) == len(LABELS) * (1 + 3) and not err_ax.collections
+    run = curves[(curves.label == "so") & (curves.seed == 1)]
+    assert any(np.allclose(line.get_ydata(), run["test_error"]) for line in err_ax.get_lines())
 
 
 def test_dollar_labels_render_literally(tmp_path):
