@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic
         for lab in labels:
             for s in seeds:
                 err = base + shift.get(lab, 0.0) + rng.normal(0, sd)
-                rid = f"{ds}{model}{lab}{s}".encode().hex()[:16]
+                rid = hashlib.sha256(f"{ds}/{model}/{lab}/{s}".encode()).hexdigest()[:16]
                 runs.append({
                     "schema_version": 1, "run_id": rid, "suite": "test", "label": lab,
                     "dataset": ds, "model": model, "regularizer": lab, "hparams": "{}",
