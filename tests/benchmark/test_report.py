@@ -280,6 +280,18 @@ def test_a_dollar_label_neither_crashes_plots_nor_costs_the_report(tmp_path):
     assert {"intervals.png", "table.md"} <= {p.name for p in paths}
 
 
+def test_one_noise_floor_in_table_and_leaderboard(tmp_path):
+    """table.md said ±0.48 and the leaderboard ±0.55 for the same cell."""
+    runs, _ = make_store(cells=CELLS[1:], seeds=range(3))
+    runs.loc[runs["label"] == "rp_comhe", "test_acc"] -= 10  # other labels' accuracy differs
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    lb = report.render_leaderboard(runs, tmp_path / "lb.md").read_text()
+    floor = report.noise_text(cells.compare_to_baseline(runs)).split(": ")[1].split(". ")[0]
+    assert floor.startswith("±") and floor in md and floor in lb
+    base_acc = runs[runs["label"] == "weight_decay"]["test_acc"].mean() / 100
+    assert floor == f"±{100 * math.sqrt(base_acc * (1 - base_acc) / 10_000):.2f} points"
+
+
 def test_write_report_falls_back_to_synthetic_runs_and_marks_them(tmp_path):
     runs, curves = make_store(cells=CELLS[:1], seeds=range(2), synthetic=True)
     paths = report.write_report(runs, curves, tmp_path, reported_df=_reported([]), plots=False)
