@@ -19,7 +19,7 @@ from benchmark import stats
 from benchmark.config import ConfigError
 
 __all__ = ["OUTCOMES", "SETUP_FIELDS", "SetupError", "check_setup", "code_versions",
-           "compare_to_baseline", "label_order", "select_runs", "with_outcome"]
+           "compare_to_baseline", "declared_order", "label_order", "select_runs", "with_outcome"]
 
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # (store column, how a user selects one value, whether failed records are checked). Failed
@@ -102,6 +102,21 @@ def check_setup(runs: pd.DataFrame, *, allow_mixed_code: bool = False) -> None:
             raise SetupError(f"{where} mixes runs of {len(codes)} code versions "
                              f"({', '.join(codes)}); select one with --commit PREFIX, or pass "
                              f"--allow-mixed-code to pair them anyway")
+
+
+def declared_order(runs: pd.DataFrame) -> list[str]:
+    """Display labels in the declared order of the suites named by the runs (suites that
+    cannot be loaded are skipped)."""
+    from benchmark.suites import load_suite
+
+    order: list[str] = []
+    for name in runs["suite"].dropna().astype(str).unique() if "suite" in runs else []:
+        try:
+            suite = load_suite(name)
+        except Exception:  # noqa: BLE001 - an ad-hoc suite name orders nothing
+            continue
+        order += [r.display_label for r in suite.regularizers]
+    return list(dict.fromkeys(order))
 
 
 def label_order(labels: Sequence[str], baseline: str, declared: Sequence[str] = (),

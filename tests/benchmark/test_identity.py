@@ -6,7 +6,6 @@ import json
 import os
 import textwrap
 
-import pytest
 
 from benchmark import records
 from benchmark.config import RunSpec, load_protocol
