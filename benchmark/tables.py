@@ -225,6 +225,13 @@ def build_table(table: pd.DataFrame, runs: pd.DataFrame | None = None,
             "alpha": alpha}
 
 
+def _diff_text(r: pd.Series) -> str:
+    if not r["n_pairs"]:
+        return "no shared seeds"
+    return (f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
+            f"(pairs={int(r['n_pairs'])})")
+
+
 def _detail_rows(col: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, r in col.iterrows():
@@ -232,8 +239,7 @@ def _detail_rows(col: pd.DataFrame) -> list[list[str]]:
         rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), str(int(r["n"])),
                      f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"] + (
             ["baseline"] + ["–"] * 8 if base else [
-                f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
-                f"(pairs={int(r['n_pairs'])})",
+                _diff_text(r),
                 f"{_num(r['dz'])} {_ci(r['dz_ci_low'], r['dz_ci_high'])}",
                 _p(r["p_ttest"]), _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
                 _num(r["win_rate"]),
@@ -335,12 +341,11 @@ def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str
     for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
         rows = []
         for _, r in col.iterrows():
-            diff = "baseline" if r["is_baseline"] else (
-                f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])}"
-                f" (pairs={int(r['n_pairs'])})")
+            diff = "baseline" if r["is_baseline"] else _diff_text(r)
             rows.append([md_escape(r["label"]), md_escape(r["outcomes"]),
                          f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"
-                         if r["n"] > 1 else f"{_num(r['mean'])} (n={int(r['n'])})",
+                         if r["n"] > 1 else f"{_num(r['mean'])} (n={int(r['n'])})"
+                         if r["n"] else "no counted runs",
                          diff, _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
         sections.append({"dataset": md_escape(dataset), "model": md_escape(model), "rows": rows,
