@@ -139,27 +139,71 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _report_filter(runs, args):
+    """The runs selected by --suite / --protocol / --commit / --where (one-line errors)."""
+    def keep(mask):
+        return runs[mask.fillna(False).astype(bool)]
+
+    if args.suite:
+        runs = keep(runs["suite"] == args.suite)
+    if args.protocol:
+        runs = keep((runs["protocol"] == args.protocol)
+                    | runs["protocol_hash"].fillna("").str.startswith(args.protocol))
+    if args.commit:
+        runs = keep(runs["code"].fillna("").str.startswith(args.commit)
+                    | runs["git_commit"].fillna("").str.startswith(args.commit))
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or key not in runs:
+            raise ConfigError(f"--where expects COLUMN=VALUE with a store column, got '{item}' "
+                              f"(columns: {', '.join(runs.columns)})")
+        runs = keep(runs[key].astype(str) == value)
+    return runs
+
+
 def _cmd_report(args) -> int:
-    from .report import render_leaderboard, write_report
-    from .store import save_store
+    from .report import prepare_report, render_leaderboard, write_report
+    from .store import STORE_DIR, build_store, load_store, save_store, store_losses
 
     results = Path(args.results)
+    if not results.is_dir():
+        raise ConfigError(f"results directory '{results}' does not exist")
+    skipped: list = []
+    from_records = (results / "runs").is_dir()
+    runs, curves = build_store(results, skipped) if from_records else load_store(results)
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    selected = _report_filter(runs, args)
+    if selected.empty:
+        raise ConfigError(f"no run records under '{results}' match the filters"
+                          if len(runs) else f"no run records under '{results}'")
+    # Everything is computed (and a set-up mix refused) before the first file is written.
+    prepared = prepare_report(selected, include_stuck=args.include_stuck,
+                              allow_mixed_code=args.allow_mixed_code)
     out = Path(args.out) if args.out else results / "report"
-    written = list(save_store(results, results / "store").values())
-    from .store import load_store
-
-    runs, curves = load_store(results)
-    if args.suite:
-        runs = runs[runs["suite"] == args.suite]
-        curves = curves[curves["run_id"].isin(runs["run_id"])]
-    if runs.empty:
-        raise ConfigError(f"no complete run records under '{results}'"
-                          + (f" for suite '{args.suite}'" if args.suite else ""))
-    written += write_report(runs, curves, out)
-    if args.leaderboard:
-        written.append(render_leaderboard(runs, args.leaderboard))
+    written = []
+    store_dir = (out if args.out else results) / STORE_DIR
+    if not from_records:  # the store is the only source: never rewrite it in place
+        if args.out:
+            written += list(save_store(results, store_dir, tables=(runs, curves)).values())
+    else:
+        lost = store_losses(store_dir, runs)
+        if lost:
+            print(f"kept {store_dir}: it holds {len(lost)} run(s) that the records under "
+                  f"'{results / 'runs'}' lack (e.g. {lost[0]}); not replaced", file=sys.stderr)
+        else:
+            written += list(save_store(results, store_dir, tables=(runs, curves)).values())
+    if args.leaderboard:  # before the figures: a plotting problem cannot cost the leaderboard
+        written.append(render_leaderboard(selected, args.leaderboard,
+                                          include_stuck=args.include_stuck,
+                                          allow_mixed_code=args.allow_mixed_code))
+    curves = curves[curves["run_id"].isin(selected["run_id"])]
+    written += write_report(selected, curves, out, prepared=prepared)
     for path in written:
         print(path)
+    if prepared["suggested_seeds"]:
+        print(f"suggested seeds per label: {prepared['suggested_seeds']} (to detect 0.3 points "
+              f"with the observed spread; see {out / 'table.md'})")
     return 0
 
 
@@ -236,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--suite", help="only the records of this suite")
     rep.add_argument("--out", help="output directory (default: <results>/report)")
     rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
+    rep.add_argument("--protocol", help="only runs of this protocol (name or content-hash prefix)")
+    rep.add_argument("--commit", help="only runs of this code version (git commit prefix)")
+    rep.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                     help="only runs whose store column has this value (repeatable), e.g. "
+                          "packed_seeds=1")
+    rep.add_argument("--allow-mixed-code", action="store_true",
+                     help="pair runs of different code versions in one cell (said under the table)")
+    rep.add_argument("--include-stuck", action="store_true",
+                     help="let stuck runs enter means and tests (they are always counted)")
     cmp = sub.add_parser("compare", help="did these runs reproduce a reference? (run by run)",
                          description="Match the runs of two results directories by run id and "
                                      "give each a verdict: identical, within tolerance, different "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
@@ -335,8 +336,16 @@ class RunSpec:
         return self.label or self.regularizer
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes the result (not label or suite)."""
-        return {
+        """Everything that changes the result (not label or suite).
+
+        Hyper-parameters are the resolved ones (defaults filled by the regularizer's class,
+        numbers in canonical form), so ``{}`` and the defaults written out, or ``strength: 1``
+        and ``1.0``, are one run. A plugin regularizer (one defined outside the ``regularizers``
+        package) adds ``regularizer_source``, a hash of its source file: an edited plugin is a
+        new run. Built-ins are versioned by the git commit recorded with every run instead, so
+        a sweep resumed after a commit goes on (reports keep commits apart, docs/statistics.md).
+        """
+        ident = {
             "protocol": self.protocol.to_dict(),
             "dataset": self.dataset,
             "model": self.model,
@@ -345,8 +354,60 @@ class RunSpec:
             "regularizer_hparams": _jsonable(dict(sorted(self.regularizer_hparams.items()))),
             "seed": self.seed,
         }
+        resolved, source = _resolved_regularizer(self.regularizer, self.regularizer_hparams)
+        if resolved is not None:
+            ident["regularizer_hparams"] = resolved
+        if source is not None:
+            ident["regularizer_source"] = source
+        return ident
 
     @property
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """Integral floats as ints (``1.0`` -> ``1``): equal numbers hash equally."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _resolved_regularizer(name: str, hparams: dict[str, Any]) -> tuple[dict | None, str | None]:
+    """(resolved hyper-parameters in canonical form, source hash of a plugin or None).
+
+    (None, None) when the name is not registered or the values are invalid: validation reports
+    that with its own one-line error, and the id then falls back to the values as typed.
+    """
+    try:
+        import regularizers
+
+        cls = regularizers.registry.get(name)
+        resolved = cls.resolve_hparams(dict(hparams))
+    except (ImportError, ValueError, TypeError):
+        return None, None
+    return _canonical(_jsonable(resolved)), _plugin_source_hash(cls)
+
+
+def _plugin_source_hash(cls: type) -> str | None:
+    """sha256 (16 hex) of the file defining a plugin regularizer; None for a built-in."""
+    import inspect
+
+    if cls.__module__ == "regularizers" or cls.__module__.startswith("regularizers."):
+        return None
+    try:
+        path = Path(inspect.getsourcefile(cls) or "")
+        stat = path.stat()
+    except (TypeError, OSError):
+        return "unknown"
+    return _file_hash(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: str, mtime_ns: int, size: int) -> str:  # mtime/size: re-hash after an edit
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -107,19 +107,25 @@ def layer_energies(model: torch.nn.Module, roles: dict[str, str]) -> dict[str, f
 
 
 @torch.no_grad()
-def evaluate(run: Run, x_all, y_all, batch=1000) -> tuple[float, float]:
-    """(accuracy %, mean CE) on a test set with running BN statistics."""
+def evaluate(run: Run, x_all, y_all, batch=1000, per_image: list | None = None
+             ) -> tuple[float, float]:
+    """(accuracy %, mean CE) on a test set with running BN statistics; ``per_image``, when
+    given, receives the (n,) bool tensor of which images were classified correctly."""
     model = run.model
     model.eval()
     correct, loss_sum = torch.zeros((), device=x_all.device), torch.zeros((), device=x_all.device)
+    hits = []
     for lo in range(0, x_all.shape[0], batch):
         x = run.inputs(x_all[lo : lo + batch])
         y = y_all[lo : lo + batch]
         with run.autocast():
             logits = model(x).to(run.dtype)
-        correct += (logits.argmax(1) == y).sum()
+        hits.append(logits.argmax(1) == y)
+        correct += hits[-1].sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
     model.train()
+    if per_image is not None:
+        per_image.append(torch.cat(hits))
     n = x_all.shape[0]
     return float(correct) * 100.0 / n, float(loss_sum) / n
 
@@ -284,7 +290,8 @@ class Run(_Steps):
         return [(float(ce), weight_decay_term(self.model, weight_decay), float(pen.detach()))]
 
     def evaluate(self) -> list[tuple[float, float]]:
-        return [evaluate(self, self.data.test_x, self.data.test_y)]
+        self.last_correct: list = []  # per-image correctness of this evaluation, for the record
+        return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
 
     def layer_energies(self) -> list[dict[str, float]]:
         return [layer_energies(self.model, self.roles)]
@@ -470,6 +477,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
                 "reason": None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
                 "curves": _truncate(curves[s], it), "final": _final(_truncate(curves[s], it), it,
                                                                     data.test_y.shape[0]),
+                **_correct_of(run, s, diverged[s] is None and curves[s]["iteration"][-1:] == [it]),
                 "wall_time_s": wall, "resumed_from": resumed_from,
                 "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -537,6 +545,17 @@ def _truncate(curves: dict, iteration: int) -> dict:
     out = {k: v[:keep] for k, v in curves.items() if k != "energy"}
     out["energy"] = {k: v[:keep] for k, v in curves["energy"].items()}
     return out
+
+
+def _correct_of(run, s: int, final_eval: bool) -> dict:
+    """``{"final_correct": ...}``: seed s's per-image correctness at the final evaluation
+    (benchmark/correct_bits.py), for paired (McNemar) standard errors; {} when unknown."""
+    hits = getattr(run, "last_correct", None)
+    if not final_eval or not hits or s >= len(hits):
+        return {}
+    from .correct_bits import encode
+
+    return {"final_correct": encode(hits[s])}
 
 
 def _final(curves: dict, iteration: int, n_test: int) -> dict:

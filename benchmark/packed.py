@@ -139,17 +139,20 @@ class PackedRun(_Steps):
         S = self.seeds
         correct = torch.zeros(S, device=x_all.device)
         loss_sum = torch.zeros(S, device=x_all.device)
+        hits = []  # (S, b) per batch: per-image correctness, kept for the records
         self.base.eval()
         try:
             for lo in range(0, x_all.shape[0], batch):
                 x, y = self.inputs(x_all[lo: lo + batch]), y_all[lo: lo + batch]
                 with self.autocast():
                     logits = self.forward(x, shared_input=True).to(self.dtype)  # (S, b, K)
-                correct += (logits.argmax(-1) == y).sum(-1)
+                hits.append(logits.argmax(-1) == y)
+                correct += hits[-1].sum(-1)
                 loss_sum += F.cross_entropy(logits.flatten(0, 1), y.repeat(S),
                                             reduction="none").view(S, -1).sum(-1)
         finally:
             self.base.train()
+        self.last_correct = list(torch.cat(hits, dim=1).unbind(0))
         n = x_all.shape[0]
         return [(float(c) * 100.0 / n, float(s) / n) for c, s in zip(correct, loss_sum)]
 

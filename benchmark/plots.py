@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["FORMATS", "plot_intervals", "plot_training_dynamics"]
+__all__ = ["FORMATS", "method_colors", "mpl_escape", "plot_intervals", "plot_training_dynamics"]
 
 FORMATS = ("png", "pdf")
 
@@ -44,40 +44,70 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def plot_intervals(stats_df: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Mean and 95% t CI of each label's final metric, one panel per (dataset, model) cell.
+def mpl_escape(text: object) -> str:
+    """``text`` shown literally by matplotlib (a ``$`` would start mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
+def method_colors(labels: list[str]) -> dict[str, tuple]:
+    """One colour per label, the same in every figure of a report: the i-th label of the
+    table's row order gets the i-th colour of tab10 (tab20 beyond 10 labels)."""
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(dict.fromkeys(labels))}
+
+
+SEED_LINES_MAX = 5  # up to this many seeds the dynamics plot draws each run, not a band
+_METRIC_NAMES = {"test_error": "test error (%)", "test_acc": "test accuracy (%)"}
+
+
+def plot_intervals(stats_df: pd.DataFrame, out_stem: str | Path, *,
+                   colors: dict[str, tuple] | None = None,
+                   setups: dict[tuple, str] | None = None) -> list[Path]:
+    """Per cell: each label's per-seed values (points), mean and 95% t interval (within 0-100).
 
     Args:
-        stats_df: tidy output of :func:`benchmark.stats.compare_to_baseline` (columns
-            ``dataset, model, label, n, mean, ci_t_low, ci_t_high, is_baseline, synthetic,
-            metric``).
+        stats_df: the tidy table of :func:`benchmark.cells.compare_to_baseline` (columns
+            ``dataset, model, label, n, mean, ci_t_low, ci_t_high, values, is_baseline,
+            synthetic, metric, outcomes``), rows in display order.
+        colors: label -> colour (default :func:`method_colors` of the table's labels).
+        setups: (dataset, model) -> set-up text for the panel title.
         out_stem: path without suffix; writes ``<stem>.png`` and ``<stem>.pdf``.
     Returns:
         the written paths.
     """
     cells = list(stats_df.groupby(["dataset", "model"], sort=True))
     metric = str(stats_df["metric"].iloc[0]) if len(stats_df) else "test_error"
+    colors = colors or method_colors(list(stats_df["label"].astype(str)))
+    n_rows = stats_df["label"].nunique()
     fig, axes = plt.subplots(1, max(len(cells), 1), squeeze=False,
-                             figsize=(4.2 * max(len(cells), 1), 0.45 * stats_df["label"].nunique()
-                                      + 1.6))
+                             figsize=(4.8 * max(len(cells), 1), 0.5 * n_rows + 1.8))
     for ax, ((dataset, model), cell) in zip(axes[0], cells, strict=False):
-        cell = cell.sort_values("mean", ascending=False, na_position="first")
-        y = np.arange(len(cell))
-        mean = cell["mean"].to_numpy(float)
-        lo = np.nan_to_num(mean - cell["ci_t_low"].to_numpy(float))
-        hi = np.nan_to_num(cell["ci_t_high"].to_numpy(float) - mean)
-        colors = ["black" if b else "tab:blue" for b in cell["is_baseline"]]
-        for yi, m, low, high, c in zip(y, mean, lo, hi, colors, strict=True):
-            ax.errorbar(m, yi, xerr=[[low], [high]], fmt="none", ecolor=c, capsize=3)
-        ax.scatter(mean, y, c=colors, zorder=3, s=18)
-        base = cell.loc[cell["is_baseline"], "mean"]
+        cell = cell.iloc[::-1]  # first row at the top
+        for yi, (_, r) in enumerate(cell.iterrows()):
+            c = colors.get(str(r["label"]), "black")
+            vals = np.asarray(r["values"] if isinstance(r["values"], list) else [], float)
+            ax.scatter(vals, np.full(vals.size, yi) + np.linspace(-0.15, 0.15, vals.size),
+                       s=10, color=c, alpha=0.6, lw=0, zorder=2)
+            if np.isfinite(r["ci_t_low"]):
+                ax.errorbar(r["mean"], yi, xerr=[[r["mean"] - r["ci_t_low"]],
+                                                  [r["ci_t_high"] - r["mean"]]],
+                            fmt="none", ecolor=c, capsize=3, lw=1.2)
+            if np.isfinite(r["mean"]):
+                ax.scatter([r["mean"]], [yi], color=c, marker="D", s=22, zorder=3)
+        base = cell.loc[cell["is_baseline"].astype(bool), "mean"]
         if len(base) and np.isfinite(base.iloc[0]):
             ax.axvline(base.iloc[0], color="grey", lw=0.8, ls="--")
-        names = zip(cell["label"], cell["n"], strict=True)
-        ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in names])
+        ax.set_yticks(np.arange(len(cell)),
+                      [mpl_escape(f"{r['label']} ({r['outcomes']})") for _, r in cell.iterrows()],
+                      fontsize=7)
         synthetic = " [SYNTHETIC]" if cell["synthetic"].any() else ""
-        ax.set_title(f"{dataset} / {model}{synthetic}", fontsize=9)
-        ax.set_xlabel(f"final {metric} (%), mean and 95% t CI over seeds")
+        setup = (setups or {}).get((dataset, model), "")
+        ax.set_title(mpl_escape(f"{dataset} / {model}{synthetic}" + (f"\n{setup}" if setup
+                                                                     else "")), fontsize=7)
+        ax.set_xlabel(f"final {_METRIC_NAMES.get(metric, mpl_escape(metric))}: seeds (dots), "
+                      "mean and 95% t CI", fontsize=8)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(max(lo, 0.0), min(hi, 100.0))
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(out_stem))
@@ -90,33 +120,53 @@ def _band(curves: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
-                           prefix: str = "dynamics", synthetic: bool = False) -> list[Path]:
+                           prefix: str = "dynamics", synthetic: bool = False,
+                           order: list[str] | None = None,
+                           colors: dict[str, tuple] | None = None,
+                           setups: dict[tuple, str] | None = None) -> list[Path]:
     """Test error and total hyperspherical energy against iteration, per (dataset, model).
 
-    Mean over seeds per label with a band of ± one standard deviation across seeds (no band at
-    n=1), like Figure 1(c) of the CoMHE paper.
+    Mean over seeds per label (thick line); with at most SEED_LINES_MAX seeds every run as a
+    thin line of the same colour, with more a light band of ± one standard deviation clipped to
+    the metric's range (error in [0, 100], energy >= 0).
 
     Args:
         curves_df: the store's long ``curves`` table (columns ``dataset, model, label, seed,
             iteration, test_error, energy_total``), one row per (run, evaluation).
         out_dir: writes ``<prefix>_<dataset>_<model>.png`` and ``.pdf`` there.
         synthetic: mark the titles as SYNTHETIC (smoke runs on synthetic data).
+        order, colors: legend order and label -> colour (shared with the interval plot).
+        setups: (dataset, model) -> set-up text for the title.
     Returns:
         the written paths.
     """
     paths: list[Path] = []
+    labels = order or sorted(curves_df["label"].astype(str).unique())
+    colors = colors or method_colors(labels)
+    limits = {"test_error": (0.0, 100.0), "energy_total": (0.0, np.inf)}
     for (dataset, model), cell in curves_df.groupby(["dataset", "model"], sort=True):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, column, ylabel in ((axes[0], "test_error", "test error (%)"),
                                    (axes[1], "energy_total", "total hyperspherical energy")):
             band = _band(cell, column) if column in cell else pd.DataFrame()
-            for label, b in (band.groupby("label", sort=True) if len(band) else []):
+            present = set(band["label"].astype(str)) if len(band) else set()
+            for label in [lab for lab in labels if lab in present]:
+                b = band[band["label"].astype(str) == label]
                 x, m = b["iteration"].to_numpy(float), b["mean"].to_numpy(float)
-                line, = ax.plot(x, m, label=f"{label} (n={int(b['count'].max())})", lw=1.2)
+                c = colors.get(label, "black")
+                ax.plot(x, m, label=mpl_escape(f"{label} (n={int(b['count'].max())})"), lw=1.8,
+                        color=c)
+                if int(b["count"].max()) <= SEED_LINES_MAX:  # few seeds: show each one
+                    for _, run in cell[cell["label"].astype(str) == label].groupby("seed"):
+                        run = run.dropna(subset=[column]).sort_values("iteration")
+                        ax.plot(run["iteration"], run[column], color=c, lw=0.6, alpha=0.35)
+                    continue
                 sd = b["std"].to_numpy(float)
                 if np.isfinite(sd).any():
-                    ax.fill_between(x, m - np.nan_to_num(sd), m + np.nan_to_num(sd),
-                                    color=line.get_color(), alpha=0.2, lw=0)
+                    lo, hi = limits[column]
+                    ax.fill_between(x, np.clip(m - np.nan_to_num(sd), lo, hi),
+                                    np.clip(m + np.nan_to_num(sd), lo, hi), color=c, alpha=0.12,
+                                    lw=0)
             if not len(band):
                 ax.text(0.5, 0.5, f"no {column} values", ha="center", transform=ax.transAxes)
             ax.set_xlabel("iteration")
@@ -126,7 +176,10 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
         if handles:
             axes[0].legend(fontsize=7)
         mark = " [SYNTHETIC]" if synthetic else ""
-        fig.suptitle(f"{dataset} / {model}{mark}: mean ± 1 sd over seeds", fontsize=10)
+        setup = (setups or {}).get((dataset, model), "")
+        fig.suptitle(mpl_escape(f"{dataset} / {model}{mark}: mean over seeds (thin: each run; "
+                                f"band: ± 1 sd above {SEED_LINES_MAX} seeds)"
+                                + (f"\n{setup}" if setup else "")), fontsize=9)
         fig.tight_layout()
         paths += _save(fig, Path(out_dir) / _slug(f"{prefix}_{dataset}_{model}"))
     return paths

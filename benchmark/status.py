@@ -35,7 +35,7 @@ def lock_is_held(results_dir: str | Path, run_id: str) -> bool:
 
 STATES = ("done", "running", "failed", "pending")
 STATUS_COLUMNS = ("run_id", "suite", "label", "dataset", "model", "regularizer", "seed", "state",
-                  "status", "reason", "checkpoint", "finished_at", "slurm")
+                  "status", "reason", "checkpoint", "finished_at", "stale", "slurm")
 
 
 def suite_status(
@@ -76,12 +76,47 @@ def suite_status(
             table = _status_table(specs, root)
 
 
+def _key(identity: dict, *drop: str) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in identity.items() if k not in drop}, sort_keys=True)
+
+
+def _stale_records(specs: list[RunSpec], root: Path) -> dict[str, str]:
+    """{run id of a spec: run id of a record of the same run made from another version of its
+    plugin's source}. Same run: equal identity but for the source hash, or, when none is
+    equal, but for the source hash and hyper-parameters (an edit may change the defaults).
+    Records are read only when some spec uses a plugin (its identity has a source hash)."""
+    exact, loose, source = {}, {}, {}
+    for spec in specs:
+        ident = spec.identity()
+        if "regularizer_source" in ident:
+            exact[_key(ident, "regularizer_source")] = spec.run_id
+            loose.setdefault(_key(ident, "regularizer_source", "regularizer_hparams"), spec.run_id)
+            source[spec.run_id] = ident["regularizer_source"]
+    if not exact:
+        return {}
+    from benchmark.records import iter_records
+
+    stale: dict[str, str] = {}
+    for _, record in iter_records(root):
+        config = record.get("config")
+        if not isinstance(config, dict) or "regularizer_source" not in config:
+            continue
+        spec_id = exact.get(_key(config, "regularizer_source")) or \
+            loose.get(_key(config, "regularizer_source", "regularizer_hparams"))
+        if spec_id is not None and config["regularizer_source"] != source[spec_id]:
+            stale.setdefault(spec_id, record["run_id"])
+    return stale
+
+
 def _status_table(specs: list[RunSpec], root: Path):
     import pandas as pd
 
     # Slurm's own view (PENDING, RUNNING, ...) of runs submitted with --executor slurm
     slurm = slurm_view(root) if jobs_path(root).exists() else {}
     rows = []
+    stale = _stale_records(specs, root)
     for spec in specs:
         record = load_record(record_path(root, spec.run_id))
         status = record["status"] if record else None
@@ -98,6 +133,7 @@ def _status_table(specs: list[RunSpec], root: Path):
             "reason": record.get("reason") if record else None,
             "checkpoint": checkpoint_path(root, spec.run_id).exists(),
             "finished_at": record.get("finished_at") if record else None,
+            "stale": stale.get(spec.run_id),
             "slurm": slurm.get(spec.run_id),
         })
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
@@ -132,4 +168,11 @@ def format_status(table, *, max_rows: int = 20) -> str:
                          f"{where}{why}")
         if len(rows) > max_rows:
             lines.append(f"  ... and {len(rows) - max_rows} more")
+    stale = table[table["stale"].notna()] if "stale" in table else table.iloc[:0]
+    if len(stale):
+        lines.append(f"stale: {len(stale)} record(s) come from an older version of a plugin's "
+                     f"source; their runs are counted as not done and will rerun:")
+        for row in stale.head(max_rows).itertuples():
+            lines.append(f"  {row.stale} -> {row.run_id}  {row.dataset} {row.model} {row.label} "
+                         f"seed {row.seed}")
     return "\n".join(lines)

@@ -5,10 +5,16 @@ meaning are in docs/internals.md; the tables are derived data, rebuilt from ``ru
 any time. :func:`save_store` writes them to ``<results>/store/`` as Parquet (pyarrow) and CSV,
 each file atomically. Records of several suites and code versions coexist; select with
 :func:`filter_runs` (suite, git commit prefix, status, ...) and :func:`curves_for`.
+
+Each row also carries the run's set-up (``protocol_hash``, ``model_kwargs``, ``code``,
+``packed_seeds``, ``dtype``, ``threads``: what a cell must not mix, docs/statistics.md) and its
+``outcome``: the recorded status, with a complete run that sat at the loss ceiling or at chance
+accuracy reclassified as ``stuck`` by :func:`classify_outcome`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -18,7 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.config import ConfigError
-from benchmark.records import atomic_write_bytes, iter_records
+from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write_bytes
 
 STORE_DIR = "store"
 RUNS_SCHEMA: dict[str, str] = {
@@ -29,7 +35,18 @@ RUNS_SCHEMA: dict[str, str] = {
     "penalty": "float64", "n_test": "Int64", "wall_time_s": "float64",
     "median_step_ms": "float64", "git_commit": "string", "git_dirty": "boolean",
     "device": "string", "torch_version": "string", "synthetic": "boolean", "record_path": "string",
+    "model_kwargs": "string", "protocol_hash": "string", "regularizer_source": "string",
+    "code": "string", "packed_seeds": "Int64", "dtype": "string", "threads": "Int64",
+    "softmax_eps": "float64", "final_iteration": "Int64", "outcome": "string",
+    "outcome_reason": "string", "correct": "string",
 }
+OUTCOMES = ("complete", "diverged", "stuck", "failed")
+# Stuck rule (docs/statistics.md): final train CE at >= this fraction of the softmax-epsilon
+# ceiling -ln(eps) (5.5 at eps 1e-4; a model predicting uniformly over 100 classes has 4.6), or
+# final test accuracy within STUCK_CHANCE_SE binomial standard errors of chance (100 / classes).
+STUCK_LOSS_FRACTION = 0.6
+STUCK_CHANCE_SE = 3.0
+_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10}
 CURVES_SCHEMA: dict[str, str] = {
     "run_id": "string", "label": "string", "dataset": "string", "model": "string",
     "seed": "Int64", "iteration": "Int64", "test_acc": "float64", "test_error": "float64",
@@ -51,10 +68,60 @@ def _typed(rows: list[dict], schema: dict[str, str]) -> pd.DataFrame:
         {c: pd.Series(dtype=t) for c, t in schema.items()})
 
 
+def _num_classes(dataset: Any) -> int | None:
+    base, _, arg = str(dataset).partition(":")
+    if base == "synthetic":
+        return int(arg) if arg.isdigit() else None
+    return _CLASSES.get(base)
+
+
+def classify_outcome(status: str, final: dict, softmax_eps: float, dataset: Any
+                     ) -> tuple[str, str | None]:
+    """(outcome, reason): ``status`` unless a complete run is stuck or has no final metric.
+
+    Stuck: final train loss >= STUCK_LOSS_FRACTION * -ln(softmax_eps) (only with a ceiling,
+    softmax_eps > 0), or final test accuracy <= chance + STUCK_CHANCE_SE binomial SEs at chance.
+    """
+    if status != "complete":
+        return status, None
+    acc, loss, n_test = _num(final.get("test_acc")), _num(final.get("train_loss")), \
+        _num(final.get("n_test"))
+    if not math.isfinite(acc):
+        return "diverged", "no finite final test accuracy"
+    if softmax_eps and softmax_eps > 0 and math.isfinite(loss):
+        ceiling = -math.log(softmax_eps)
+        if loss >= STUCK_LOSS_FRACTION * ceiling:
+            return "stuck", (f"final train loss {loss:.2f} >= {STUCK_LOSS_FRACTION} x the "
+                             f"softmax-epsilon ceiling {ceiling:.2f}")
+    classes = _num_classes(dataset)
+    if classes and math.isfinite(n_test) and n_test > 0:
+        chance = 100.0 / classes
+        se = 100.0 * math.sqrt(chance / 100 * (1 - chance / 100) / n_test)
+        if acc <= chance + STUCK_CHANCE_SE * se:
+            return "stuck", (f"final test accuracy {acc:.2f}% is within {STUCK_CHANCE_SE:g} "
+                             f"binomial SEs of chance ({chance:.1f}%)")
+    return "complete", None
+
+
+def _threads(runtime: dict) -> Any:
+    value = runtime.get("threads")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
     config, final = record.get("config") or {}, record.get("final") or {}
     protocol = config.get("protocol") or {}
     git, versions = record.get("git") or {}, record.get("versions") or {}
+    runtime = record.get("runtime") or {}
+    for name, value in (("config", config), ("final", final), ("protocol", protocol),
+                        ("git", git), ("runtime", runtime)):
+        if not isinstance(value, dict):
+            raise TypeError(f"'{name}' is a {type(value).__name__}, not a mapping")
+    eps = _num(protocol.get("softmax_eps"))
+    outcome, why = classify_outcome(record["status"], final, eps, config.get("dataset"))
+    commit = git.get("commit")
+    code = (str(commit)[:12] if commit else "unknown") + ("+dirty" if git.get("dirty") else "")
+    correct = record.get("final_correct")
     return {
         "schema_version": record["schema_version"], "run_id": record["run_id"],
         "suite": record.get("suite"), "label": record.get("label") or config.get("regularizer"),
@@ -65,10 +132,19 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
         "seed": record["seed"], "status": record["status"], "reason": record.get("reason"),
         **{k: _num(final.get(k)) for k in ("test_acc", "test_error", "train_loss", "penalty")},
         "n_test": final.get("n_test"), "wall_time_s": _num(record.get("wall_time_s")),
-        "median_step_ms": _num(record.get("median_step_ms")), "git_commit": git.get("commit"),
+        "median_step_ms": _num(record.get("median_step_ms")), "git_commit": commit,
         "git_dirty": git.get("dirty"), "device": record.get("device"),
         "torch_version": versions.get("torch"), "synthetic": bool(record.get("synthetic")),
         "record_path": rel_path,
+        "model_kwargs": json.dumps(config.get("model_kwargs") or {}, sort_keys=True),
+        "protocol_hash": hashlib.sha256(json.dumps(protocol, sort_keys=True).encode())
+        .hexdigest()[:12] if protocol else None,
+        "regularizer_source": config.get("regularizer_source"), "code": code,
+        "packed_seeds": runtime.get("packed_seeds", 1), "dtype": runtime.get("dtype"),
+        "threads": _threads(runtime), "softmax_eps": eps,
+        "final_iteration": final.get("iteration"), "outcome": outcome,
+        "outcome_reason": why or record.get("reason"),
+        "correct": json.dumps(correct, sort_keys=True) if isinstance(correct, dict) else None,
     }
 
 
@@ -86,23 +162,62 @@ def _curve_rows(record: dict, run: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def build_store(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, curves) from every valid record under ``results_dir/runs`` (invalid ones skipped)."""
+def _record_problem(record: Any) -> str | None:
+    """Why a parsed JSON document is not a usable record (None when it is)."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    return None
+
+
+def build_store(results_dir: str | Path, skipped: list[tuple[Path, str]] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) from every valid record under ``results_dir/runs``.
+
+    A file that is not a valid record is left out and appended to ``skipped`` as (path,
+    reason); so is a second record with a run id already seen. ``null`` in place of a number
+    (a diverged run's NaN written as strict JSON) reads as NaN.
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise ConfigError(f"results directory '{root}' does not exist")
-    runs, curves = [], []
-    for path, record in iter_records(root):
-        run = _run_row(record, path.relative_to(root).as_posix())
+    runs, curves, seen = [], [], {}
+    skipped = skipped if skipped is not None else []
+    for path in sorted((root / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            skipped.append((path, f"unreadable JSON ({type(exc).__name__})"))
+            continue
+        problem = _record_problem(record)
+        if problem is None and record["run_id"] in seen:
+            problem = f"duplicate of run {record['run_id']} in {seen[record['run_id']]}"
+        if problem is None:
+            try:
+                run = _run_row(record, path.relative_to(root).as_posix())
+                rows = _curve_rows(record, run)
+                _typed([run], RUNS_SCHEMA), _typed(rows, CURVES_SCHEMA)  # wrong types fail here
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                problem = f"a field has the wrong type ({exc})"
+        if problem is not None:
+            skipped.append((path, problem))
+            continue
+        seen[record["run_id"]] = path.name
         runs.append(run)
-        curves.extend(_curve_rows(record, run))
+        curves.extend(rows)
     return _typed(runs, RUNS_SCHEMA), _typed(curves, CURVES_SCHEMA)
 
 
-def save_store(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Build the store and write runs/curves as .parquet and .csv (atomic) under ``out_dir``
-    (default ``<results_dir>/store``). Returns the written paths by name."""
-    runs, curves = build_store(results_dir)
+def save_store(results_dir: str | Path, out_dir: str | Path | None = None, *,
+               tables: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict[str, Path]:
+    """Write runs/curves as .parquet and .csv (atomic) under ``out_dir`` (default
+    ``<results_dir>/store``): ``tables`` when given, else the store built from the records.
+    Returns the written paths by name."""
+    runs, curves = tables if tables is not None else build_store(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / STORE_DIR
     written = {}
     for name, df in (("runs", runs), ("curves", curves)):
@@ -112,6 +227,17 @@ def save_store(results_dir: str | Path, out_dir: str | Path | None = None) -> di
         atomic_write_bytes(out / f"{name}.csv", df.to_csv(index=False).encode())
         written[f"{name}.parquet"], written[f"{name}.csv"] = out / f"{name}.parquet", out / f"{name}.csv"
     return written
+
+
+def store_losses(store_dir: str | Path, runs: pd.DataFrame) -> list[str]:
+    """Run ids of the store at ``store_dir`` that ``runs`` lacks (writing ``runs`` there would
+    lose them); [] when there is no readable store."""
+    try:
+        old = pd.read_parquet(Path(store_dir) / "runs.parquet", engine="pyarrow",
+                              columns=["run_id"])
+    except (OSError, ValueError, ImportError):
+        return []
+    return sorted(set(old["run_id"].dropna().astype(str)) - set(runs["run_id"].astype(str)))
 
 
 def load_store(path: str | Path, *, fmt: str = "parquet") -> tuple[pd.DataFrame, pd.DataFrame]:

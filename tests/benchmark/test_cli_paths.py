@@ -30,7 +30,9 @@ def test_single_run_settings_reach_the_record(tmp_path, capsys):
     assert record["status"] == "complete" and record["seed"] == 3 and record["label"] == "RP-8"
     cfg = record["config"]
     assert cfg["model_kwargs"] == {"width": 0.125}
-    assert cfg["regularizer_hparams"] == {"proj_dim": 8, "num_projections": 3}
+    # the identity holds the resolved hyper-parameters: what was set, and the defaults
+    assert cfg["regularizer_hparams"]["proj_dim"] == 8 and cfg["regularizer_hparams"]["num_projections"] == 3
+    assert cfg["regularizer_hparams"]["output_strength"] == 10
     assert record["regularizer_hparams_resolved"]["proj_dim"] == 8
     assert record["regularizer_hparams_resolved"]["num_projections"] == 3
     assert cfg["protocol"]["iterations"] == 4 and cfg["protocol"]["optimizer"]["lr"] == 0.02

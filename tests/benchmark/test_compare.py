@@ -67,8 +67,8 @@ def test_tolerance_difference_missing_and_environment(pair):
 def test_status_change_is_a_difference(pair):
     a, b, recs = pair
     _edit(a, recs[0], lambda r: r.update(status="diverged", reason="non-finite loss at iteration 7"))
-    rows = compare_dirs(a, b)
-    assert rows[0].verdict == "different" and rows[0].note == "status diverged vs complete"
+    row = {r.run_id: r for r in compare_dirs(a, b)}[recs[0]["run_id"]]
+    assert row.verdict == "different" and row.note == "status diverged vs complete"
 
 
 def test_compare_command(pair, capsys):

@@ -1,12 +1,16 @@
-"""benchmark.report: tables, paper comparison, leaderboard, write_report on a synthetic store."""
+"""benchmark.report: tables, paper verdict, leaderboard, write_report on a synthetic store."""
 
 from __future__ import annotations
+
+import hashlib
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
-from benchmark import report, stats
+from benchmark import cells, report
 
 LABELS = ("weight_decay", "so", "mhe", "rp_comhe")
 CELLS = (("cifar10", "cnn9"), ("cifar100", "cnn9"))
@@ -15,7 +19,7 @@ SHIFT = {"weight_decay": 0.0, "so": -0.3, "mhe": -1.0, "rp_comhe": -2.0}
 
 def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic=False,
                iterations=75_000, sd=0.2, seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A synthetic results store (``runs``, ``curves``) with every column of docs/internals.md."""
+    """A synthetic results store (``runs``, ``curves``): one set-up per cell."""
     rng = np.random.default_rng(seed)
     shift = SHIFT if shift is None else shift
     runs, curves = [], []
@@ -24,17 +28,20 @@ def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic
         for lab in labels:
             for s in seeds:
                 err = base + shift.get(lab, 0.0) + rng.normal(0, sd)
-                rid = f"{ds}{model}{lab}{s}".encode().hex()[:16]
+                rid = hashlib.sha256(f"{ds}/{model}/{lab}/{s}".encode()).hexdigest()[:16]
                 runs.append({
                     "schema_version": 1, "run_id": rid, "suite": "test", "label": lab,
                     "dataset": ds, "model": model, "regularizer": lab, "hparams": "{}",
                     "protocol": "paper_cifar", "iterations": iterations, "seed": s,
-                    "status": "complete", "reason": None, "test_acc": 100 - err,
-                    "test_error": err, "train_loss": 0.1, "penalty": 0.0, "n_test": 10_000,
-                    "wall_time_s": 10.0, "median_step_ms": 5.0,
-                    "git_commit": f"{'abc1234' if s % 2 else 'def5678'}0000",
+                    "status": "complete", "outcome": "complete", "reason": None,
+                    "test_acc": 100 - err, "test_error": err, "train_loss": 0.1,
+                    "penalty": 0.0, "n_test": 10_000, "wall_time_s": 10.0,
+                    "median_step_ms": 5.0, "git_commit": "abc12340000", "code": "abc12340000",
                     "git_dirty": False, "device": "cpu (2 threads)", "torch_version": "2.14.1",
-                    "synthetic": synthetic, "record_path": f"runs/{rid}.json"})
+                    "synthetic": synthetic, "record_path": f"runs/{rid}.json",
+                    "protocol_hash": "p1", "model_kwargs": "{}", "packed_seeds": 1,
+                    "dtype": "torch.float32", "threads": None, "final_iteration": iterations,
+                    "correct": None})
                 for it in (0, 250, 500):
                     curves.append({
                         "run_id": rid, "label": lab, "dataset": ds, "model": model, "seed": s,
@@ -44,72 +51,80 @@ def make_store(labels=LABELS, cells=CELLS, seeds=range(5), shift=None, synthetic
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
-# --- formatting -------------------------------------------------------------------------------
-
 def test_format_cell():
     assert report.format_cell(24.4123, 0.2071, 5) == "24.41 ± 0.21 (n=5)"
     assert report.format_cell(24.4, float("nan"), 1) == "24.40 (n=1)"
     assert report.format_cell(float("nan"), float("nan"), 0) == "–"
 
 
-def test_power_note_says_when_significance_is_unreachable():
-    n3 = report.power_note(3, 8)
-    assert "p=0.25" in n3 and "no difference can be significant at this n" in n3
-    n8 = report.power_note(8, 8)
-    assert "p=0.00781" in n8 and "after correction" in n8
-    n9 = report.power_note(9, 8)
-    assert "reachable" in n9 and "cannot" in n9
-    assert "no shared seeds" in report.power_note(0, 3)
-
-
 # --- tables -----------------------------------------------------------------------------------
 
-def _tables(tmp_path, **kw):
-    runs, _ = make_store(**kw)
-    table = stats.compare_to_baseline(runs, include_synthetic=True)
-    paths = report.write_tables(table, tmp_path)
+def _tables(tmp_path, runs=None, **kw):
+    runs = make_store(**kw)[0] if runs is None else runs
+    table = cells.compare_to_baseline(runs, include_synthetic=True)
+    paths = report.write_tables(table, tmp_path, runs=runs)
     return {p.name: p.read_text() for p in paths}
 
 
-def test_tables_written_with_labels_cells_best_and_power(tmp_path):
+def _row(md: str, label: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_tables_rows_in_order_no_bold_notes_and_formats(tmp_path):
     files = _tables(tmp_path)
     assert set(files) == {"table.md", "table.csv", "table.tex", "table_stats.csv"}
     md = files["table.md"]
-    for name in [*LABELS, "cifar10 / cnn9", "cifar100 / cnn9"]:
-        assert name in md
-    rp = next(line for line in md.splitlines() if line.startswith("| rp_comhe"))
-    wd = next(line for line in md.splitlines() if line.startswith("| weight_decay"))
-    assert rp.count("**") == 4 and "**" not in wd  # best (lowest error) bold in both columns
-    assert "sample standard deviation" in md and "Holm" in md
-    assert "cannot go below p=0.0625" in md  # n=5
-    assert "±0.43 points" in md and "±0.23 points" in md  # noise floors near 75% and 94%
-    assert "Friedman" in md and "average rank" in md
-    assert "do not edit" in md and "SYNTHETIC" not in md
+    assert "**2" not in md and "average rank" not in md  # no bold or rank the tests don't back
     csv = pd.read_csv(tmp_path / "table.csv")
-    assert list(csv["label"]) == list(LABELS)
-    assert list(csv.columns) == ["label", "cifar10 / cnn9", "cifar100 / cnn9"]
-    assert csv.iloc[0, 1].endswith("(n=5)") and " ± " in csv.iloc[0, 1]
+    assert list(csv["label"]) == list(LABELS)  # baseline first, then Table 2 order
+    assert "Set-up: protocol paper\\_cifar (p1); code abc12340000" in md
+    assert "Holm over the table's 6 test(s)" in md  # 3 rows x 2 columns: one family
+    assert "±0.43 points" in md and "±0.23 points" in md  # one definition, both cells
+    assert "test-set SE of Δ (McNemar)" in md and "| n/a |" in md  # old records: n/a
     tex = files["table.tex"]
-    assert "\\toprule" in tex and "\\textbf{" in tex and "rp\\_comhe" in tex
-    assert "$\\pm$" in tex and "weight\\_decay &" in tex
+    assert "\\toprule" in tex and "rp\\_comhe" in tex and "$\\pm$" in tex
     tidy = pd.read_csv(tmp_path / "table_stats.csv")
-    assert len(tidy) == 8 and "p_wilcoxon_holm" in tidy
+    assert len(tidy) == 8 and {"p_ttest_holm", "p_wilcoxon_holm", "seeds_needed", "dz_ci_low",
+                               "p_superiority", "mcnemar_se", "n_diverged"} <= set(tidy)
 
 
-def test_significance_markers_appear_only_when_reachable(tmp_path):
-    big = _tables(tmp_path / "n10", seeds=range(10), cells=CELLS[:1])["table.md"]
-    rp = next(line for line in big.splitlines() if line.startswith("| rp_comhe"))
-    assert "\\*" in rp and "†" in rp  # huge effect, n=10: both Holm-adjusted tests reject
-    assert "reachable" in big
-    small = _tables(tmp_path / "n3", seeds=range(3), cells=CELLS[:1])["table.md"]
-    rp3 = next(line for line in small.splitlines() if line.startswith("| rp_comhe"))
-    assert "\\*" not in rp3  # exact Wilcoxon cannot go below 0.25 at n=3
-    assert "cannot go below p=0.25; no difference can be significant at this n" in small
+def test_notes_are_true_for_every_column_at_n3(tmp_path):
+    """The n=3 note said nothing could be significant while the t column printed a dagger."""
+    runs, _ = make_store(seeds=range(3), cells=CELLS[:1], sd=0.01,
+                         shift={"weight_decay": 0.0, "rp_comhe": -2.0})
+    runs = runs[runs["label"].isin(["weight_decay", "rp_comhe"])]
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    rp = _row(md, "rp\\_comhe")
+    assert "†" in rp and "\\*" not in rp  # primary t rejects; Wilcoxon cannot at n=3
+    assert "no difference can be significant" not in md
+    assert "cannot go below p = 2/2^3 = 0.25" in md and "its marker cannot appear" in md
+    assert "seeds (median over rows" in md
+
+
+def test_labels_are_escaped_in_markdown_and_latex(tmp_path):
+    runs, _ = make_store(labels=("weight_decay", "mhe"), seeds=range(3), cells=CELLS[:1])
+    runs["label"] = runs["label"].replace({"mhe": "a|b *x* $y$ <i>"})
+    files = _tables(tmp_path, runs=runs)
+    row = next(line for line in files["table.md"].splitlines() if "a\\|b" in line)
+    assert row.count(" | ") == 1  # two cells: the label's pipe did not split the row
+    assert "\\*x\\*" in row and "\\$y\\$" in row and "\\<i\\>" in row
+    assert "a|b *x* \\$y\\$" in files["table.tex"]
+    assert report.tex_escape("50% & #1 ~x^2_{a}") == \
+        r"50\% \& \#1 \textasciitilde{}x\textasciicircum{}2\_\{a\}"
 
 
 def test_synthetic_tables_are_marked(tmp_path):
-    md = _tables(tmp_path, synthetic=True, seeds=range(2))["table.md"]
-    assert "SYNTHETIC DATA" in md
+    assert "SYNTHETIC DATA" in _tables(tmp_path, synthetic=True, seeds=range(2))["table.md"]
+
+
+def test_mixed_code_is_printed_under_the_table_when_allowed(tmp_path):
+    runs, curves = make_store(cells=CELLS[:1], seeds=range(3))
+    runs.loc[runs["seed"] == 2, "code"] = "fff00000000"
+    with pytest.raises(cells.SetupError):
+        report.write_report(runs, curves, tmp_path / "no", plots=False)
+    assert not (tmp_path / "no").exists()  # refused before anything was written
+    report.write_report(runs, curves, tmp_path / "yes", plots=False, allow_mixed_code=True)
+    assert "pools runs of 2 code versions" in (tmp_path / "yes" / "table.md").read_text()
 
 
 # --- paper data and comparison ----------------------------------------------------------------
@@ -151,6 +166,34 @@ def _reported(entries):
     return pd.DataFrame([dict(zip(cols, e, strict=False)) for e in entries], columns=cols)
 
 
+def test_paper_verdict_prediction_interval_by_hand():
+    v = report.paper_verdict([74.0, 75.0, 76.0], 75.5)
+    half = sps.t.ppf(0.975, 2) * 1.0 * math.sqrt(1 + 1 / 3)  # 4.969
+    assert (v["pi_low"], v["pi_high"]) == pytest.approx((75 - half, 75 + half))
+    assert v["verdict"] == "reproduced" and v["difference"] == pytest.approx(-0.5)
+    assert report.paper_verdict([74.0, 75.0, 76.0], 77.0)["verdict"] == \
+        "consistent, not shown equivalent"
+    assert report.paper_verdict([74.0, 74.1, 74.2], 79.0)["verdict"] == "differs"
+    assert report.paper_verdict([74.0, 74.01, 74.02], 74.5)["verdict"] == \
+        "differs by less than the margin"
+    assert report.paper_verdict([74.0], 74.0)["verdict"] == "one run: no prediction interval"
+    assert report.paper_verdict([], 74.0)["verdict"] == "no runs"
+    assert report.paper_verdict([99.0, 99.5, 100.0], 99.0)["pi_high"] == 100.0
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_a_perfect_reproduction_lands_inside_the_prediction_interval_95_percent(n):
+    """Against the CI of our mean it was flagged 'outside' with probability 0.32 (n=5) and
+    0.65 (n=20); simulated here, independently of the verdict's own arithmetic."""
+    rng = np.random.default_rng(1)
+    inside = []
+    for _ in range(2000):
+        ours, paper = rng.normal(75, 0.5, n), rng.normal(75, 0.5)
+        v = report.paper_verdict(ours, paper)
+        inside.append(v["pi_low"] <= paper <= v["pi_high"])
+    assert np.mean(inside) == pytest.approx(0.95, abs=0.015)
+
+
 def test_paper_comparison_gives_every_verdict():
     runs, _ = make_store(cells=CELLS[1:], seeds=range(5))
     runs = runs[~((runs.label == "so") & (runs.seed > 0))]  # one run only
@@ -165,18 +208,15 @@ def test_paper_comparison_gives_every_verdict():
     ])
     rep["value"] = pd.to_numeric(rep["value"])
     comp = report.paper_comparison(runs, rep).set_index("label")
-    assert comp.loc["rp_comhe", "verdict"] == "inside CI"
-    assert comp.loc["mhe", "verdict"] == "outside CI"
+    assert comp.loc["rp_comhe", "verdict"] == "reproduced"
+    assert comp.loc["mhe", "verdict"] == "differs"
     assert comp.loc["mhe", "difference"] == pytest.approx(comp.loc["mhe", "mean"] - 50.0)
     assert comp.loc["weight_decay", "verdict"] == "not comparable (schedule differs)"
     assert comp.loc["srip", "verdict"] == "unknown (no paper value)"
-    assert comp.loc["g_comhe", "verdict"] == "not reproduced (no runs)"
-    assert comp.loc["so", "verdict"] == "no CI (n<2)"
-    assert set(comp["verdict"]) == set(report.VERDICTS)
+    assert comp.loc["g_comhe", "verdict"] == "no runs"
+    assert comp.loc["so", "verdict"] == "one run: no prediction interval"
+    assert set(comp["verdict"]) <= set(report.VERDICTS)
     assert comp.loc["rp_comhe", "reproduced_schedule"] == "comhe_75k"  # from iterations
-    forced = report.paper_comparison(runs, rep, "mhe_42.5k").set_index("label")
-    assert forced.loc["rp_comhe", "verdict"] == "not comparable (schedule differs)"
-    assert forced.loc["weight_decay", "verdict"] in ("inside CI", "outside CI")
 
 
 def test_schedule_of():
@@ -187,24 +227,25 @@ def test_schedule_of():
 
 # --- leaderboard ------------------------------------------------------------------------------
 
-def test_render_leaderboard(tmp_path):
+def test_leaderboard_suite_order_every_run_counted_and_escaped(tmp_path):
     runs, _ = make_store()
-    runs.loc[runs.index[0], "git_dirty"] = True
-    runs.loc[runs.index[1], "status"] = "failed"
-    out = report.render_leaderboard(runs, tmp_path / "results" / "leaderboard.md")
-    md = out.read_text()
+    runs.loc[runs.index[1], ["status", "outcome"]] = ["failed", "failed"]
+    dead = runs[(runs["label"] == "mhe")].copy()
+    dead[["label", "regularizer", "status", "outcome"]] = ["hs|mhe", "hs_mhe", "diverged",
+                                                           "diverged"]
+    dead["final_iteration"] = 12
+    dead["run_id"] = dead["run_id"] + "x"
+    md = report.render_leaderboard(pd.concat([runs, dead]), tmp_path / "r" / "lb.md").read_text()
     assert md.startswith("<!-- GENERATED FILE, DO NOT EDIT")
-    assert "## cifar10 / cnn9" in md and "## cifar100 / cnn9" in md
     section = md.split("## cifar100 / cnn9")[1]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
-    order = [line.split("`")[1] for line in rows]
-    assert order == ["rp_comhe", "mhe", "so", "weight_decay"]  # sorted by mean test error
-    assert "| baseline |" in rows[-1] and "abc1234, def5678" in rows[0]
-    assert "(pairs=5)" in rows[0] and "0.0625" in rows[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "complete" in line
+            or "diverged" in line and line.startswith("| ")]
+    labels = [line.split(" | ")[0][2:] for line in rows]
+    assert labels == ["weight\\_decay", "so", "mhe", "hs\\|mhe", "rp\\_comhe"]
+    assert "5 diverged (at iteration 12, 12, 12, 12, 12)" in rows[3]
     first = md.split("## cifar100 / cnn9")[0]
-    assert "+dirty" in first and "| 4 |" in first  # failed run left out of weight_decay's n
-    assert "cannot go below p=0.0625" in md and "±0.43 points" in md
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert "4 complete, 1 failed" in first
+    assert "| # |" not in md and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_render_leaderboard_marks_synthetic_and_handles_empty(tmp_path):
@@ -212,7 +253,7 @@ def test_render_leaderboard_marks_synthetic_and_handles_empty(tmp_path):
     md = report.render_leaderboard(runs, tmp_path / "lb.md").read_text()
     assert "(synthetic)" in md and "| yes |" in md
     empty = report.render_leaderboard(runs, tmp_path / "e.md", include_synthetic=False)
-    assert "No complete runs yet." in empty.read_text()
+    assert "No runs yet." in empty.read_text()
 
 
 # --- write_report -----------------------------------------------------------------------------
@@ -225,14 +266,30 @@ def test_write_report_writes_everything_atomically(tmp_path):
             "intervals.pdf", "dynamics_cifar100_cnn9.png", "dynamics_cifar100_cnn9.pdf",
             "paper_comparison.md", "paper_comparison.csv"} == names
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
-    assert not list((tmp_path / "out").glob(".*"))  # no temp files left behind
+    assert not list((tmp_path / "out").glob(".*"))
     comp = pd.read_csv(tmp_path / "out" / "paper_comparison.csv")
-    keys = comp["label"] + "@" + comp["schedule"].fillna("?")
-    verdicts = dict(zip(keys, comp["verdict"], strict=True))
-    assert verdicts["rp_comhe@comhe_75k"] in ("inside CI", "outside CI")
-    assert verdicts["weight_decay@mhe_42.5k"] == "not comparable (schedule differs)"
-    assert verdicts["ap_comhe@comhe_75k"] == "not reproduced (no runs)"
-    assert "unknown (no paper value)" in set(comp["verdict"])
+    assert "prediction interval" in (tmp_path / "out" / "paper_comparison.md").read_text()
+    assert set(comp["verdict"]) <= set(report.VERDICTS)
+
+
+def test_a_dollar_label_neither_crashes_plots_nor_costs_the_report(tmp_path):
+    runs, curves = make_store(cells=CELLS[:1], seeds=range(3), labels=("weight_decay", "mhe"))
+    runs["label"] = runs["label"].replace({"mhe": "$x_{1"})
+    curves["label"] = curves["label"].replace({"mhe": "$x_{1"})
+    paths = report.write_report(runs, curves, tmp_path, reported_df=_reported([]))
+    assert {"intervals.png", "table.md"} <= {p.name for p in paths}
+
+
+def test_one_noise_floor_in_table_and_leaderboard(tmp_path):
+    """table.md said ±0.48 and the leaderboard ±0.55 for the same cell."""
+    runs, _ = make_store(cells=CELLS[1:], seeds=range(3))
+    runs.loc[runs["label"] == "rp_comhe", "test_acc"] -= 10  # other labels' accuracy differs
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    lb = report.render_leaderboard(runs, tmp_path / "lb.md").read_text()
+    floor = report.noise_text(cells.compare_to_baseline(runs)).split(": ")[1].split(". ")[0]
+    assert floor.startswith("±") and floor in md and floor in lb
+    base_acc = runs[runs["label"] == "weight_decay"]["test_acc"].mean() / 100
+    assert floor == f"±{100 * math.sqrt(base_acc * (1 - base_acc) / 10_000):.2f} points"
 
 
 def test_write_report_falls_back_to_synthetic_runs_and_marks_them(tmp_path):
@@ -256,7 +313,7 @@ def test_paper_values_match_runs_by_regularizer_and_mhe_power_not_only_label():
     comp = report.paper_comparison(runs, rep).set_index("label")
     assert comp.loc["rp_comhe", "n"] == 3
     assert comp.loc["hs_mhe_s2", "n"] == 3  # power left at its default, 2
-    assert comp.loc["hs_mhe_s0", "verdict"] == "not reproduced (no runs)"
+    assert comp.loc["hs_mhe_s0", "verdict"] == "no runs"
     runs.loc[runs["regularizer"] == "hs_mhe", "hparams"] = '{"power": 0}'
     comp = report.paper_comparison(runs, rep).set_index("label")
     assert comp.loc["hs_mhe_s0", "n"] == 3 and comp.loc["hs_mhe_s2", "n"] == 0

@@ -139,11 +139,11 @@ def test_time_limit_requeues_until_done_and_too_many_timeouts_fail(cluster, tmp_
     _wait(lambda: _final(tmp_path / "ok", [ok]), 420, "the time-limited run's record", poll_s=2)
     record = load_record(record_path(tmp_path / "ok", ok.run_id))
     assert record["status"] == "complete" and record["resumed_from"]
-    _wait(lambda: job_states([job.job_id]).get(job.job_id) == "TIMEOUT", 300, "the TIMEOUT state", 2)
-    # the next submission (or `status`) turns Slurm's verdict into a record, and submits nothing
-    assert submit_slurm([over], tmp_path / "over", train_fn=SLOW, options=_options()) == []
+    # out of requeues: submitit raises inside the task, which records the run as failed
+    _wait(lambda: _final(tmp_path / "over", [over]), 300, "the out-of-requeues record", poll_s=2)
     failed = load_record(record_path(tmp_path / "over", over.run_id))
-    assert failed["status"] == "failed" and "TIMEOUT" in failed["reason"]
+    assert failed["status"] == "failed" and "timed-out too many times" in failed["reason"]
+    assert submit_slurm([over], tmp_path / "over", train_fn=SLOW, options=_options()) == []
 
 
 def test_cancelled_task_fails_with_slurms_state_and_rerun_submits_only_the_missing(cluster, tmp_path,

@@ -44,7 +44,9 @@ def test_build_store(results):
     row = runs[(runs["regularizer"] == "hs_mhe") & (runs["seed"] == 1)].iloc[0]
     assert row["test_acc"] == 61.0 and row["protocol"] == "fake" and row["iterations"] == 10
     assert row["git_commit"] == "def456" and row["torch_version"] == "2.14.1"
-    assert row["record_path"] == f"runs/{row['run_id']}.json" and json.loads(row["hparams"]) == {}
+    assert row["record_path"] == f"runs/{row['run_id']}.json"
+    assert json.loads(row["hparams"]) == {"half_space": True, "output_strength": 10, "power": 2,
+                                          "strength": 1}  # resolved: defaults filled in
 
 
 def test_round_trip_parquet_and_csv(results, tmp_path):
@@ -84,3 +86,68 @@ def test_empty_and_missing(tmp_path):
     assert load_store(tmp_path, fmt="csv")[0].empty
     with pytest.raises(ConfigError):
         build_store(tmp_path / "missing")
+
+
+def _record(run_id="r1", **over):
+    rec = {"schema_version": 1, "run_id": run_id, "status": "complete", "reason": None,
+           "config": {"dataset": "digits", "model": "cnn9", "regularizer": "mhe",
+                      "protocol": {"name": "p", "softmax_eps": 1e-4, "iterations": 10}},
+           "seed": 0, "git": {"commit": "a" * 40, "dirty": False}, "versions": {},
+           "device": "cpu", "synthetic": False, "wall_time_s": 1.0, "median_step_ms": None,
+           "curves": {"iteration": [10], "test_acc": [None], "test_error": [None]},
+           "final": {"iteration": 10, "test_acc": 90.0, "test_error": 10.0, "train_loss": 0.3,
+                     "n_test": 360}}
+    rec.update(over)
+    return rec
+
+
+def test_every_skipped_record_is_named_with_its_reason(tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    (runs_dir / "a.json").write_text('{"half": ')
+    (runs_dir / "b.json").write_text(json.dumps({"run_id": "x"}))
+    (runs_dir / "c.json").write_text(json.dumps(_record("c", status="done")))
+    (runs_dir / "d.json").write_text(json.dumps(_record("d", final=[1, 2])))
+    (runs_dir / "e.json").write_text(json.dumps(_record("e")))
+    (runs_dir / "f.json").write_text(json.dumps(_record("e")))
+    skipped = []
+    runs, _ = build_store(tmp_path, skipped)
+    assert list(runs["run_id"]) == ["e"]
+    why = {p.name: r for p, r in skipped}
+    assert set(why) == {"a.json", "b.json", "c.json", "d.json", "f.json"}
+    assert "unreadable JSON" in why["a.json"] and "missing field" in why["b.json"]
+    assert "status 'done'" in why["c.json"] and "wrong type" in why["d.json"]
+    assert "duplicate of run e in e.json" == why["f.json"]
+
+
+def test_null_numbers_read_as_nan_and_outcomes_are_derived(tmp_path):
+    """Strict-JSON records of diverged runs hold null for NaN (issue 18)."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    div = _record("div", status="diverged", reason="non-finite loss at iteration 7",
+                  final={"iteration": 7, "test_acc": None, "test_error": None,
+                         "train_loss": None, "n_test": 360})
+    stuck = _record("stuck", final={"iteration": 10, "test_acc": 30.0, "test_error": 70.0,
+                                    "train_loss": 8.9, "n_test": 360})
+    for rec in (div, stuck, _record("ok")):
+        (runs_dir / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    runs, curves = build_store(tmp_path)
+    by_id = runs.set_index("run_id")
+    assert by_id.loc["div", "outcome"] == "diverged" and by_id.loc["div", "final_iteration"] == 7
+    assert pd.isna(by_id.loc["div", "test_acc"]) and curves["test_acc"].isna().all()
+    assert by_id.loc["stuck", "outcome"] == "stuck" and by_id.loc["stuck", "status"] == "complete"
+    assert by_id.loc["ok", "outcome"] == "complete" and by_id.loc["ok", "code"] == "a" * 12
+
+
+def test_store_losses_names_runs_a_rebuild_would_drop(tmp_path):
+    from benchmark.store import store_losses
+
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for rid in ("r1", "r2"):
+        (runs_dir / f"{rid}.json").write_text(json.dumps(_record(rid)))
+    save_store(tmp_path)
+    (runs_dir / "r2.json").unlink()
+    runs, _ = build_store(tmp_path)
+    assert store_losses(tmp_path / "store", runs) == ["r2"]
+    assert store_losses(tmp_path / "nowhere", runs) == []
