@@ -14,6 +14,7 @@ from .registry import (
     info,
     load,
     offline_stand_in,
+    preflight,
     register_dataset,
 )
 
@@ -21,4 +22,4 @@ from .registry import (
 from . import cifar, digits, fashion_mnist, synthetic  # noqa: E402,F401  isort: skip
 
 __all__ = ["Dataset", "DatasetInfo", "available", "check_name", "data_dir", "download_allowed",
-           "info", "load", "offline_stand_in", "register_dataset"]
+           "info", "load", "offline_stand_in", "preflight", "register_dataset"]

@@ -32,13 +32,27 @@ def _cifar(classes: int) -> Dataset:
     )
 
 
-@register_dataset("cifar10", num_classes=10, offline=False,
+def _missing(classes: int) -> str | None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    folder = data_dir() / cls.base_folder
+    missing = [f for f, _ in (*cls.train_list, *cls.test_list) if not (folder / f).is_file()]
+    if not missing:
+        return None
+    return (f"cifar{classes} not found under {folder} (missing {missing[0]}); extract "
+            f"{cls.filename} there, set COMHE_DATA to its parent, or pass --download")
+
+
+@register_dataset("cifar10", num_classes=10, offline=False, channels=3, image_size=32,
+                  train_size=50_000, missing=lambda: _missing(10),
                   description="CIFAR-10, 50k/10k 32x32 colour images (torchvision)")
 def cifar10(arg: str | None, cfg: Data) -> Dataset:
     return _cifar(10)
 
 
-@register_dataset("cifar100", num_classes=100, offline=False,
+@register_dataset("cifar100", num_classes=100, offline=False, channels=3, image_size=32,
+                  train_size=50_000, missing=lambda: _missing(100),
                   description="CIFAR-100, 50k/10k 32x32 colour images, the paper's dataset (torchvision)")
 def cifar100(arg: str | None, cfg: Data) -> Dataset:
     return _cifar(100)

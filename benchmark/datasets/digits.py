@@ -10,7 +10,7 @@ from benchmark.config import Data
 from .registry import Dataset, register_dataset
 
 
-@register_dataset("digits", num_classes=10, offline=True,
+@register_dataset("digits", num_classes=10, offline=True, channels=1, image_size=8, train_size=1437,
                   description="scikit-learn's 1,797 8x8 digits, fixed 80/20 split (offline)")
 def digits(arg: str | None, cfg: Data) -> Dataset:
     """A fixed stratified 80/20 split (not seeded by the run: every seed sees the same test set).

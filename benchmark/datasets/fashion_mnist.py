@@ -29,7 +29,24 @@ def unpack_idx_gz(sources: list[Path], root: Path) -> None:
             tmp.replace(target)
 
 
-@register_dataset("fashion_mnist", num_classes=10, offline=False,
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+
+def _missing() -> str | None:
+    root = data_dir()
+    raw = root / "FashionMNIST" / "raw"
+    sources = [root / "fashion-mnist-gz", DEBIAN_FASHION_MNIST]
+    absent = [n for n in IDX_FILES if not (raw / n).is_file()
+              and not any((Path(s) / f"{n}.gz").is_file() for s in sources)]
+    if not absent:
+        return None
+    return (f"fashion_mnist not found under {raw} (missing {absent[0]}); run `apt-get install "
+            "dataset-fashion-mnist` (Debian), put the idx files there, or pass --download")
+
+
+@register_dataset("fashion_mnist", num_classes=10, offline=False, channels=1, image_size=28,
+                  train_size=60_000, missing=_missing,
                   description="Fashion-MNIST, 60k/10k 28x28 grey images, zero-padded to 32 (torchvision)")
 def fashion_mnist(arg: str | None, cfg: Data) -> Dataset:
     from torchvision.datasets import FashionMNIST

@@ -26,7 +26,7 @@ from benchmark.config import ConfigError, Data
 from regularizers import hint
 
 __all__ = ["Dataset", "DatasetInfo", "register_dataset", "available", "info", "check_name",
-           "load", "offline_stand_in", "data_dir", "download_allowed"]
+           "load", "preflight", "offline_stand_in", "data_dir", "download_allowed"]
 
 
 @dataclass
@@ -65,6 +65,11 @@ class DatasetInfo:
     description: str
     arg: str | None = None
     check_arg: Callable[[str], bool] | None = None
+    # What a run would find, known without loading (checked before any run starts):
+    channels: int | None = None
+    image_size: int | None = None  # native; None: the protocol's
+    train_size: int | None = None
+    missing: Callable[[], str | None] | None = None  # one line naming missing files, or None
 
     @property
     def usage(self) -> str:
@@ -75,14 +80,20 @@ _REGISTRY: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, *, num_classes: int | None, offline: bool, description: str,
-                     arg: str | None = None, check_arg: Callable[[str], bool] | None = None):
-    """Decorator registering ``loader(arg) -> Dataset`` under ``name``."""
+                     arg: str | None = None, check_arg: Callable[[str], bool] | None = None,
+                     channels: int | None = None, image_size: int | None = None,
+                     train_size: int | None = None,
+                     missing: Callable[[], str | None] | None = None):
+    """Decorator registering ``loader(arg, cfg) -> Dataset`` under ``name``. ``channels``,
+    ``image_size`` (native), ``train_size`` and ``missing()`` (a line naming the files that are
+    not on disk, or None) let :func:`preflight` reject a run before anything loads."""
 
     def deco(loader: Loader) -> Loader:
         old = _REGISTRY.get(name)
         if old is not None and old.loader.__qualname__ != loader.__qualname__:
             raise ValueError(f"dataset name {name!r} is already registered by {old.loader.__module__}")
-        _REGISTRY[name] = DatasetInfo(name, loader, num_classes, offline, description, arg, check_arg)
+        _REGISTRY[name] = DatasetInfo(name, loader, num_classes, offline, description, arg, check_arg,
+                                      channels, image_size, train_size, missing)
         return loader
 
     return deco
@@ -111,6 +122,26 @@ def check_name(name: str) -> None:
         takes = [_REGISTRY[n].usage for n in available() if _REGISTRY[n].arg]
         raise ConfigError(f"dataset '{name}': only {', '.join(takes)} take an argument"
                           + (f" ({entry.usage})" if entry.arg else ""))
+
+
+def preflight(name: str, cfg: Data, batch_size: int) -> None:
+    """Without loading anything: the dataset's files are there (or may be downloaded), its images
+    fit ``cfg.image_size`` and one batch fits in its training set. One-line ConfigError."""
+    entry = info(name)
+    size = entry.image_size or cfg.image_size
+    if size > cfg.image_size:
+        raise ConfigError(f"{name} images are {size}x{size}, larger than data.image_size="
+                          f"{cfg.image_size}; use data.image_size >= {size}")
+    if entry.train_size is not None:
+        n_train = min(entry.train_size, cfg.max_train) if cfg.max_train else entry.train_size
+        per_epoch = n_train // batch_size if cfg.drop_last else -(-n_train // batch_size)
+        if per_epoch < 1:
+            raise ConfigError(f"batch_size {batch_size} is larger than the training set of {name} "
+                              f"({n_train} images)")
+    if entry.missing is not None and not download_allowed():
+        problem = entry.missing()
+        if problem:
+            raise ConfigError(problem)
 
 
 def offline_stand_in(name: str) -> str:

@@ -11,7 +11,8 @@ from .registry import Dataset, register_dataset
 N_TRAIN, N_TEST = 4096, 1024
 
 
-@register_dataset("synthetic", num_classes=10, offline=True, arg="classes",
+@register_dataset("synthetic", num_classes=10, offline=True, arg="classes", channels=3,
+                  train_size=N_TRAIN,
                   check_arg=lambda a: a.isdigit() and int(a) >= 2,
                   description="generated colour images at the protocol's image size, learnable; marked synthetic in every "
                               "record (synthetic:<classes>, default 10)")

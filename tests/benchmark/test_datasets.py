@@ -95,3 +95,19 @@ def test_synthetic_images_follow_the_protocol_size():
     ds = datasets.load("synthetic:4", Data(image_size=16, max_train=8, max_test=4))
     assert ds.train_x.shape == (8, 3, 16, 16) and ds.synthetic and ds.num_classes == 4
     assert int(ds.train_y.max()) < 4 and ds.train_x.dtype == torch.uint8
+
+
+def test_preflight_rejects_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path))
+    monkeypatch.setattr("benchmark.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(ConfigError, match=r"^cifar100 not found under .*cifar-100-python \(missing train\)"):
+        datasets.preflight("cifar100", Data(), 128)
+    with pytest.raises(ConfigError, match=r"^fashion_mnist not found under .*missing train-images"):
+        datasets.preflight("fashion_mnist", Data(), 128)
+    with pytest.raises(ConfigError, match=r"images are 28x28, larger than data.image_size=16"):
+        datasets.preflight("fashion_mnist", Data(image_size=16), 128)
+    with pytest.raises(ConfigError, match=r"batch_size 2000 is larger than the training set of digits"):
+        datasets.preflight("digits", Data(), 2000)
+    datasets.preflight("digits", Data(), 32)  # fine: nothing raised, nothing loaded
+    monkeypatch.setenv("COMHE_DOWNLOAD", "1")
+    datasets.preflight("cifar100", Data(), 128)  # may be downloaded: not missing
