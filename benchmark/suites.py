@@ -28,14 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from benchmark.config import (
     CONFIG_DIR,
     ConfigError,
     Protocol,
     RunSpec,
     load_protocol,
+    load_yaml_mapping,
     named_yaml,
     split_overrides,
 )
@@ -170,13 +169,7 @@ def load_suite(
     """
     path = suite_path(name_or_path)
     name = path.stem
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"suite file '{path}' cannot be read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"suite file '{path}' is not valid YAML: {first}") from None
+    raw = load_yaml_mapping(path, "suite")  # strict: empty files and duplicate keys refused
     suite = _parse(name, raw, path, overrides or {}, profile)
     if validate:
         validate_suite(suite, validate_fn)
