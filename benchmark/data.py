@@ -66,6 +66,53 @@ def check_dataset_name(name: str) -> None:
         raise ConfigError(f"dataset '{name}': only 'synthetic:<classes>' takes an argument (classes >= 2)")
 
 
+# What set-up would find, known without loading: (channels, native image size, classes,
+# training images). Checked before any run so an impossible setting is one line, not a
+# ``failed`` record.
+SHAPES = {"cifar10": (3, 32, 10, 50000), "cifar100": (3, 32, 100, 50000),
+          "fashion_mnist": (1, 28, 10, 60000), "digits": (1, 8, 10, 1437)}
+
+
+def check_dataset(name: str, cfg: Data, batch_size: int) -> tuple[int, int]:
+    """(channels, classes) of ``name`` after checking, without loading it, that it is on disk
+    (or may be downloaded), that its images fit ``cfg.image_size`` and that one batch fits in
+    its training set. One-line ConfigError otherwise."""
+    check_dataset_name(name)
+    base, _, arg = name.partition(":")
+    if base == "synthetic":
+        chans, size, classes, n_train = 3, cfg.image_size, int(arg) if arg else 10, 4096
+    else:
+        chans, size, classes, n_train = SHAPES[base]
+    if size > cfg.image_size:
+        raise ConfigError(f"{name} images are {size}x{size}, larger than data.image_size="
+                          f"{cfg.image_size}; use data.image_size >= {size}")
+    if cfg.max_train:
+        n_train = min(n_train, cfg.max_train)
+    per_epoch = n_train // batch_size if cfg.drop_last else -(-n_train // batch_size)
+    if per_epoch < 1:
+        raise ConfigError(f"batch_size {batch_size} is larger than the training set of {name} "
+                          f"({n_train} images)")
+    if base in ("cifar10", "cifar100") and not download_allowed():
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        cls = CIFAR10 if base == "cifar10" else CIFAR100
+        folder = data_dir() / cls.base_folder
+        missing = [f for f, _ in (*cls.train_list, *cls.test_list) if not (folder / f).is_file()]
+        if missing:
+            raise ConfigError(f"{base} not found under {folder} (missing {missing[0]}); extract "
+                              f"{cls.filename} there, set COMHE_DATA to its parent, or pass --download")
+    if base == "fashion_mnist" and not download_allowed() and not DEBIAN_FASHION_MNIST.is_dir():
+        raw = data_dir() / "FashionMNIST" / "raw"
+        names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+        missing = [n for n in names if not (raw / n).is_file()]
+        if missing:
+            raise ConfigError(f"fashion_mnist not found under {raw} (missing {missing[0]}); run "
+                              "`apt-get install dataset-fashion-mnist` (Debian), put the idx files "
+                              "there, or pass --download")
+    return chans, classes
+
+
 def load_dataset(name: str, cfg: Data) -> Dataset:
     """Load ``name`` on the CPU, resized to ``cfg.image_size`` and capped by max_train/max_test."""
     check_dataset_name(name)

@@ -134,6 +134,42 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(clean, indent=1, sort_keys=True, allow_nan=False).encode())
 
 
+class LostClaim(Exception):
+    """The run's lock file was deleted or replaced while this process held its lock: another
+    process may now hold a lock on the new file, so this one must not write the record."""
+
+
+# lock file path -> inode of the lock file this process holds (registered by the runner)
+_claims: dict[str, int] = {}
+
+
+def hold_claim(results_dir: str | Path, run_id: str) -> None:
+    """Remember which lock file this process's lock is on (call right after acquiring it)."""
+    path = lock_path(results_dir, run_id)
+    _claims[str(path)] = path.stat().st_ino
+
+
+def drop_claim(results_dir: str | Path, run_id: str) -> None:
+    _claims.pop(str(lock_path(results_dir, run_id)), None)
+
+
+def check_claim(results_dir: str | Path, run_id: str) -> None:
+    """Raise LostClaim if this process holds the run's lock on a file that is no longer the one
+    at ``locks/<run_id>.lock`` (deleted, or replaced by another process's new lock file). A run
+    trained without the runner (no claim registered) is not checked."""
+    path = lock_path(results_dir, run_id)
+    held = _claims.get(str(path))
+    if held is None:
+        return
+    try:
+        current = path.stat().st_ino
+    except FileNotFoundError:
+        current = None
+    if current != held:
+        raise LostClaim(f"lock file '{path}' was removed or replaced while this run held it; "
+                        "its record is left to the process holding the new lock")
+
+
 def load_record(path: str | Path) -> dict | None:
     """The record at ``path``, or None when it is missing, unreadable or incomplete."""
     try:
