@@ -15,6 +15,7 @@ and its place listed in the record's ``non_finite`` field ({"final.train_loss": 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -89,8 +90,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file
         raise
 
 

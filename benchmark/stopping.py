@@ -39,11 +39,7 @@ class Interrupted(BaseException):
 
 
 class DiskFull(Exception):
-    """A write failed because the disk (or quota) is full; ``path``: the file being written."""
-
-    def __init__(self, path: str, exc: OSError):
-        super().__init__(f"disk full writing '{path}' ({exc.strerror or exc})")
-        self.path = path
+    """A write failed because the disk (or quota) is full; the message names the file."""
 
 
 def is_disk_full(exc: BaseException) -> bool:
