@@ -97,7 +97,7 @@ def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int, si
             out = model(torch.empty(2, chans, size, size))
     except NotImplementedError:
         return  # an operation without a meta kernel: nothing can be said up front
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         raise ConfigError(f"model '{name}' cannot take {size}x{size} images (data.image_size): "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if tuple(out.shape) != (2, classes):

@@ -625,7 +625,11 @@ def run_suite(
     ``wait_for_others``: at the end, wait for runs other processes hold, so the summary is final.
     ``executor="slurm"``: submit the runs needing it as a job array instead
     (``slurm``: :class:`benchmark.executors.SlurmOptions`) and return at once.
-    ``pack_seeds``: train up to this many runs that differ only by seed as one packed program.
+    ``pack_seeds``: train up to this many runs that differ only by seed as one packed program
+    (refused with ConfigError for a cell whose finished runs were trained under another value).
+    Raises ``stopping.Interrupted`` after SIGINT/SIGTERM (runs checkpointed, locks released) and
+    ``stopping.DiskFull`` when a write fails for lack of space; ``benchmark.cli`` turns both into
+    one line.
     """
     from tqdm.auto import tqdm
 
