@@ -489,7 +489,7 @@ class _Workers:
                 outcomes[spec.run_id] = record["status"]
             elif lock_is_held(results_dir, spec.run_id):
                 outcomes[spec.run_id] = BUSY
-            elif code not in INTERRUPTED_CODES and code != EXIT_DISK_FULL and code != 0:
+            elif code not in INTERRUPTED_CODES and code not in (0, EXIT_DISK_FULL) and not stopping.requested():
                 if _needs_run(spec, results_dir, self.retry_failed, seen[spec.run_id]):
                     write_failure_record(spec, results_dir, f"packed worker exited with code "
                                          f"{code}; see logs/{log.name}", started)
@@ -510,8 +510,9 @@ class _Workers:
             return SKIPPED
         if code == EXIT_DISK_FULL:
             self.disk_full = f"disk full in a worker (see logs/{spec.run_id}.log)"
-        elif code != 0 and code not in INTERRUPTED_CODES:
+        elif code != 0 and code not in INTERRUPTED_CODES and not stopping.requested():
             # The worker died without the engine writing a record (out of memory, segfault...).
+            # (While stopping, a worker hit by Ctrl-C during its start-up exits 1: not a failure.)
             lock = _acquire(results_dir, spec.run_id)
             if lock is None:
                 return BUSY

@@ -463,7 +463,7 @@ def test_kill_minus_9_loop_with_packed_seeds_equals_undisturbed(tmp_path):
     kills = 0
     for jobs in (1, 2, 1):
         proc = cli_process([str(results), str(jobs)], tmp_path / "unused.log", 0, script=PACKED_RUNNER)
-        wait_for(lambda: proc.poll() is not None or any((results / "checkpoints").glob("pack-*.pt"))
+        wait_for(lambda p=proc: p.poll() is not None or any((results / "checkpoints").glob("pack-*.pt"))
                  or any((results / "runs").glob("*.json")), timeout=300)
         time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is None:
