@@ -115,10 +115,16 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _caused_by_input(record: dict) -> bool:
+    # Records written before ``cause`` existed say it in their reason.
+    return record.get("cause") == "input" or str(record.get("reason") or "").startswith(
+        ("runner: ConfigError:", "runner (packed): ConfigError:"))
+
+
 def _retryable(record: dict, retry_failed: bool) -> bool:
     """A failed record is rerun with ``retry_failed``, or always when the input caused it (the
     user fixed it; if not, it fails again in set-up, before any training)."""
-    return record["status"] == "failed" and (retry_failed or record.get("cause") == "input")
+    return record["status"] == "failed" and (retry_failed or _caused_by_input(record))
 
 
 def _wants_run(record: dict | None, retry_failed: bool) -> bool:

@@ -227,6 +227,13 @@ def test_failure_caused_by_the_input_reruns_without_retry_failed(tmp_path, fake_
     summary = run_suite(specs, tmp_path, train_fn=flaky_input, progress=False)
     assert summary.ok and summary.executed == {specs[0].run_id: "complete"}
 
+    # A record written before ``cause`` existed: the reason says it was the input.
+    old = {k: v for k, v in record.items() if k != "cause"}
+    old["reason"] = "runner: ConfigError: cifar10 not found or corrupted under data"
+    records.write_json_atomic(record_path(tmp_path, specs[0].run_id), old)
+    assert run_suite(specs, tmp_path, train_fn=flaky_input, progress=False).executed == {
+        specs[0].run_id: "complete"}
+
 
 # --------------------------------------------------------------------------------------------
 # M6: the umask
