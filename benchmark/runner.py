@@ -312,7 +312,9 @@ def try_run_pack(
             path = record_path(results_dir, spec.run_id)
             record = load_record(path)
             if _signature(path) == before[spec.run_id]:
-                outcomes[spec.run_id] = BUSY if record is None or record["status"] not in FINAL else record["status"]
+                # no new record: the claim was lost (LostClaim), the holder of the new lock has it
+                outcomes[spec.run_id] = (record["status"] if record and record["status"] in FINAL
+                                         else BUSY)
             else:
                 outcomes[spec.run_id] = record["status"] if record else "failed"
         return outcomes
@@ -749,10 +751,13 @@ def clean_orphaned_pack_checkpoints(results_dir: Path) -> int:
     """Remove ``checkpoints/pack-*.pt`` whose runs all have a final record (nobody will resume
     them: a pack resumes only as the same group). Taken under every run's lock; a checkpoint
     that does not say its runs (older ones) is left alone. Returns how many were removed."""
-    from benchmark.engine import checkpoint_run_ids
+    packs = sorted((results_dir / "checkpoints").glob("pack-*.pt"))
+    if not packs:
+        return 0
+    from benchmark.engine import checkpoint_run_ids  # torch: only when there is one to read
 
     removed = 0
-    for path in sorted((results_dir / "checkpoints").glob("pack-*.pt")):
+    for path in packs:
         run_ids = checkpoint_run_ids(path)
         if not run_ids:
             continue
