@@ -434,12 +434,20 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     """
     for spec in specs:
         validate(spec)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(specs[0].protocol.runtime.threads))
+    try:  # the caller's thread count is its own (tests, a notebook): put it back
+        return _train_packed(specs, Path(results_dir), progress, stop_after, pack_seeds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_after: int | None,
+                  pack_seeds: int | None) -> list[dict]:
     proto = specs[0].protocol
     S = len(specs)
-    results_dir = Path(results_dir)
     ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    torch.set_num_threads(resolve_threads(proto.runtime.threads))
     if S == 1:
         run = setup(specs[0])
     else:
