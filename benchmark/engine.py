@@ -429,7 +429,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     tensors are its own: NaNs do not cross seeds). Returns the records ([{}, ...] on stop_after).
 
     ``pack_seeds``: the runner's ``--pack-seeds`` (default: S), recorded as
-    ``runtime.pack_seeds``. torch's thread count is set to ``runtime.threads`` first. A stop
+    ``runtime.pack_seeds``. torch's thread count is ``runtime.threads`` during the run. A stop
     request (``benchmark.stopping``) writes the checkpoint and raises ``Interrupted``.
     """
     for spec in specs:
