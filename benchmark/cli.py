@@ -95,38 +95,54 @@ def _suite_specs(args):
 
 def _cmd_run(args) -> int:
     from . import engine
+    from .executors import SlurmOptions
+    from .runner import run_suite
 
     specs = _suite_specs(args) if args.suite else _single_spec(args)  # suites validate here
-    results = Path(args.results)
-    if args.suite or len(specs) > 1:
-        from .executors import SlurmOptions
-        from .runner import run_suite
-
-        slurm = None
-        if args.executor == "slurm":
-            slurm = SlurmOptions(partition=args.slurm_partition, timeout_min=args.timeout_min,
-                                 gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
-                                 mem_gb=args.mem_gb, account=args.slurm_account, qos=args.slurm_qos,
-                                 constraint=args.slurm_constraint,
-                                 array_parallelism=args.array_parallelism)
-        summary = run_suite(specs, results, jobs=args.jobs, executor=args.executor, slurm=slurm,
-                            retry_failed=args.retry_failed, progress=not args.no_progress,
-                            pack_seeds=args.pack_seeds)
+    if not args.suite:
+        for spec in specs:  # every seed, before anything is created or runs
+            engine.validate(spec)
+    slurm = None
+    if args.executor == "slurm":
+        slurm = SlurmOptions(partition=args.slurm_partition, timeout_min=args.timeout_min,
+                             gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                             mem_gb=args.mem_gb, account=args.slurm_account, qos=args.slurm_qos,
+                             constraint=args.slurm_constraint,
+                             array_parallelism=args.array_parallelism)
+    # A single run takes the same path as a suite: lock, skip when finished, failure record.
+    summary = run_suite(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
+                        slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
+                        pack_seeds=args.pack_seeds)
+    if args.suite or summary.jobs:
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
+    return _print_single_runs(specs, Path(args.results), summary)
+
+
+def _print_single_runs(specs, results: Path, summary) -> int:
+    """One line per run given without --suite; 0 when every one is complete."""
+    from .records import load_record, record_path
+
+    ok = True
     for spec in specs:
-        engine.validate(spec)
-    # Nothing is created before the run starts: check the nearest existing ancestor instead.
-    probe = next((p for p in (results, *results.parents) if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"results directory '{results}' is not writable")
-    record = engine.train(specs[0], results, progress=not args.no_progress)
-    final = record["final"]
-    print(f"[{record['run_id']}] {record['status']}: test accuracy {final['test_acc']:.2f}% "
-          f"(error {final['test_error']:.2f}%) at iteration {final['iteration']}, "
-          f"median step {record['median_step_ms']:.1f} ms -> "
-          f"{Path(args.results) / 'runs' / (record['run_id'] + '.json')}")
-    return 0 if record["status"] == "complete" else 1
+        record = load_record(record_path(results, spec.run_id))
+        path = record_path(results, spec.run_id)
+        if record is None:
+            ok = False
+            print(f"[{spec.run_id}] not finished (held by another process?) -> {path}")
+            continue
+        how = "run now" if spec.run_id in summary.executed else "already recorded"
+        final = record["final"]
+        if record["status"] == "failed" or not final:
+            ok = False
+            print(f"[{spec.run_id}] {record['status']} ({how}): {record['reason']} -> {path}")
+            continue
+        ok = ok and record["status"] == "complete"
+        step = record["median_step_ms"]
+        print(f"[{spec.run_id}] {record['status']} ({how}): test accuracy {final['test_acc']:.2f}% "
+              f"(error {final['test_error']:.2f}%) at iteration {final['iteration']}, median step "
+              f"{'n/a' if step is None else f'{step:.1f}'} ms -> {path}")
+    return 0 if ok else 1
 
 
 def _cmd_status(args) -> int:
@@ -223,7 +239,8 @@ def _cmd_compare(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--plugin", action="append", default=[],
-                   help="module name or .py file that registers regularizers (repeatable)")
+                   help="module name or .py file that registers regularizers (repeatable); "
+                        "its code runs with your permissions, here and in every worker")
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="registered regularizers, models, datasets, protocols, suites")
@@ -324,6 +341,11 @@ def _cmd_perf(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    from .stopping import DiskFull, Interrupted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["COMHE_DATA"] = args.data_dir
@@ -336,3 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as stop:
+        name = str(stop) if isinstance(stop, Interrupted) else "SIGINT"
+        print(f"interrupted ({name}): finished runs are kept, running ones checkpointed; resume "
+              f"with: python -m benchmark {shlex.join(argv)}", file=sys.stderr)
+        return stop.exit_code if isinstance(stop, Interrupted) else 130
+    except DiskFull as exc:
+        print(f"error: {exc}; the sweep stopped (finished runs are kept): free space and rerun "
+              f"python -m benchmark {shlex.join(argv)}", file=sys.stderr)
+        return 1

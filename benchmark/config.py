@@ -17,6 +17,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,13 @@ class Runtime:
     # "graph": the WHOLE step (batch, forward, backward, SGD) recorded as one CUDA graph per
     # learning rate (benchmark/capture.py); on the CPU its body runs unrecorded.
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune", "graph"] = "auto"
+    # torch intra-op threads of a run (set in the runner's process and in every worker). The
+    # count changes CPU results (reductions split differently), so it is fixed here, not by
+    # ``--jobs``: 0 = the cores this process may use, the same under every --jobs on one machine.
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.threads >= 0, "runtime.threads", "must be >= 0 (0 = the cores available)")
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"field '{path}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"field '{path}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -256,12 +266,40 @@ def protocol_path(name_or_path: str | Path) -> Path:
     return named_yaml(name_or_path, PROTOCOL_DIR, "protocol")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_mapping(path: Path, kind: str) -> dict[str, Any]:
+    """A YAML file that must hold a non-empty mapping: safe loader, no duplicate keys; one-line
+    ConfigError naming the file otherwise (an empty file must not silently mean "defaults")."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except OSError as exc:
+        raise ConfigError(f"{kind} file '{path}' cannot be read: {exc.strerror}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{kind} file '{path}': {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{kind} file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if raw is None:
+        raise ConfigError(f"{kind} file '{path}' is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{kind} file '{path}' must be a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
 def load_protocol(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Protocol:
     path = protocol_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"protocol file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = load_yaml_mapping(path, "protocol")
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
@@ -294,6 +332,8 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
                 parsed = float(parsed)
             except ValueError:
                 pass
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ConfigError(f"--set {key.strip()}: must be a finite number, got '{value}'")
         out[key.strip()] = parsed
     return out
 

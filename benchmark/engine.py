@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import records
+from . import records, stopping
 from .config import ConfigError, RunSpec
 from . import datasets
 from .data import BatchStream, scale_input
@@ -45,21 +46,34 @@ FINITE_CHECK_EVERY = 50
 # Validation (before anything runs)
 
 
+# Seeds feed torch.manual_seed, numpy-style generators and seed * 1_000_003 + epoch (the batch
+# stream): 2**32 - 1 keeps every one of them in range.
+MAX_SEED = 2**32 - 1
+
+
 def validate(spec: RunSpec) -> None:
-    """Raise ConfigError (one line) if the spec names anything unknown or impossible."""
+    """Raise ConfigError (one line) if the spec names anything unknown or impossible: names,
+    hyper-parameters, the seed's range, the dataset's presence on disk, and whether the model
+    takes the protocol's image size (a forward pass on the meta device). Nothing is written."""
     import regularizers
 
     from .plugins import load_plugins
 
     load_plugins()  # those of a parent process (workers), a no-op otherwise
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {spec.seed!r}")
     datasets.check_name(spec.dataset)
     _check_model(spec.model, json.dumps(spec.model_kwargs, sort_keys=True))
     try:
         regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
-    if not isinstance(spec.seed, int) or spec.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+    datasets.preflight(spec.dataset, spec.protocol.data, spec.protocol.batch_size)
+    entry = datasets.info(spec.dataset)
+    chans = entry.channels or 3
+    classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
+    _check_model_input(spec.model, json.dumps(spec.model_kwargs, sort_keys=True), chans, classes,
+                       spec.protocol.data.image_size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,6 +87,37 @@ def _check_model(name: str, kwargs_json: str) -> None:
             models.create(name, num_classes=10, **json.loads(kwargs_json))
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int, size: int) -> None:
+    """One forward pass on the meta device with the run's input shape: an image size the
+    network cannot take (pooled to nothing) fails here, not after the data is loaded."""
+    import models
+
+    try:
+        with torch.device("meta"):
+            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
+            model.eval()
+            out = model(torch.empty(2, chans, size, size))
+    except NotImplementedError:
+        return  # an operation without a meta kernel: nothing can be said up front
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise ConfigError(f"model '{name}' cannot take {size}x{size} images (data.image_size): "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if tuple(out.shape) != (2, classes):
+        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for "
+                          f"{size}x{size} images (data.image_size); expected ({classes},)")
+
+
+def resolve_threads(threads: int) -> int:
+    """runtime.threads: 0 = the cores this process may use (not divided by --jobs)."""
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -387,19 +432,32 @@ def pack_id(specs: list[RunSpec]) -> str:
 
 
 def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: bool = True,
-                 stop_after: int | None = None) -> list[dict]:
+                 stop_after: int | None = None, pack_seeds: int | None = None) -> list[dict]:
     """Run (or resume) runs that differ by seed only as ONE program (``packed.PackedRun``; one
     run is the plain ``Run``). Every run gets its own record, written when the group ends, as the
     single run would write it (plus ``runtime.packed_seeds``); one checkpoint holds the group.
 
     A seed that diverges is recorded as diverged at its iteration and the others go on (its
     tensors are its own: NaNs do not cross seeds). Returns the records ([{}, ...] on stop_after).
+
+    ``pack_seeds``: the runner's ``--pack-seeds`` (default: S), recorded as
+    ``runtime.pack_seeds``. torch's thread count is ``runtime.threads`` during the run. A stop
+    request (``benchmark.stopping``) writes the checkpoint and raises ``Interrupted``.
     """
     for spec in specs:
         validate(spec)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(specs[0].protocol.runtime.threads))
+    try:  # the caller's thread count is its own (tests, a notebook): put it back
+        return _train_packed(specs, Path(results_dir), progress, stop_after, pack_seeds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_after: int | None,
+                  pack_seeds: int | None) -> list[dict]:
     proto = specs[0].protocol
     S = len(specs)
-    results_dir = Path(results_dir)
     ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if S == 1:
@@ -418,7 +476,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
     resumed_from: list[int] = []
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ck = load_checkpoint(ckpt_path, specs, device)
         run.load_state_dict(ck["run"])
         torch.set_rng_state(ck["rng_cpu"])
         if cuda and ck.get("rng_cuda") is not None:
@@ -433,7 +491,8 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
         "notes": list(getattr(run.models[0], "model_notes", [])),
         "regularizer_hparams_resolved": dict(run.regs[0].hparams),
         "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
-                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S},
+                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S,
+                    "pack_seeds": pack_seeds or S, "threads": torch.get_num_threads()},
         "started_at": started,
     }
 
@@ -482,6 +541,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
                 "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            records.check_claim(results_dir, spec.run_id)  # a deleted lock file: see records
             records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
             out.append(record)
         ckpt_path.unlink(missing_ok=True)
@@ -523,15 +583,18 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
             t_window = time.perf_counter()
         if bar is not None:
             bar.update(1)
-        stopping = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
-        if done < proto.iterations and (done % proto.checkpoint_every == 0 or stopping):
+        leaving = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
+        interrupted = stopping.requested() and done < proto.iterations
+        if done < proto.iterations and (done % proto.checkpoint_every == 0 or leaving or interrupted):
             check_finite()
             window = {"loss_sum": loss_sum.tolist(), "pen_sum": pen_sum.tolist(), "steps": steps_in_window}
             _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
-                             elapsed_before + time.perf_counter() - t0, cuda, resumed_from)
-        if stopping:
+                             elapsed_before + time.perf_counter() - t0, cuda, specs, resumed_from)
+        if leaving or interrupted:
             if bar is not None:
                 bar.close()
+            if interrupted:
+                raise stopping.Interrupted(stopping.signum())
             return [{} for _ in specs]
     check_finite()
     return finish(proto.iterations)
@@ -564,11 +627,42 @@ def _final(curves: dict, iteration: int, n_test: int) -> dict:
     return {"iteration": iteration, **last, "n_test": n_test}
 
 
-def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda,
+def checkpoint_run_ids(path: Path) -> list[str] | None:
+    """The run ids a checkpoint belongs to, or None (unreadable, or written before they were
+    stored)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: "unknown"
+        return None
+    ids = ck.get("run_ids") if isinstance(ck, dict) else None
+    return list(ids) if ids else None
+
+
+def load_checkpoint(path: Path, specs: list[RunSpec], device: torch.device) -> dict:
+    """The checkpoint at ``path`` if it belongs to exactly these runs; one-line ConfigError
+    naming the file otherwise (a corrupt file, or one copied or renamed from another run).
+    Checkpoints written before run ids were stored in them are accepted as they are."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ck, dict) or "run" not in ck or "iteration" not in ck:
+            raise ValueError("not a checkpoint of this engine")
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to "
+                          "restart the run from the beginning") from None
+    want = sorted(s.run_id for s in specs)
+    if ck.get("run_ids") is not None and sorted(ck["run_ids"]) != want:
+        raise ConfigError(f"checkpoint '{path}' belongs to run(s) {', '.join(sorted(ck['run_ids']))}, "
+                          f"not {', '.join(want)}; move it away to start this run from the beginning")
+    return ck
+
+
+def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda, specs,
                      resumed_from):
     import io
 
     state = {
+        "run_ids": [s.run_id for s in specs],
         "run": run.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if cuda else None,

@@ -1,7 +1,9 @@
 """Third-party regularizers: ``--plugin module_or_file`` and the entry-point group.
 
-Plugins named on the command line are remembered in an environment variable so worker
-processes (``--jobs N``, Slurm) load them too.
+A plugin is Python code: loading it imports (runs) it with the user's permissions, in this
+process and in every worker. Plugins named on the command line are remembered in the
+environment variable ``COMHE_PLUGINS`` so worker processes (``--jobs N``, Slurm) load them too;
+a user who sets it loads those plugins in every command (README, "Adding a regularizer").
 """
 
 from __future__ import annotations

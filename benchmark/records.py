@@ -4,16 +4,25 @@ A results directory holds one JSON record per run (``runs/<run_id>.json``), the 
 checkpoint of unfinished runs (``checkpoints/<run_id>.pt``) and one lock file per run
 (``locks/<run_id>.lock``). Every write goes to a temporary file in the same directory and is
 moved into place with ``os.replace``, which is atomic on POSIX: a reader, or a runner restarted
-after ``kill -9``, sees either the old file or the new one, never half of one.
+after ``kill -9``, sees either the old file or the new one, never half of one. Files get the
+permissions the process umask gives a new file (``mkstemp`` alone would make them 0600), so a
+results directory shared by a group is readable by the group.
+
+Records are strict JSON: a non-finite number (a diverged run's NaN loss) is written as ``null``
+and its place listed in the record's ``non_finite`` field ({"final.train_loss": "nan"}, ...);
+``load_record`` puts the values back, and also reads older records holding bare ``NaN``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,33 +68,120 @@ def lock_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "locks" / f"{run_id}.lock"
 
 
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (0666 & ~umask)."""
+    with _umask_lock:  # os.umask can only be read by setting it: keep other threads out
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp creates 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file
         raise
 
 
+def _strip_non_finite(obj: Any, where: str, found: dict[str, str]) -> Any:
+    """``obj`` with every non-finite float replaced by None; ``found``: dotted place -> "nan"/"inf"/"-inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[where] = "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+        return None
+    if isinstance(obj, dict):
+        return {k: _strip_non_finite(v, f"{where}.{k}" if where else str(k), found)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strip_non_finite(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
+_PLACE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _restore_non_finite(record: dict) -> None:
+    """Put back the values ``write_json_atomic`` wrote as null (see ``non_finite``)."""
+    for place, value in (record.get("non_finite") or {}).items():
+        keys = [int(i) if i else k for k, i in _PLACE.findall(place)]
+        node: Any = record
+        try:
+            for key in keys[:-1]:
+                node = node[key]
+            if node[keys[-1]] is None:
+                node[keys[-1]] = float(value)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue  # a hand-edited record: leave it as it is
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True).encode())
+    """Strict JSON (no NaN/Infinity tokens): non-finite numbers become null, listed in
+    ``obj["non_finite"]`` when ``obj`` is a mapping."""
+    found: dict[str, str] = {}
+    clean = _strip_non_finite(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = {**(clean.get("non_finite") or {}), **found}
+    atomic_write_bytes(path, json.dumps(clean, indent=1, sort_keys=True, allow_nan=False).encode())
+
+
+class LostClaim(Exception):
+    """The run's lock file was deleted or replaced while this process held its lock: another
+    process may now hold a lock on the new file, so this one must not write the record."""
+
+
+# lock file path -> inode of the lock file this process holds (registered by the runner)
+_claims: dict[str, int] = {}
+
+
+def hold_claim(results_dir: str | Path, run_id: str) -> None:
+    """Remember which lock file this process's lock is on (call right after acquiring it)."""
+    path = lock_path(results_dir, run_id)
+    _claims[str(path)] = path.stat().st_ino
+
+
+def drop_claim(results_dir: str | Path, run_id: str) -> None:
+    _claims.pop(str(lock_path(results_dir, run_id)), None)
+
+
+def check_claim(results_dir: str | Path, run_id: str) -> None:
+    """Raise LostClaim if this process holds the run's lock on a file that is no longer the one
+    at ``locks/<run_id>.lock`` (deleted, or replaced by another process's new lock file). A run
+    trained without the runner (no claim registered) is not checked."""
+    path = lock_path(results_dir, run_id)
+    held = _claims.get(str(path))
+    if held is None:
+        return
+    try:
+        current = path.stat().st_ino
+    except FileNotFoundError:
+        current = None
+    if current != held:
+        raise LostClaim(f"lock file '{path}' was removed or replaced while this run held it; "
+                        "its record is left to the process holding the new lock")
 
 
 def load_record(path: str | Path) -> dict | None:
     """The record at ``path``, or None when it is missing, unreadable or incomplete."""
     try:
-        record = json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text())  # also reads bare NaN of older records
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
         return None
+    _restore_non_finite(record)
     if record["status"] not in STATUSES:
         return None
     return record

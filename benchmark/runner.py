@@ -21,7 +21,17 @@ resumes from its checkpoint only as the same group of runs.
 
 With ``jobs > 1`` every run (or packed group) gets its own worker process (``python -m benchmark.runner``) that
 takes the lock itself, one GPU each (``CUDA_VISIBLE_DEVICES``) when CUDA devices exist; its
-output goes to ``logs/<run_id>.log``. With ``jobs == 1`` runs happen in this process.
+output goes to ``logs/<run_id>.log``. With ``jobs == 1`` runs happen in this process. At most
+``jobs`` runs are handed out at a time, so a stop request holds back everything not yet started.
+
+Stopping (``benchmark.stopping``): SIGINT/SIGTERM stop the dispatching at once, workers are sent
+SIGTERM, every running run checkpoints and stops, locks are released, and ``run_suite`` raises
+``Interrupted``. A write failing with ENOSPC stops the sweep the same way with ``DiskFull``
+instead of marking every remaining run ``failed``.
+
+A ``failed`` record whose cause was the input (``cause: "input"``: a ConfigError met during
+set-up, such as a missing dataset) is rerun without ``retry_failed``: fixing the input and
+starting the same command again just works.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -44,22 +54,30 @@ from typing import Any, Callable, Iterable, Iterator
 
 import filelock
 
+from benchmark import stopping
 from benchmark.config import ConfigError, Protocol, RunSpec, from_dict
 from benchmark.records import (
     SCHEMA_VERSION,
+    LostClaim,
     checkpoint_path,
+    drop_claim,
     git_state,
+    hold_claim,
     load_record,
     lock_path,
     record_path,
     write_json_atomic,
 )
 from benchmark.status import FINAL, count_states, lock_is_held, suite_status
+from benchmark.stopping import DiskFull, Interrupted
 
 BUSY = "busy"        # another process holds the run's lock
 SKIPPED = "skipped"  # nothing to do after all (finished by someone else meanwhile)
 EXIT_BUSY = 75       # worker exit code for BUSY (EX_TEMPFAIL)
 EXIT_SKIPPED = 76
+EXIT_DISK_FULL = 77
+INTERRUPTED_CODES = {-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 128 + signal.SIGINT,
+                     128 + signal.SIGTERM}
 TrainFn = Callable[..., Any]
 
 
@@ -97,10 +115,22 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _caused_by_input(record: dict) -> bool:
+    # Records written before ``cause`` existed say it in their reason.
+    return record.get("cause") == "input" or str(record.get("reason") or "").startswith(
+        ("runner: ConfigError:", "runner (packed): ConfigError:"))
+
+
+def _retryable(record: dict, retry_failed: bool) -> bool:
+    """A failed record is rerun with ``retry_failed``, or always when the input caused it (the
+    user fixed it; if not, it fails again in set-up, before any training)."""
+    return record["status"] == "failed" and (retry_failed or _caused_by_input(record))
+
+
 def _wants_run(record: dict | None, retry_failed: bool) -> bool:
     if record is None:
         return True
-    return record["status"] == "failed" and retry_failed
+    return _retryable(record, retry_failed)
 
 
 def _needs_run(spec: RunSpec, results_dir: Path, retry_failed: bool, seen: Any) -> bool:
@@ -112,7 +142,7 @@ def _needs_run(spec: RunSpec, results_dir: Path, retry_failed: bool, seen: Any) 
         return True
     if record["status"] in FINAL:
         return False
-    return retry_failed and _signature(path) == seen
+    return _retryable(record, retry_failed) and _signature(path) == seen
 
 
 def _clean_run_temporaries(results_dir: Path, run_id: str) -> int:
@@ -128,7 +158,32 @@ def _clean_run_temporaries(results_dir: Path, run_id: str) -> int:
 def _lock(results_dir: Path, run_id: str) -> filelock.FileLock:
     path = lock_path(results_dir, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(str(path), timeout=0)
+    return filelock.FileLock(str(path), timeout=0)  # default mode: the umask decides
+
+
+def _acquire(results_dir: Path, run_id: str) -> filelock.FileLock | None:
+    """The run's lock, taken without waiting, and registered as this process's claim (checked
+    again before the record is written: ``records.check_claim``); None if held elsewhere."""
+    lock = _lock(results_dir, run_id)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return None
+    try:
+        hold_claim(results_dir, run_id)
+    except FileNotFoundError:  # deleted between its creation and our flock: take it anew
+        lock.release()
+        return _acquire(results_dir, run_id)
+    return lock
+
+
+def _release(lock: filelock.FileLock, results_dir: Path, run_id: str) -> None:
+    drop_claim(results_dir, run_id)
+    lock.release()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,16 +224,14 @@ def try_run(
     poll_s: float = 1.0,
 ) -> str:
     """Take the lock and run ``spec`` if it still needs it. Returns the record's status, BUSY
-    (lock held elsewhere, ``wait=False``) or SKIPPED (finished by someone else)."""
-    lock = _lock(results_dir, spec.run_id)
-    while True:
-        try:
-            lock.acquire()
-            break
-        except filelock.Timeout:
-            if not wait:
-                return BUSY
-            time.sleep(poll_s)
+    (lock held elsewhere, ``wait=False``, or the lock file was replaced during the run) or
+    SKIPPED (finished by someone else). Raises Interrupted (checkpoint written, no record) and
+    DiskFull (no record, nothing else marked failed)."""
+    while (lock := _acquire(results_dir, spec.run_id)) is None:
+        if not wait:
+            return BUSY
+        stopping.raise_if_requested()
+        time.sleep(poll_s)
     try:
         if not _needs_run(spec, results_dir, retry_failed, seen):
             return SKIPPED
@@ -188,14 +241,32 @@ def try_run(
         started = time.time()
         try:
             resolve_train_fn(train_fn)(spec, results_dir, progress=progress)
-        except Exception as exc:  # the engine records its own failures; this catches the rest
-            if _signature(path) == before:
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                write_failure_record(spec, results_dir, f"runner: {reason}", started)
+        except LostClaim:
+            return BUSY
+        except Exception as exc:  # the engine does not record exceptions: the runner does
+            _record_exception(exc, [spec], results_dir, {spec.run_id: before}, started, "runner")
         record = load_record(path)
         return record["status"] if record else "failed"
     finally:
-        lock.release()
+        _release(lock, results_dir, spec.run_id)
+
+
+def _record_exception(exc: Exception, specs: list[RunSpec], results_dir: Path,
+                      before: dict[str, Any], started: float, who: str) -> None:
+    """A ``failed`` record for each run the exception left without a new record; a full disk
+    raises DiskFull instead (writing more records would fail too, and the runs are not at fault)."""
+    if stopping.is_disk_full(exc):
+        raise DiskFull(f"disk full writing '{getattr(exc, 'filename', None) or results_dir}'") from exc
+    cause = "input" if isinstance(exc, ConfigError) else None
+    for spec in specs:
+        if _signature(record_path(results_dir, spec.run_id)) == before[spec.run_id]:
+            try:
+                write_failure_record(spec, results_dir, f"{who}: {_reason(exc)}", started, cause)
+            except OSError as werr:
+                if stopping.is_disk_full(werr):
+                    raise DiskFull(f"disk full writing the failure record of {spec.run_id} "
+                                   f"under '{results_dir}'") from exc
+                raise
 
 
 def try_run_pack(
@@ -205,22 +276,22 @@ def try_run_pack(
     retry_failed: bool,
     seen: dict[str, Any],
     progress: bool = False,
+    pack_seeds: int | None = None,
 ) -> dict[str, str]:
     """``try_run`` for a group of runs differing by seed: take each run's lock without waiting,
-    train those that still need it as one packed program. Returns run_id -> outcome."""
+    train those that still need it as one packed program. Returns run_id -> outcome.
+    ``pack_seeds``: the ``--pack-seeds`` of this call, recorded in each record's runtime."""
     from benchmark.engine import pack_id, train_packed
 
     outcomes: dict[str, str] = {}
-    held = []
+    held: dict[str, filelock.FileLock] = {}
     try:
         for spec in specs:
-            lock = _lock(results_dir, spec.run_id)
-            try:
-                lock.acquire()
-            except filelock.Timeout:
+            lock = _acquire(results_dir, spec.run_id)
+            if lock is None:
                 outcomes[spec.run_id] = BUSY
                 continue
-            held.append(lock)
+            held[spec.run_id] = lock
             if not _needs_run(spec, results_dir, retry_failed, seen.get(spec.run_id)):
                 outcomes[spec.run_id] = SKIPPED
         todo = [s for s in specs if s.run_id not in outcomes]
@@ -232,19 +303,24 @@ def try_run_pack(
         before = {s.run_id: _signature(record_path(results_dir, s.run_id)) for s in todo}
         started = time.time()
         try:
-            train_packed(todo, results_dir, progress=progress)
-        except Exception as exc:  # the engine records its own failures; this catches the rest
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            for spec in todo:
-                if _signature(record_path(results_dir, spec.run_id)) == before[spec.run_id]:
-                    write_failure_record(spec, results_dir, f"runner (packed): {reason}", started)
+            train_packed(todo, results_dir, progress=progress, pack_seeds=pack_seeds)
+        except LostClaim:
+            pass  # the runs without a new record are read back below as BUSY
+        except Exception as exc:  # the engine does not record exceptions: the runner does
+            _record_exception(exc, todo, results_dir, before, started, "runner (packed)")
         for spec in todo:
-            record = load_record(record_path(results_dir, spec.run_id))
-            outcomes[spec.run_id] = record["status"] if record else "failed"
+            path = record_path(results_dir, spec.run_id)
+            record = load_record(path)
+            if _signature(path) == before[spec.run_id]:
+                # no new record: the claim was lost (LostClaim), the holder of the new lock has it
+                outcomes[spec.run_id] = (record["status"] if record and record["status"] in FINAL
+                                         else BUSY)
+            else:
+                outcomes[spec.run_id] = record["status"] if record else "failed"
         return outcomes
     finally:
-        for lock in held:
-            lock.release()
+        for run_id, lock in held.items():
+            _release(lock, results_dir, run_id)
 
 
 def pack_by_seed(specs: list[RunSpec], pack_seeds: int) -> list[list[RunSpec]]:
@@ -261,8 +337,10 @@ def pack_by_seed(specs: list[RunSpec], pack_seeds: int) -> list[list[RunSpec]]:
     return [chunk for chunks in groups.values() for chunk in chunks]
 
 
-def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started: float) -> None:
-    """A valid ``failed`` record for a run whose engine could not write one (crash, bug)."""
+def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started: float,
+                         cause: str | None = None) -> None:
+    """A valid ``failed`` record for a run whose engine could not write one (crash, bug).
+    ``cause="input"``: a bad input met during set-up (rerun without --retry-failed)."""
     now = time.time()
     iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()  # noqa: E731
     write_json_atomic(record_path(results_dir, spec.run_id), {
@@ -272,7 +350,7 @@ def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started:
         "versions": {"python": platform.python_version()}, "device": None,
         "synthetic": spec.dataset.startswith("synthetic"), "notes": ["record written by the runner"],
         "started_at": iso(started), "finished_at": iso(now), "wall_time_s": now - started,
-        "median_step_ms": None, "curves": {}, "final": {},
+        "median_step_ms": None, "curves": {}, "final": {}, "cause": cause,
     })
 
 
@@ -294,13 +372,26 @@ def spec_from_dict(d: dict[str, Any]) -> RunSpec:
 
 
 def _worker_main() -> int:
-    """``python -m benchmark.runner`` with a JSON job on stdin: run it, exit with its outcome."""
+    """``python -m benchmark.runner`` with a JSON job on stdin: run it, exit with its outcome.
+    SIGINT/SIGTERM: checkpoint, release the locks, exit 128 + signal number."""
     job = json.loads(sys.stdin.read())
+    with stopping.signals_request_stop():
+        try:
+            return _worker_job(job)
+        except Interrupted as stop:
+            print(f"runner: interrupted by {stop}; checkpoint written", file=sys.stderr)
+            return stop.exit_code
+        except DiskFull as exc:
+            print(f"runner: {exc}", file=sys.stderr)
+            return EXIT_DISK_FULL
+
+
+def _worker_job(job: dict) -> int:
     if "specs" in job:  # a packed group: every run writes its own record; exit 0
         specs = [spec_from_dict(d) for d in job["specs"]]
         seen = {k: tuple(v) if v is not None else None for k, v in job["seen"].items()}
         outcomes = try_run_pack(specs, Path(job["results_dir"]), retry_failed=job["retry_failed"],
-                                seen=seen, progress=False)
+                                seen=seen, progress=False, pack_seeds=job.get("pack_seeds"))
         for run_id, outcome in outcomes.items():
             print(f"runner: {run_id} -> {outcome}", file=sys.stderr)
         return 0
@@ -316,43 +407,50 @@ def _worker_main() -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Dispatchers: in this process, or one worker process per run
+# Dispatchers: in this process, or one worker process per run. Both hand out one unit at a time
+# and look at the stop flag before each.
 
 
 class _InProcess:
-    def __init__(self, train_fn, retry_failed, progress):
+    def __init__(self, train_fn, retry_failed, progress, pack_seeds=1):
         self.train_fn, self.retry_failed, self.progress = train_fn, retry_failed, progress
+        self.pack_seeds = pack_seeds
 
     def map(self, units: list[list[RunSpec]], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
         for unit in units:
-            if len(unit) == 1:
+            stopping.raise_if_requested()
+            if self.pack_seeds == 1:
                 yield unit[0], try_run(unit[0], results_dir, self.train_fn,
                                        retry_failed=self.retry_failed, seen=seen[unit[0].run_id],
                                        progress=self.progress)
                 continue
             outcomes = try_run_pack(unit, results_dir, retry_failed=self.retry_failed, seen=seen,
-                                    progress=self.progress)
+                                    progress=self.progress, pack_seeds=self.pack_seeds)
             for spec in unit:
                 yield spec, outcomes[spec.run_id]
 
 
 class _Workers:
-    def __init__(self, jobs: int, train_fn, retry_failed: bool, devices: list[str] | None):
-        self.jobs, self.retry_failed = jobs, retry_failed
+    def __init__(self, jobs: int, train_fn, retry_failed: bool, devices: list[str] | None,
+                 pack_seeds: int = 1):
+        self.jobs, self.retry_failed, self.pack_seeds = jobs, retry_failed, pack_seeds
         self.train_fn = _train_fn_path(train_fn)
         self.devices = visible_cuda_devices() if devices is None else list(devices)
         self.slots: Queue = Queue()
         for i in range(jobs):
             self.slots.put(self.devices[i % len(self.devices)] if self.devices else None)
+        self.procs: set[subprocess.Popen] = set()
+        self.procs_lock = threading.Lock()
+        self.disk_full: str | None = None
 
     def _env(self, device: str | None) -> dict[str, str]:
+        # Threads are not set here: the engine sets runtime.threads in every process, so a
+        # run's numbers do not depend on --jobs (docs/sweeps.md).
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        elif "OMP_NUM_THREADS" not in env:  # share the CPU instead of oversubscribing it
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         return env
 
     def _spawn(self, job: dict, log: Path) -> int:
@@ -360,19 +458,38 @@ class _Workers:
         device = self.slots.get()
         try:
             with open(log, "ab") as out:
-                return subprocess.run([sys.executable, "-m", "benchmark.runner"],
-                                      input=json.dumps(job).encode(), stdout=out, stderr=out,
-                                      env=self._env(device)).returncode
+                proc = subprocess.Popen([sys.executable, "-m", "benchmark.runner"],
+                                        stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                        env=self._env(device))
+                with self.procs_lock:
+                    self.procs.add(proc)
+                try:
+                    proc.communicate(json.dumps(job).encode())
+                finally:
+                    with self.procs_lock:
+                        self.procs.discard(proc)
+                return proc.returncode
         finally:
             self.slots.put(device)
+
+    def stop_workers(self) -> None:
+        """Ask every running worker to checkpoint and stop (SIGTERM; a worker that already got
+        the terminal's SIGINT ignores the second request)."""
+        with self.procs_lock:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
     def _pack(self, unit: list[RunSpec], results_dir: Path, seen: dict) -> dict[str, str]:
         """A packed group in one worker process; outcomes read back from the records."""
         job = {"specs": [spec_to_dict(s) for s in unit], "seen": {s.run_id: seen[s.run_id] for s in unit},
-               "results_dir": str(results_dir), "retry_failed": self.retry_failed}
+               "results_dir": str(results_dir), "retry_failed": self.retry_failed,
+               "pack_seeds": self.pack_seeds}
         started = time.time()
         log = results_dir / "logs" / f"{unit[0].run_id}-pack.log"
         code = self._spawn(job, log)
+        if code == EXIT_DISK_FULL:
+            self.disk_full = f"disk full in a worker (see logs/{log.name})"
         outcomes = {}
         for spec in unit:
             record = load_record(record_path(results_dir, spec.run_id))
@@ -380,7 +497,7 @@ class _Workers:
                 outcomes[spec.run_id] = record["status"]
             elif lock_is_held(results_dir, spec.run_id):
                 outcomes[spec.run_id] = BUSY
-            elif code not in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
+            elif code not in INTERRUPTED_CODES and code not in (0, EXIT_DISK_FULL) and not stopping.requested():
                 if _needs_run(spec, results_dir, self.retry_failed, seen[spec.run_id]):
                     write_failure_record(spec, results_dir, f"packed worker exited with code "
                                          f"{code}; see logs/{log.name}", started)
@@ -399,31 +516,52 @@ class _Workers:
             return BUSY
         if code == EXIT_SKIPPED:
             return SKIPPED
-        if code != 0 and code not in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP, 130):
+        if code == EXIT_DISK_FULL:
+            self.disk_full = f"disk full in a worker (see logs/{spec.run_id}.log)"
+        elif code != 0 and code not in INTERRUPTED_CODES and not stopping.requested():
             # The worker died without the engine writing a record (out of memory, segfault...).
-            lock = _lock(results_dir, spec.run_id)
-            try:
-                lock.acquire()
-            except filelock.Timeout:
+            # (While stopping, a worker hit by Ctrl-C during its start-up exits 1: not a failure.)
+            lock = _acquire(results_dir, spec.run_id)
+            if lock is None:
                 return BUSY
             try:
                 if _needs_run(spec, results_dir, self.retry_failed, seen):
                     write_failure_record(spec, results_dir, f"worker process exited with code "
                                          f"{code}; see logs/{spec.run_id}.log", started)
             finally:
-                lock.release()
+                _release(lock, results_dir, spec.run_id)
         record = load_record(record_path(results_dir, spec.run_id))
         return record["status"] if record else "interrupted"
 
     def map(self, units: list[list[RunSpec]], results_dir: Path, seen: dict) -> Iterator[tuple[RunSpec, str]]:
+        """At most ``jobs`` units in flight: a stop request (or a full disk) holds back the rest."""
+        todo = iter(units)
+        running: dict = {}
+        signalled = False
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            futures = {(pool.submit(self._one, u[0], results_dir, seen[u[0].run_id]) if len(u) == 1
-                        else pool.submit(self._pack, u, results_dir, seen)): u for u in units}
-            for fut in as_completed(futures):
-                unit = futures[fut]
-                result = fut.result()
-                for spec in unit:
-                    yield spec, result if len(unit) == 1 else result[spec.run_id]
+            while True:
+                while (len(running) < self.jobs and not stopping.requested()
+                       and self.disk_full is None):
+                    unit = next(todo, None)
+                    if unit is None:
+                        break
+                    fut = (pool.submit(self._pack, unit, results_dir, seen) if self.pack_seeds > 1
+                           else pool.submit(self._one, unit[0], results_dir, seen[unit[0].run_id]))
+                    running[fut] = unit
+                if not running:
+                    break
+                finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+                if stopping.requested() and not signalled:
+                    self.stop_workers()
+                    signalled = True
+                for fut in finished:
+                    unit = running.pop(fut)
+                    result = fut.result()
+                    for spec in unit:
+                        yield spec, result if self.pack_seeds == 1 else result[spec.run_id]
+        stopping.raise_if_requested()
+        if self.disk_full is not None:
+            raise DiskFull(self.disk_full)
 
 
 def visible_cuda_devices() -> list[str]:
@@ -496,7 +634,11 @@ def run_suite(
     ``wait_for_others``: at the end, wait for runs other processes hold, so the summary is final.
     ``executor="slurm"``: submit the runs needing it as a job array instead
     (``slurm``: :class:`benchmark.executors.SlurmOptions`) and return at once.
-    ``pack_seeds``: train up to this many runs that differ only by seed as one packed program.
+    ``pack_seeds``: train up to this many runs that differ only by seed as one packed program
+    (refused with ConfigError for a cell whose finished runs were trained under another value).
+    Raises ``stopping.Interrupted`` after SIGINT/SIGTERM (runs checkpointed, locks released) and
+    ``stopping.DiskFull`` when a write fails for lack of space; ``benchmark.cli`` turns both into
+    one line.
     """
     from tqdm.auto import tqdm
 
@@ -522,8 +664,6 @@ def run_suite(
         jobs = max(1, len(visible_cuda_devices() if devices is None else devices))
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1 (or 0 for one per GPU), got {jobs}")
-    dispatcher = (_InProcess(train_fn, retry_failed, progress) if jobs == 1
-                  else _Workers(jobs, train_fn, retry_failed, devices))
     seen = {s.run_id: _signature(record_path(results_dir, s.run_id)) for s in specs}
     todo = []
     for s in specs:
@@ -532,6 +672,10 @@ def run_suite(
             todo.append(s)
         elif record["status"] in FINAL:  # killed between writing the record and this cleanup
             checkpoint_path(results_dir, s.run_id).unlink(missing_ok=True)
+    check_packing(specs, todo, results_dir, pack_seeds)
+    clean_orphaned_pack_checkpoints(results_dir)
+    dispatcher = (_InProcess(train_fn, retry_failed, progress, pack_seeds) if jobs == 1
+                  else _Workers(jobs, train_fn, retry_failed, devices, pack_seeds))
     summary = RunSummary(total=len(specs))
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
                desc=(specs[0].suite or "runs") if specs else "runs", disable=not progress)
@@ -549,25 +693,90 @@ def run_suite(
             bar.update(1)
         return busy
 
-    try:
-        deferred = dispatch(todo)
-        while deferred and wait_for_others:
-            ready, waiting = [], []
-            for spec in deferred:
-                if not _needs_run(spec, results_dir, retry_failed, seen[spec.run_id]):
-                    bar.update(1)
-                elif lock_is_held(results_dir, spec.run_id):
-                    waiting.append(spec)
-                else:  # its holder finished without a final record, or died: our turn
-                    ready.append(spec)
-            deferred = waiting + dispatch(ready)
-            if deferred:
-                bar.set_postfix_str(f"waiting for {len(deferred)} run(s) held by other processes")
-                time.sleep(poll_s)
-    finally:
-        bar.close()
+    with stopping.signals_request_stop():
+        try:
+            deferred = dispatch(todo)
+            while deferred and wait_for_others:
+                stopping.raise_if_requested()
+                ready, waiting = [], []
+                for spec in deferred:
+                    if not _needs_run(spec, results_dir, retry_failed, seen[spec.run_id]):
+                        bar.update(1)
+                    elif lock_is_held(results_dir, spec.run_id):
+                        waiting.append(spec)
+                    else:  # its holder finished without a final record, or died: our turn
+                        ready.append(spec)
+                deferred = waiting + dispatch(ready)
+                if deferred:
+                    bar.set_postfix_str(f"waiting for {len(deferred)} run(s) held by other processes")
+                    time.sleep(poll_s)
+        finally:
+            bar.close()
     summary.table = suite_status(specs, results_dir)
     return summary
+
+
+def pack_flag(record: dict) -> int:
+    """The ``--pack-seeds`` a record was trained under (records before it was recorded: the
+    width of their packed program, 1 when unpacked)."""
+    runtime = record.get("runtime") or {}
+    return int(runtime.get("pack_seeds") or runtime.get("packed_seeds") or 1)
+
+
+def check_packing(specs: list[RunSpec], todo: list[RunSpec], results_dir: Path, pack_seeds: int) -> None:
+    """Refuse, before anything runs, to add runs trained under ``--pack-seeds pack_seeds`` to a
+    cell (runs differing only by seed) whose finished runs were trained under another value:
+    packing changes float rounding (docs/sweeps.md), and a cell must not mix the two."""
+    todo_ids = {s.run_id for s in todo}
+    cells: dict[str, tuple[RunSpec, set[int], bool]] = {}
+    for spec in specs:
+        ident = spec.identity()
+        ident.pop("seed")
+        key = json.dumps(ident, sort_keys=True)
+        first, flags, runs_now = cells.get(key, (spec, set(), False))
+        record = load_record(record_path(results_dir, spec.run_id))
+        if record is not None and record["status"] in FINAL:
+            flags.add(pack_flag(record))
+        cells[key] = (first, flags, runs_now or spec.run_id in todo_ids)
+    for first, flags, runs_now in cells.values():
+        other = sorted(flags - {pack_seeds})
+        if runs_now and other:
+            raise ConfigError(
+                f"{first.display_label} on {first.dataset}/{first.model}: its finished runs were "
+                f"trained with --pack-seeds {other[0]}, this call would add runs with --pack-seeds "
+                f"{pack_seeds} (packing changes float rounding); rerun with --pack-seeds {other[0]}")
+
+
+def clean_orphaned_pack_checkpoints(results_dir: Path) -> int:
+    """Remove ``checkpoints/pack-*.pt`` whose runs all have a final record (nobody will resume
+    them: a pack resumes only as the same group). Taken under every run's lock; a checkpoint
+    that does not say its runs (older ones) is left alone. Returns how many were removed."""
+    packs = sorted((results_dir / "checkpoints").glob("pack-*.pt"))
+    if not packs:
+        return 0
+    from benchmark.engine import checkpoint_run_ids  # torch: only when there is one to read
+
+    removed = 0
+    for path in packs:
+        run_ids = checkpoint_run_ids(path)
+        if not run_ids:
+            continue
+        locks = []
+        try:
+            for run_id in run_ids:
+                lock = _acquire(results_dir, run_id)
+                if lock is None:
+                    break
+                locks.append((lock, run_id))
+            else:
+                records = [load_record(record_path(results_dir, r)) for r in run_ids]
+                if all(r is not None and r["status"] in FINAL for r in records):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        finally:
+            for lock, run_id in locks:
+                _release(lock, results_dir, run_id)
+    return removed
 
 
 # --------------------------------------------------------------------------------------------

@@ -120,7 +120,9 @@ def _status_table(specs: list[RunSpec], root: Path):
     for spec in specs:
         record = load_record(record_path(root, spec.run_id))
         status = record["status"] if record else None
-        if lock_is_held(root, spec.run_id):
+        # a Slurm task is running from its start, before its Python has taken the run's lock
+        if lock_is_held(root, spec.run_id) or (slurm.get(spec.run_id) == "RUNNING"
+                                               and status not in FINAL):
             state = "running"
         elif status in FINAL:
             state = "done"

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from benchmark import datasets as datasets_registry
 from regularizers import hint
 from benchmark.config import (
@@ -37,6 +35,7 @@ from benchmark.config import (
     Protocol,
     RunSpec,
     load_protocol,
+    load_yaml_mapping,
     named_yaml,
     split_overrides,
 )
@@ -157,13 +156,7 @@ def load_suite(
     """
     path = suite_path(name_or_path)
     name = path.stem
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"suite file '{path}' cannot be read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"suite file '{path}' is not valid YAML: {first}") from None
+    raw = load_yaml_mapping(path, "suite")  # strict: empty files and duplicate keys refused
     suite = _parse(name, raw, path, overrides or {}, profile)
     if validate:
         validate_suite(suite, validate_fn)

@@ -17,7 +17,7 @@ def test_list_names_every_registry(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dataset", "cifar10", "--regularizer", "weight_decay"], "cifar10 not found or corrupted under"),
+    (["--dataset", "cifar10", "--regularizer", "weight_decay"], "cifar10 not found under"),
     (["--dataset", "digits", "--regularizer", "rp_comhee"], "did you mean 'rp_comhe'"),
     (["--dataset", "digits", "--regularizer", "weight_decay", "--set", "iterations"], "--set expects key=value"),
     (["--dataset", "digits", "--regularizer", "weight_decay", "--set", "batch_size=-1"], "'batch_size' must be >= 1"),

@@ -127,16 +127,18 @@ def test_preempted_task_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert row.verdict == "identical", (row.verdict, row.first_difference)
 
 
+@pytest.mark.timeout(1200)
 def test_time_limit_requeues_until_done_and_too_many_timeouts_fail(cluster, tmp_path, monkeypatch):
-    monkeypatch.setenv("SLOW_TRAIN_S", "70")
+    monkeypatch.setenv("SLOW_TRAIN_S", "60")
     ok, over = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe"), suite="limits")
-    # 1-minute limit, USR2 30 s before it: the 70 s run needs two allocations
-    submit_slurm([ok], tmp_path / "ok", train_fn=SLOW,
-                 options=_options(timeout_min=1, signal_delay_s=30, max_num_timeout=3))
+    # 1-minute limit, USR2 40 s before it. slurmctld checks limits every ~30 s, so the signal
+    # comes 20-50 s into an allocation: the 60 s run needs two or more of them.
+    limits = {"timeout_min": 1, "signal_delay_s": 40}
+    submit_slurm([ok], tmp_path / "ok", train_fn=SLOW, options=_options(max_num_timeout=5, **limits))
     monkeypatch.setenv("SLOW_TRAIN_S", "600")
-    (job,) = submit_slurm([over], tmp_path / "over", train_fn=SLOW,
-                          options=_options(timeout_min=1, signal_delay_s=30, max_num_timeout=0))
-    _wait(lambda: _final(tmp_path / "ok", [ok]), 420, "the time-limited run's record", poll_s=2)
+    submit_slurm([over], tmp_path / "over", train_fn=SLOW,
+                 options=_options(max_num_timeout=0, **limits))
+    _wait(lambda: _final(tmp_path / "ok", [ok]), 900, "the time-limited run's record", poll_s=2)
     record = load_record(record_path(tmp_path / "ok", ok.run_id))
     assert record["status"] == "complete" and record["resumed_from"]
     # out of requeues: submitit raises inside the task, which records the run as failed
