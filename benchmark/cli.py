@@ -94,7 +94,7 @@ def _suite_specs(args):
 
 
 def _cmd_run(args) -> int:
-    from . import engine
+    from . import training as engine
     from .executors import SlurmOptions
     from .runner import run_suite
 

@@ -98,9 +98,15 @@ class BatchStream:
         self.maps = pad_maps(self.x.shape[-2], self.x.shape[-1], cfg.augmentation.pad,
                              cfg.augmentation.pad_mode, self.x.device)
         self.epoch, self.position = 0, 0
-        self._epoch_loaded = -1
+        self.epoch_loaded = -1
 
-    def _load_epoch(self) -> None:
+    def ensure_epoch(self) -> None:
+        """Draw the current epoch's order and augmentation if not drawn yet (public: the
+        whole-step CUDA graph copies them into its static buffers)."""
+        if self.epoch_loaded != self.epoch:
+            self.load_epoch()
+
+    def load_epoch(self) -> None:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         a = self.cfg.augmentation
         self.perm = torch.randperm(self.n, generator=g).to(self.x.device)
@@ -108,12 +114,11 @@ class BatchStream:
         self.ox = torch.randint(0, 2 * a.pad + 1, (self.n,), generator=g).to(self.x.device)
         flips = torch.rand(self.n, generator=g) < 0.5
         self.flip = (flips & a.flip).to(self.x.device)
-        self._epoch_loaded = self.epoch
+        self.epoch_loaded = self.epoch
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch: uint8 images (B, C, H, W) augmented, labels (B,)."""
-        if self._epoch_loaded != self.epoch:
-            self._load_epoch()
+        self.ensure_epoch()
         batch = take_batch(self, self.perm, self.oy, self.ox, self.flip, self.current_slice())
         self.advance()
         return batch
@@ -150,21 +155,26 @@ class PackedBatchStream:
             raise ValueError("packed streams must share their dataset and batch size")
         self.streams = streams
         self.epoch, self.position = 0, 0
-        self._epoch_loaded = -1
+        self.epoch_loaded = -1
 
-    def _load_epoch(self) -> None:
+    def ensure_epoch(self) -> None:
+        """Draw the current epoch's order and augmentation if not drawn yet (public: the
+        whole-step CUDA graph copies them into its static buffers)."""
+        if self.epoch_loaded != self.epoch:
+            self.load_epoch()
+
+    def load_epoch(self) -> None:
         for s in self.streams:
             s.epoch = self.epoch
-            s._load_epoch()
+            s.load_epoch()
         self.perm, self.oy, self.ox, self.flip = (
             torch.stack([getattr(s, k) for s in self.streams]) for k in ("perm", "oy", "ox", "flip"))
-        self._epoch_loaded = self.epoch
+        self.epoch_loaded = self.epoch
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of every seed: uint8 images (S, B, C, H, W) augmented, labels (S, B)."""
         first = self.streams[0]
-        if self._epoch_loaded != self.epoch:
-            self._load_epoch()
+        self.ensure_epoch()
         lo = self.position * first.batch_size
         batch = take_batch(first, self.perm, self.oy, self.ox, self.flip,
                            slice(lo, min(lo + first.batch_size, first.n)))

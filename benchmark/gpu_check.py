@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Real Fashion-MNIST runs (CNN-9, paper recipe, shortened schedule).
     os.environ.setdefault("COMHE_DATA", "data")  # the loader unpacks data/fashion-mnist-gz/*.gz
     from .config import RunSpec, load_protocol
-    from .engine import train
+    from .training import train
 
     n = a.iterations
     mode = {"runtime.compile": a.mode}

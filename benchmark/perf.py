@@ -3,7 +3,7 @@
 Times exactly ``engine.Run.step`` (the loop every run uses: real sampling and augmentation on
 device-resident uint8 data, autocast/channels_last as the protocol says), on whatever device is
 here. With ``pack_seeds = S > 1`` each regularizer is also measured as S seeds packed into one
-program (``benchmark.packed``): its row gives the step of all S seeds, the cost per seed-step and
+program (``benchmark.training.packed``): its row gives the step of all S seeds, the cost per seed-step and
 its ratio to the single run of the same regularizer. The regularizers are measured in interleaved rounds (A B C A B C ...) so drift of a shared
 machine hits all of them alike; the number reported is the median step over all rounds, and
 each ratio is against the unregularized (``weight_decay``) step of the same run.
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import RunSpec, load_protocol
-from .engine import device_name, environment, setup
+from .training import device_name, environment, setup
 
 # What the docs' tables measure: the paper's CNN-9 at batch 128, RP-CoMHE as performance.md.
 DEFAULT_REGULARIZERS = {
@@ -59,7 +59,7 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     reported with its error instead of ending the measurement. ``pack_seeds`` > 1 adds a packed
     row per regularizer (S seeds in one program).
     """
-    from .packed import setup_packed
+    from .training.packed import setup_packed
 
     regularizers = regularizers or DEFAULT_REGULARIZERS
     proto = load_protocol(protocol, {"batch_size": batch_size, "runtime.device": device,

@@ -15,7 +15,7 @@ leaves the old file or the new one, never half of one; the OS drops a dead proce
 Lock files themselves may remain after a run (they are empty and harmless).
 
 With ``pack_seeds = S > 1``, runs that differ only by seed go together, up to S at a time, as one
-packed program (``benchmark.packed``): the runner takes every run's lock, runs those that still
+packed program (``benchmark.training.packed``): the runner takes every run's lock, runs those that still
 need it as one ``engine.train_packed`` call, and each run gets its own record. A packed group
 resumes from its checkpoint only as the same group of runs.
 
@@ -192,7 +192,7 @@ def _reason(exc: BaseException) -> str:
 
 def resolve_train_fn(train_fn: TrainFn | str | None) -> TrainFn:
     if train_fn is None:
-        train_fn = "benchmark.engine:train"
+        train_fn = "benchmark.training:train"
     if isinstance(train_fn, str):
         module, _, qualname = train_fn.partition(":")
         obj: Any = importlib.import_module(module)
@@ -204,7 +204,7 @@ def resolve_train_fn(train_fn: TrainFn | str | None) -> TrainFn:
 
 def _train_fn_path(train_fn: TrainFn | str | None) -> str:
     if train_fn is None or isinstance(train_fn, str):
-        return train_fn or "benchmark.engine:train"
+        return train_fn or "benchmark.training:train"
     module, qualname = train_fn.__module__, train_fn.__qualname__
     if module == "__main__" or "<locals>" in qualname:
         raise ConfigError("train_fn must be a module-level function importable by worker "
@@ -281,7 +281,7 @@ def try_run_pack(
     """``try_run`` for a group of runs differing by seed: take each run's lock without waiting,
     train those that still need it as one packed program. Returns run_id -> outcome.
     ``pack_seeds``: the ``--pack-seeds`` of this call, recorded in each record's runtime."""
-    from benchmark.engine import pack_id, train_packed
+    from benchmark.training import pack_id, train_packed
 
     outcomes: dict[str, str] = {}
     held: dict[str, filelock.FileLock] = {}
@@ -754,7 +754,7 @@ def clean_orphaned_pack_checkpoints(results_dir: Path) -> int:
     packs = sorted((results_dir / "checkpoints").glob("pack-*.pt"))
     if not packs:
         return 0
-    from benchmark.engine import checkpoint_run_ids  # torch: only when there is one to read
+    from benchmark.training import checkpoint_run_ids  # torch: only when there is one to read
 
     removed = 0
     for path in packs:

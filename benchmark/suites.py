@@ -151,7 +151,7 @@ def load_suite(
 
     ``overrides`` are ``--set`` style dotted keys: protocol fields (``iterations=200``) apply on
     top of the suite's ``protocol_overrides``; ``model.<kw>`` keys are added to every model's
-    kwargs. ``validate_fn`` (default: ``benchmark.engine.validate``) is called on every expanded
+    kwargs. ``validate_fn`` (default: ``benchmark.training.validate``) is called on every expanded
     run and must raise ConfigError for an unknown dataset, model, regularizer or hparam.
     """
     path = suite_path(name_or_path)
@@ -166,7 +166,7 @@ def load_suite(
 def validate_suite(suite: Suite, validate_fn: Callable[[RunSpec], Any] | None = None) -> None:
     """Run ``validate_fn`` on every run; the first ConfigError names the suite and the run."""
     if validate_fn is None:
-        from benchmark.engine import validate as validate_fn  # lazy: pulls in torch
+        from benchmark.training import validate as validate_fn  # lazy: pulls in torch
     for spec in suite.expand():
         try:
             validate_fn(spec)

@@ -28,7 +28,8 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
-from benchmark import engine, packed
+from benchmark.training import packed
+from benchmark.training import run as engine
 
 aten = torch.ops.aten
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import correct_bits, engine
+from benchmark import correct_bits
+from benchmark import training as engine
 from benchmark.config import RunSpec, load_protocol
 from benchmark.store import build_store
 

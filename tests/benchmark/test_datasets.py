@@ -8,7 +8,7 @@ import torch
 from benchmark import datasets
 from benchmark.config import ConfigError, Data, RunSpec, load_protocol
 from benchmark.datasets import registry
-from benchmark.engine import train
+from benchmark.training import train
 from benchmark.suites import load_suite
 
 

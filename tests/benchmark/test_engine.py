@@ -9,7 +9,7 @@ import torch
 
 from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.engine import train, validate
+from benchmark.training import train, validate
 
 
 def spec(dataset="digits", regularizer="rp_comhe", seed=0, hparams=None, **proto):

@@ -12,7 +12,7 @@ from torch import nn
 from benchmark.config import RunSpec, load_protocol
 from benchmark.data import scale_input
 from benchmark.datasets import load as load_dataset
-from benchmark.engine import (
+from benchmark.training import (
     build_model,
     layer_energies,
     setup,

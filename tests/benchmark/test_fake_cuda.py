@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import (DataDependentOutputException, Dynamic
                                            FakeTensorDeviceMismatchError)
 
 import regularizers
-from benchmark.capture import GraphedStep
+from benchmark.training.capture import GraphedStep
 from benchmark.config import RunSpec, load_protocol
 
 from ._fake_cuda import CaptureWatch, FakeCuda

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark.config import RunSpec, load_protocol
-from benchmark.engine import setup
+from benchmark.training import setup
 
 
 def _losses(regularizer, compile_mode, steps=3):
@@ -51,7 +51,7 @@ def test_auto_compiles_only_on_cuda():
 
 def _run_steps(compile_mode, regularizer="rp_comhe", packed_seeds=0, steps=20, **over):
     """Loss/CE/penalty per step, final weights and the run (8 batches of 16 per epoch)."""
-    from benchmark.packed import setup_packed
+    from benchmark.training.packed import setup_packed
 
     overrides = {"runtime.compile": compile_mode, "iterations": steps, "batch_size": 16,
                  "data.max_train": 128, "schedule.milestones": [3, 11], **over}
@@ -95,7 +95,7 @@ def test_whole_step_graph_body_matches_eager(regularizer, packed_seeds, over):
 
 def test_graph_batches_follow_the_stream_across_epochs():
     """The device-counter batches are the stream's batches, position by position."""
-    from benchmark.capture import StaticBatches
+    from benchmark.training.capture import StaticBatches
     from benchmark.data import BatchStream
     from benchmark.datasets import load as load_dataset
 
@@ -123,8 +123,8 @@ def test_graph_mode_compiles_only_outside_the_recording(regularizer, packed_seed
     channels_last, the loss compiled (inductor's CPU backend), the recording's autocast without
     cast cache; AP's penalty reads the learning rate, so each rate compiles once, in its warm-up.
     """
-    from benchmark.capture import GraphedStep
-    from benchmark.packed import setup_packed
+    from benchmark.training.capture import GraphedStep
+    from benchmark.training.packed import setup_packed
 
     torch._dynamo.reset()
     proto = load_protocol("smoke", {

@@ -51,7 +51,7 @@ def test_data_stream_is_device_independent():
 
 
 def test_short_run_on_gpu(tmp_path):
-    from benchmark.engine import train
+    from benchmark.training import train
 
     spec = RunSpec(load_protocol("smoke", {"runtime.device": "cuda", "runtime.precision": "auto",
                                            "runtime.channels_last": "auto"}),
@@ -62,7 +62,7 @@ def test_short_run_on_gpu(tmp_path):
 
 def test_compiled_cuda_graph_step_matches_eager():
     """runtime.compile=reduce-overhead (the GPU default) against the eager path, same weights."""
-    from benchmark.engine import setup
+    from benchmark.training import setup
 
     def losses(mode):
         torch._dynamo.reset()
@@ -81,8 +81,8 @@ def _graph_vs_eager(packed_seeds: int, compiled: bool, steps: int = 12):
     """Per-step (loss, ce, pen), fp32 on CUDA, of runtime.compile=graph recorded and replayed, and
     of a reference running the same kernels unrecorded: the eager path (compiled=False: the
     recorded body is the eager code) or the graph body without recording (compiled=True)."""
-    from benchmark.engine import setup
-    from benchmark.packed import setup_packed
+    from benchmark.training import setup
+    from benchmark.training.packed import setup_packed
 
     torch.backends.cudnn.deterministic = True  # the comparison is of recording, not of cuDNN's picks
     out = {}

@@ -19,8 +19,8 @@ from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.data import BatchStream, PackedBatchStream
 from benchmark.datasets import load as load_dataset
-from benchmark.engine import pack_id, setup, train, train_packed
-from benchmark.packed import check_packable, setup_packed
+from benchmark.training import pack_id, setup, train, train_packed
+from benchmark.training.packed import check_packable, setup_packed
 
 
 def spec(regularizer="rp_comhe", seed=0, hparams=None, **proto):

@@ -1,6 +1,6 @@
 """The local runner with a fake engine: skipping, retrying, failures, locks, workers, Slurm path.
 
-``fake_train`` stands in for ``benchmark.engine.train``: it sleeps (FAKE_TRAIN_SLEEP seconds,
+``fake_train`` stands in for ``benchmark.training.train``: it sleeps (FAKE_TRAIN_SLEEP seconds,
 split around a checkpoint write), appends ``start``/``end`` lines to FAKE_TRAIN_LOG, and writes a
 complete record atomically. The kill tests (test_kill.py) reuse it in subprocesses.
 """
@@ -242,7 +242,7 @@ def test_slurm_path_with_submitit_debug_and_local_executors(tmp_path, fake_env):
 
 @pytest.mark.slow
 def test_end_to_end_smoke_suite_with_real_engine(tmp_path):
-    from benchmark import engine
+    from benchmark import training as engine
     from benchmark.store import build_store
     from benchmark.suites import load_suite
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .data import take_batch
+from benchmark.data import take_batch
 
 
 class StaticBatches:
@@ -57,8 +57,7 @@ class StaticBatches:
     def prepare(self) -> None:
         """Host side, before a replay: epoch buffers and counter at the stream's position."""
         st = self.stream
-        if st._epoch_loaded != st.epoch:
-            st._load_epoch()
+        st.ensure_epoch()
         if self._epoch != st.epoch:
             src = (st.perm, st.oy, st.ox, st.flip)
             if self.buffers is None:
@@ -135,7 +134,7 @@ class GraphedStep:
         if self.before_inside:
             run.before_step(self.graph_lr)
         x, y = self.batches.next()
-        loss, ce, pen = run._loss(run.inputs(x), y)
+        loss, ce, pen = run.loss_fn(run.inputs(x), y)
         # Recording: gradients are None here, so backward allocates them in the graph's pool and
         # every replay overwrites them (no accumulation). Without recording: plain eager.
         run.opt.zero_grad(set_to_none=True)

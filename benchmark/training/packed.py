@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .config import ConfigError, RunSpec
-from . import datasets
-from .data import BatchStream, PackedBatchStream, scale_input
-from .datasets import Dataset
-from .engine import (_Steps, build_model, layer_energies, resolve_device, runtime_settings,
-                     smoothed_cross_entropy, weight_decay_term)
+import regularizers
+from benchmark import datasets
+from benchmark.config import ConfigError, RunSpec
+from benchmark.data import BatchStream, PackedBatchStream, scale_input
+from benchmark.datasets import Dataset
+from benchmark.training.metrics import layer_energies, smoothed_cross_entropy, weight_decay_term
+from benchmark.training.run import build_model, resolve_device, runtime_settings
+from benchmark.training.steps import Steps
 
 
 def check_packable(specs: list[RunSpec]) -> None:
@@ -51,7 +53,7 @@ def check_packable(specs: list[RunSpec]) -> None:
 
 
 @dataclass
-class PackedRun(_Steps):
+class PackedRun(Steps):
     """What a packed training step needs; the S-seed counterpart of ``engine.Run``."""
 
     specs: list[RunSpec]
@@ -108,7 +110,7 @@ class PackedRun(_Steps):
         pen = torch.stack([reg.penalty_for(w) for reg, w in zip(self.regs, self.seed_weights())])
         return ce + pen, ce, pen
 
-    # ----------------------------------------------------------------- the step (engine._Steps)
+    # ----------------------------------------------------------------- the step (engine.Steps)
     def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
             reg.before_step_for(w, lr)
@@ -182,8 +184,6 @@ class PackedRun(_Steps):
 
 def setup_packed(specs: list[RunSpec]) -> PackedRun:
     """The packed counterpart of ``engine.setup``: S seeded models stacked, S regularizers."""
-    import regularizers
-
     check_packable(specs)
     proto = specs[0].protocol
     device = resolve_device(proto.runtime.device)

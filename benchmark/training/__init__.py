@@ -1,0 +1,38 @@
+"""Training: one run (or S seeds packed as one program) from a spec to its record.
+
+Read top to bottom: ``run.py`` builds a run's state from a spec, ``steps.py`` is the step (plain,
+compiled or a CUDA graph from ``capture.py``), ``loop.py`` drives steps, evaluations and
+checkpoints and writes the record; ``packed.py`` is the S-seed counterpart of ``run.py`` and
+``metrics.py`` what a run measures.
+"""
+
+from benchmark.training.loop import (
+    checkpoint_run_ids,
+    load_checkpoint,
+    pack_id,
+    train,
+    train_packed,
+)
+from benchmark.training.metrics import (
+    evaluate,
+    layer_energies,
+    smoothed_cross_entropy,
+    weight_decay_term,
+)
+from benchmark.training.packed import PackedRun, check_packable, setup_packed
+from benchmark.training.run import (
+    MAX_SEED,
+    Run,
+    build_model,
+    resolve_device,
+    resolve_threads,
+    runtime_settings,
+    setup,
+    validate,
+)
+from benchmark.training.steps import Steps
+
+__all__ = ["MAX_SEED", "PackedRun", "Run", "checkpoint_run_ids", "load_checkpoint", "resolve_threads", "Steps", "build_model", "check_packable", "evaluate",
+           "layer_energies", "pack_id", "resolve_device", "runtime_settings", "setup",
+           "setup_packed", "smoothed_cross_entropy", "train", "train_packed", "validate",
+           "weight_decay_term"]

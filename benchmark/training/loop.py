@@ -1,0 +1,291 @@
+"""The loop every run goes through, top to bottom:
+
+    spec -> set-up (a Run, or a PackedRun of S seeds) -> SGD steps (eval every N, checkpoint
+    every M, divergence watched on the device) -> one record per run, written atomically
+
+Evaluation uses running BN statistics on the whole test set; the reported metric is the one
+at the final iteration. A run resumes from its checkpoint exactly (model, optimiser,
+regularizer, batch stream, RNG states, curves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from benchmark import records, stopping
+from benchmark.config import ConfigError, RunSpec
+from benchmark.correct_bits import encode
+from benchmark.training.metrics import device_name, environment
+from benchmark.training.packed import setup_packed
+from benchmark.training.run import resolve_threads, setup, validate
+
+# Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
+# device every step and read back only every this many steps (and at every evaluation).
+FINITE_CHECK_EVERY = 50
+
+
+def _new_curves() -> dict:
+    return {k: [] for k in ("iteration", "test_acc", "test_error", "train_loss", "penalty",
+                            "energy_total")} | {"energy": {}}
+
+
+def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Run (or resume) one run; write its record atomically and return it.
+
+    ``stop_after``: leave after this many iterations of this call, checkpoint written and no
+    record (a time-limited job, or a test of resuming). Returns {} in that case.
+    """
+    return train_packed([spec], results_dir, progress=progress, stop_after=stop_after)[0]
+
+
+def pack_id(specs: list[RunSpec]) -> str:
+    """The checkpoint name of a run, or of a packed group of runs (resumable only as that group)."""
+    if len(specs) == 1:
+        return specs[0].run_id
+    blob = ",".join(sorted(s.run_id for s in specs))
+    return "pack-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: bool = True,
+                 stop_after: int | None = None, pack_seeds: int | None = None) -> list[dict]:
+    """Run (or resume) runs that differ by seed only as ONE program (``packed.PackedRun``; one
+    run is the plain ``Run``). Every run gets its own record, written when the group ends, as the
+    single run would write it (plus ``runtime.packed_seeds``); one checkpoint holds the group.
+
+    A seed that diverges is recorded as diverged at its iteration and the others go on (its
+    tensors are its own: NaNs do not cross seeds). Returns the records ([{}, ...] on stop_after).
+
+    ``pack_seeds``: the runner's ``--pack-seeds`` (default: S), recorded as
+    ``runtime.pack_seeds``. torch's thread count is ``runtime.threads`` during the run. A stop
+    request (``benchmark.stopping``) writes the checkpoint and raises ``Interrupted``.
+    """
+    for spec in specs:
+        validate(spec)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(specs[0].protocol.runtime.threads))
+    try:  # the caller's thread count is its own (tests, a notebook): put it back
+        return _train_packed(specs, Path(results_dir), progress, stop_after, pack_seeds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_after: int | None,
+                  pack_seeds: int | None) -> list[dict]:
+    proto = specs[0].protocol
+    S = len(specs)
+    ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if S == 1:
+        run = setup(specs[0])
+    else:
+        run = setup_packed(specs)
+    device, data = run.device, run.data
+    cuda = device.type == "cuda"
+    opt_cfg = proto.optimizer
+
+    curves, window_ms, start_it, elapsed_before = [_new_curves() for _ in specs], [], 0, 0.0
+    # Running sums since the last evaluation (logged as window means); part of the checkpoint.
+    window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0}
+    diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
+    resumed_from: list[int] = []
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, specs, device)
+        run.load_state_dict(ck["run"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if cuda and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+        curves, window_ms, diverged = ck["curves"], ck["window_ms"], ck["diverged"]
+        start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
+        resumed_from = [*ck.get("resumed_from", []), start_it]  # the record says it resumed
+
+    base_record = {
+        "schema_version": records.SCHEMA_VERSION, "status": "failed", "reason": None,
+        **environment(), "device": device_name(device), "synthetic": data.synthetic,
+        "notes": list(getattr(run.models[0], "model_notes", [])),
+        "regularizer_hparams_resolved": dict(run.regs[0].hparams),
+        "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
+                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S,
+                    "pack_seeds": pack_seeds or S, "threads": torch.get_num_threads()},
+        "started_at": started,
+    }
+
+    if start_it == 0:
+        for spec, (ce0, wd0, pen0) in zip(specs, run.iteration0(opt_cfg.weight_decay)):
+            print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term {wd0:.4f}, "
+                  f"penalty {pen0:.4f}", flush=True)
+
+    loss_sum = torch.tensor(window["loss_sum"], device=device)
+    pen_sum = torch.tensor(window["pen_sum"], device=device)
+    first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
+    steps_in_window = window["steps"]
+    t0 = time.perf_counter()
+    t_window = t0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        seeds = ",".join(str(s.seed) for s in specs)
+        bar = tqdm(total=proto.iterations, initial=start_it, desc=f"{specs[0].display_label} s{seeds}",
+                   dynamic_ncols=True, leave=False)
+
+    def check_finite() -> bool:
+        """Record newly diverged seeds; True when no seed is left training."""
+        for s, it_bad in enumerate(first_bad.tolist()):
+            if it_bad >= 0 and diverged[s] is None:
+                diverged[s] = it_bad
+        return all(d is not None for d in diverged)
+
+    def finish(last_it: int) -> list[dict]:
+        if bar is not None:
+            bar.close()
+        out = []
+        wall = elapsed_before + time.perf_counter() - t0
+        for s, spec in enumerate(specs):
+            it = last_it if diverged[s] is None else diverged[s]
+            record = {
+                **base_record, "run_id": spec.run_id, "suite": spec.suite,
+                "label": spec.display_label, "config": spec.identity(), "seed": spec.seed,
+                "status": "complete" if diverged[s] is None else "diverged",
+                "reason": None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
+                "curves": _truncate(curves[s], it), "final": _final(_truncate(curves[s], it), it,
+                                                                    data.test_y.shape[0]),
+                **_correct_of(run, s, diverged[s] is None and curves[s]["iteration"][-1:] == [it]),
+                "wall_time_s": wall, "resumed_from": resumed_from,
+                "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            records.check_claim(results_dir, spec.run_id)  # a deleted lock file: see records
+            records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
+            out.append(record)
+        ckpt_path.unlink(missing_ok=True)
+        return out
+
+    for it in range(start_it, proto.iterations):
+        loss, ce, pen = run.step(proto.lr_at(it))
+
+        # Device-side bookkeeping: no host sync per step.
+        bad = ~torch.isfinite(loss.detach().reshape(-1))
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, it), first_bad)
+        loss_sum += ce.detach().reshape(-1)
+        pen_sum += pen.detach().float().reshape(-1)
+        steps_in_window += 1
+        done = it + 1
+        is_eval = done % proto.eval_every == 0 or done == proto.iterations
+        if (is_eval or done % FINITE_CHECK_EVERY == 0) and check_finite():
+            return finish(done)
+        if is_eval:
+            if cuda:
+                torch.cuda.synchronize()
+            window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
+            evals, energies = run.evaluate(), run.layer_energies()
+            losses, pens = (loss_sum / steps_in_window).tolist(), (pen_sum / steps_in_window).tolist()
+            for c, (acc, _), e, lo, pe in zip(curves, evals, energies, losses, pens):
+                c["iteration"].append(done)
+                c["test_acc"].append(acc)
+                c["test_error"].append(100.0 - acc)
+                c["train_loss"].append(lo)
+                c["penalty"].append(pe)
+                c["energy_total"].append(sum(e.values()))
+                for name, v in e.items():
+                    c["energy"].setdefault(name, []).append(v)
+            if bar is not None:
+                bar.set_postfix(loss=f"{curves[0]['train_loss'][-1]:.3f}", acc=f"{evals[0][0]:.2f}")
+            loss_sum.zero_()
+            pen_sum.zero_()
+            steps_in_window = 0
+            t_window = time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+        leaving = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
+        interrupted = stopping.requested() and done < proto.iterations
+        if done < proto.iterations and (done % proto.checkpoint_every == 0 or leaving or interrupted):
+            check_finite()
+            window = {"loss_sum": loss_sum.tolist(), "pen_sum": pen_sum.tolist(), "steps": steps_in_window}
+            _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
+                             elapsed_before + time.perf_counter() - t0, cuda, specs, resumed_from)
+        if leaving or interrupted:
+            if bar is not None:
+                bar.close()
+            if interrupted:
+                raise stopping.Interrupted(stopping.signum())
+            return [{} for _ in specs]
+    check_finite()
+    return finish(proto.iterations)
+
+
+def _truncate(curves: dict, iteration: int) -> dict:
+    """The curves up to ``iteration`` (a diverged seed of a packed run stops counting there)."""
+    keep = sum(i <= iteration for i in curves["iteration"])
+    if keep == len(curves["iteration"]):
+        return curves
+    out = {k: v[:keep] for k, v in curves.items() if k != "energy"}
+    out["energy"] = {k: v[:keep] for k, v in curves["energy"].items()}
+    return out
+
+
+def _correct_of(run, s: int, final_eval: bool) -> dict:
+    """``{"final_correct": ...}``: seed s's per-image correctness at the final evaluation
+    (benchmark/correct_bits.py), for paired (McNemar) standard errors; {} when unknown."""
+    hits = getattr(run, "last_correct", None)
+    if not final_eval or not hits or s >= len(hits):
+        return {}
+    return {"final_correct": encode(hits[s])}
+
+
+def _final(curves: dict, iteration: int, n_test: int) -> dict:
+    last = {k: (curves[k][-1] if curves[k] else float("nan"))
+            for k in ("test_acc", "test_error", "train_loss", "penalty")}
+    return {"iteration": iteration, **last, "n_test": n_test}
+
+
+def checkpoint_run_ids(path: Path) -> list[str] | None:
+    """The run ids a checkpoint belongs to, or None (unreadable, or written before they were
+    stored)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: "unknown"
+        return None
+    ids = ck.get("run_ids") if isinstance(ck, dict) else None
+    return list(ids) if ids else None
+
+
+def load_checkpoint(path: Path, specs: list[RunSpec], device: torch.device) -> dict:
+    """The checkpoint at ``path`` if it belongs to exactly these runs; one-line ConfigError
+    naming the file otherwise (a corrupt file, or one copied or renamed from another run).
+    Checkpoints written before run ids were stored in them are accepted as they are."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ck, dict) or "run" not in ck or "iteration" not in ck:
+            raise ValueError("not a checkpoint of this engine")
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to "
+                          "restart the run from the beginning") from None
+    want = sorted(s.run_id for s in specs)
+    if ck.get("run_ids") is not None and sorted(ck["run_ids"]) != want:
+        raise ConfigError(f"checkpoint '{path}' belongs to run(s) {', '.join(sorted(ck['run_ids']))}, "
+                          f"not {', '.join(want)}; move it away to start this run from the beginning")
+    return ck
+
+
+def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda, specs,
+                     resumed_from):
+    state = {
+        "run_ids": [s.run_id for s in specs],
+        "run": run.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+        "curves": curves, "window_ms": window_ms, "window": window, "diverged": diverged,
+        "iteration": iteration, "elapsed_s": elapsed, "resumed_from": resumed_from,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    records.atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,236 @@
+"""One run's training state, built from a spec: data on the device, the seeded model, the
+regularizer attached, the optimiser and the batch stream; and the checks made before any run.
+
+GPU: bf16 autocast and channels_last where the protocol's ``runtime`` asks; CPU: fp32. The code
+path is the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import models
+import regularizers
+from benchmark import datasets
+from benchmark.config import ConfigError, RunSpec
+from benchmark.data import BatchStream, scale_input
+from benchmark.datasets import Dataset
+from benchmark.plugins import load_plugins
+from benchmark.training.metrics import (
+    evaluate,
+    layer_energies,
+    smoothed_cross_entropy,
+    weight_decay_term,
+)
+from benchmark.training.steps import Steps
+
+# Seeds feed torch.manual_seed, numpy-style generators and seed * 1_000_003 + epoch (the batch
+# stream): 2**32 - 1 keeps every one of them in range.
+MAX_SEED = 2**32 - 1
+
+
+def validate(spec: RunSpec) -> None:
+    """Raise ConfigError (one line) if the spec names anything unknown or impossible: names,
+    hyper-parameters, the seed's range, the dataset's presence on disk, and whether the model
+    takes the protocol's image size (a forward pass on the meta device). Nothing is written."""
+    load_plugins()  # those of a parent process (workers), a no-op otherwise
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {spec.seed!r}")
+    datasets.check_name(spec.dataset)
+    _check_model(spec.model, json.dumps(spec.model_kwargs, sort_keys=True))
+    try:
+        regularizers.create(spec.regularizer, **spec.regularizer_hparams)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    datasets.preflight(spec.dataset, spec.protocol.data, spec.protocol.batch_size)
+    entry = datasets.info(spec.dataset)
+    chans = entry.channels or 3
+    classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
+    _check_model_input(spec.model, json.dumps(spec.model_kwargs, sort_keys=True), chans, classes,
+                       spec.protocol.data.image_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model(name: str, kwargs_json: str) -> None:
+    """Build the model on the meta device (no memory, no init cost): unknown names and
+    keywords fail here, before any run, with the registry's one-line message."""
+    try:
+        with torch.device("meta"):
+            models.create(name, num_classes=10, **json.loads(kwargs_json))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int, size: int) -> None:
+    """One forward pass on the meta device with the run's input shape: an image size the
+    network cannot take (pooled to nothing) fails here, not after the data is loaded."""
+    try:
+        with torch.device("meta"):
+            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
+            model.eval()
+            out = model(torch.empty(2, chans, size, size))
+    except NotImplementedError:
+        return  # an operation without a meta kernel: nothing can be said up front
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise ConfigError(f"model '{name}' cannot take {size}x{size} images (data.image_size): "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if tuple(out.shape) != (2, classes):
+        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for "
+                          f"{size}x{size} images (data.image_size); expected ({classes},)")
+
+
+def resolve_threads(threads: int) -> int:
+    """runtime.threads: 0 = the cores this process may use (not divided by --jobs)."""
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class Run(Steps):
+    """Everything a training step needs, built once from a spec (also used by ``perf``)."""
+
+    spec: RunSpec
+    device: torch.device
+    data: Dataset
+    model: torch.nn.Module
+    roles: dict[str, str]
+    reg: Any  # a regularizers.Regularizer
+    opt: torch.optim.Optimizer
+    stream: BatchStream
+    bf16: bool
+    memory_format: torch.memory_format
+    compile_mode: str = "off"
+    dtype: torch.dtype = torch.float32  # of weights, inputs and loss (autocast aside)
+
+    def __post_init__(self) -> None:
+        self._init_step()
+
+    def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
+        with self.autocast():
+            logits = self.model(x)
+        p = self.spec.protocol
+        ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
+        pen = self.reg.penalty()
+        return ce + pen, ce, pen
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
+        return x.contiguous(memory_format=self.memory_format)
+
+    @property
+    def seeds(self) -> int:
+        return 1
+
+    def before_step(self, lr: float) -> None:
+        self.reg.before_step(lr)
+
+    # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
+    def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
+        """(CE of the first batch, weight-decay term, penalty) at initialisation. The forward runs
+        in training mode (batch statistics, as the authors' log) and the BN running statistics
+        are restored after it: the diagnostic must not change the training that follows."""
+        saved = [b.clone() for b in self.model.buffers()]
+        p = self.spec.protocol
+        with torch.no_grad(), self.autocast():
+            x, y = self.stream.next()
+            self.stream.load_state_dict({"epoch": 0, "position": 0})
+            logits = self.model(self.inputs(x))
+            ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
+        with torch.no_grad():
+            for b, v in zip(self.model.buffers(), saved):
+                b.copy_(v)
+        pen = self.reg.penalty()
+        return [(float(ce), weight_decay_term(self.model, weight_decay), float(pen.detach()))]
+
+    def evaluate(self) -> list[tuple[float, float]]:
+        self.last_correct: list = []  # per-image correctness of this evaluation, for the record
+        return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
+
+    def layer_energies(self) -> list[dict[str, float]]:
+        return [layer_energies(self.model, self.roles)]
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @property
+    def regs(self) -> list[Any]:
+        return [self.reg]
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [self.spec]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "regularizer": self.reg.state_dict(), "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.reg.load_state_dict(state["regularizer"])
+        self.stream.load_state_dict(state["stream"])
+
+
+def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_format, str, torch.dtype]:
+    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives."""
+    cuda = device.type == "cuda"
+    rt = proto.runtime
+    bf16 = rt.precision == "bf16" or (rt.precision == "auto" and cuda)
+    cl = rt.channels_last
+    memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
+    mode = rt.compile
+    if mode == "auto":
+        mode = "reduce-overhead" if cuda else "off"
+    dtype = torch.float64 if rt.precision == "fp64" else torch.float32
+    return bf16, memory_format, mode, dtype
+
+
+def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
+    """The spec's model for this data (initialised from the global seed, on the current default
+    device), with the protocol's BatchNorm momentum."""
+    model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                          **spec.model_kwargs)
+    if spec.protocol.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = spec.protocol.bn_momentum
+    return model
+
+
+def setup(spec: RunSpec) -> Run:
+    """Data on the device, model (seeded init), regularizer attached, optimiser, batch stream."""
+    proto = spec.protocol
+    device = resolve_device(proto.runtime.device)
+    bf16, memory_format, mode, dtype = runtime_settings(proto, device)
+    data = datasets.load(spec.dataset, proto.data).to(device)
+    torch.manual_seed(spec.seed)  # model init
+    model = build_model(spec, data).to(device=device, dtype=dtype, memory_format=memory_format)
+    roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
+    reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
+    reg.attach(model, roles=roles, seed=spec.seed)
+    o = proto.optimizer
+    # weight_decay on every parameter, BN gamma/beta included, as the recipe.
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
+    stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype)
