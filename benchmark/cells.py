@@ -17,6 +17,7 @@ import pandas as pd
 
 from benchmark import stats
 from benchmark.config import ConfigError
+from benchmark.suites import load_suite
 
 __all__ = ["OUTCOMES", "SETUP_FIELDS", "SetupError", "check_setup", "code_versions",
            "compare_to_baseline", "declared_order", "label_order", "select_runs", "with_outcome"]
@@ -107,8 +108,6 @@ def check_setup(runs: pd.DataFrame, *, allow_mixed_code: bool = False) -> None:
 def declared_order(runs: pd.DataFrame) -> list[str]:
     """Display labels in the declared order of the suites named by the runs (suites that
     cannot be loaded are skipped)."""
-    from benchmark.suites import load_suite
-
     order: list[str] = []
     for name in runs["suite"].dropna().astype(str).unique() if "suite" in runs else []:
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import ConfigError
 from .plugins import load_plugins
 
+
 def _cmd_list(args) -> int:
     import models
     import regularizers
@@ -95,8 +96,8 @@ def _suite_specs(args):
 
 def _cmd_run(args) -> int:
     from . import training as engine
-    from .executors import SlurmOptions
-    from .runner import run_suite
+    from .sweep.dispatch import execute
+    from .sweep.slurm import SlurmOptions
 
     specs = _suite_specs(args) if args.suite else _single_spec(args)  # suites validate here
     if not args.suite:
@@ -110,9 +111,9 @@ def _cmd_run(args) -> int:
                              constraint=args.slurm_constraint,
                              array_parallelism=args.array_parallelism)
     # A single run takes the same path as a suite: lock, skip when finished, failure record.
-    summary = run_suite(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
-                        slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
-                        pack_seeds=args.pack_seeds)
+    summary = execute(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
+                      slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
+                      pack_seeds=args.pack_seeds)
     if args.suite or summary.jobs:
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
@@ -146,7 +147,7 @@ def _print_single_runs(specs, results: Path, summary) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .status import format_status, suite_status
+    from .sweep.status import format_status, suite_status
 
     if not args.suite:
         raise ConfigError("status needs --suite NAME_OR_PATH")

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import inspect
 import json
 import math
 import types
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+import regularizers
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
@@ -425,8 +428,6 @@ def _resolved_regularizer(name: str, hparams: dict[str, Any]) -> tuple[dict | No
     that with its own one-line error, and the id then falls back to the values as typed.
     """
     try:
-        import regularizers
-
         cls = regularizers.registry.get(name)
         resolved = cls.resolve_hparams(dict(hparams))
     except (ImportError, ValueError, TypeError):
@@ -436,8 +437,6 @@ def _resolved_regularizer(name: str, hparams: dict[str, Any]) -> tuple[dict | No
 
 def _plugin_source_hash(cls: type) -> str | None:
     """sha256 (16 hex) of the file defining a plugin regularizer; None for a built-in."""
-    import inspect
-
     if cls.__module__ == "regularizers" or cls.__module__.startswith("regularizers."):
         return None
     try:

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmark.records import atomic_write
+
 # Rough seconds per section on an H100 (each torch.compile of a mode and regularizer ~30 s; a
 # 6,000-step run ~30-60 s): used only to skip what cannot finish within the budget.
 COMPILE_S = 35
@@ -73,10 +75,7 @@ class Report:
 
     def _write(self, name: str, text: str) -> None:
         # atomic: a time-out in the middle of a write leaves the previous complete file
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.out / name)
+        atomic_write(self.out / name, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from benchmark.training import device_name, environment, setup
+from benchmark.training.packed import setup_packed
+
 from .config import RunSpec, load_protocol
-from .training import device_name, environment, setup
 
 # What the docs' tables measure: the paper's CNN-9 at batch 128, RP-CoMHE as performance.md.
 DEFAULT_REGULARIZERS = {
@@ -59,8 +61,6 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     reported with its error instead of ending the measurement. ``pack_seeds`` > 1 adds a packed
     row per regularizer (S seeds in one program).
     """
-    from .training.packed import setup_packed
-
     regularizers = regularizers or DEFAULT_REGULARIZERS
     proto = load_protocol(protocol, {"batch_size": batch_size, "runtime.device": device,
                                      "runtime.compile": compile_mode,

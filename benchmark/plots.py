@@ -5,7 +5,7 @@ matplotlib with the Agg backend (no display); each figure is saved as PNG and PD
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from pathlib import Path
 
@@ -16,26 +16,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from benchmark.records import atomic_write
+
 __all__ = ["FORMATS", "method_colors", "mpl_escape", "plot_intervals", "plot_training_dynamics"]
 
 FORMATS = ("png", "pdf")
 
 
 def _save(fig: plt.Figure, stem: Path) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (temp file + os.replace) and close it."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically) and close it."""
     paths = []
     for fmt in FORMATS:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            # No creation date in the PDF: regenerating from the same records gives the same bytes.
-            meta = {"CreationDate": None} if fmt == "pdf" else {}
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        paths.append(path)
+        buf = io.BytesIO()
+        # No creation date in the PDF: regenerating from the same records gives the same bytes.
+        meta = {"CreationDate": None} if fmt == "pdf" else {}
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
+        paths.append(atomic_write(stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue()))
     plt.close(fig)
     return paths
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import regularizers
+
 from .config import ConfigError
 
 PLUGIN_ENV = "COMHE_PLUGINS"  # os.pathsep-separated; inherited by worker processes
@@ -18,8 +20,6 @@ _loaded: set[str] = set()
 
 def load_plugins(extra: list[str] | None = None) -> None:
     """Import ``--plugin`` modules/files (and those of a parent process) so they register."""
-    import regularizers
-
     names = [p for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p] + list(extra or [])
     # Files by absolute path: workers may start in another directory.
     names = [os.path.abspath(n) if n.endswith(".py") else n for n in names]

@@ -79,8 +79,13 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (str: UTF-8) to ``path`` through a temporary file in the same directory
+    and ``os.replace``: a reader, or a process killed mid-write, sees the old file or the new
+    one, never half of one. The file honours the umask; a full disk names the file."""
     path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -95,6 +100,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file
         raise
+    return path
 
 
 def _strip_non_finite(obj: Any, where: str, found: dict[str, str]) -> Any:
@@ -134,7 +140,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     clean = _strip_non_finite(obj, "", found)
     if found and isinstance(clean, dict):
         clean["non_finite"] = {**(clean.get("non_finite") or {}), **found}
-    atomic_write_bytes(path, json.dumps(clean, indent=1, sort_keys=True, allow_nan=False).encode())
+    atomic_write(path, json.dumps(clean, indent=1, sort_keys=True, allow_nan=False).encode())
 
 
 class LostClaim(Exception):

@@ -20,8 +20,20 @@ from scipy import stats as sps
 
 from benchmark import cells, stats, stats_across
 from benchmark.tables import (  # noqa: F401 - re-exported: the report's public names
-    _atomic_write_text, _env, _mixed_code_notes, _num, build_table, format_cell, md_escape, noise_text, power_note,
-    render_leaderboard, suggested_seeds, tex_escape, write_tables)
+    atomic_write,
+    build_table,
+    fmt_num,
+    format_cell,
+    md_escape,
+    mixed_code_notes,
+    noise_text,
+    power_note,
+    render_leaderboard,
+    suggested_seeds,
+    template_env,
+    tex_escape,
+    write_tables,
+)
 
 __all__ = [
     "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
@@ -170,15 +182,15 @@ def _write_paper_comparison(comp: pd.DataFrame, out: Path, schedule: str | None)
              md_escape(r["schedule"]) if pd.notna(r["schedule"]) else "unknown",
              md_escape(f"{r['dataset']} / {r['model']}"), md_escape(r["label"]),
              md_escape(r["metric"]),
-             f"{_num(r['paper'])} ({int(r['n_runs']) if pd.notna(r['n_runs']) else '?'})",
-             f"{_num(r['mean'])} [{_num(r['pi_low'])}, {_num(r['pi_high'])}] (n={r['n']})",
-             _num(r["difference"]), r["verdict"]] for _, r in comp.iterrows()]
-    md = _env().get_template("paper_comparison.md.j2").render(
+             f"{fmt_num(r['paper'])} ({int(r['n_runs']) if pd.notna(r['n_runs']) else '?'})",
+             f"{fmt_num(r['mean'])} [{fmt_num(r['pi_low'])}, {fmt_num(r['pi_high'])}] (n={r['n']})",
+             fmt_num(r["difference"]), r["verdict"]] for _, r in comp.iterrows()]
+    md = template_env().get_template("paper_comparison.md.j2").render(
         header=header, rows=rows, schedule_text=schedule or "inferred from each run's iterations",
         synthetic=bool(comp["synthetic"].any()) if len(comp) else False,
         margin=EQUIVALENCE_MARGIN if not len(comp) else float(comp["margin"].iloc[0]))
-    return [_atomic_write_text(out / "paper_comparison.md", md),
-            _atomic_write_text(out / "paper_comparison.csv", comp.to_csv(index=False))]
+    return [atomic_write(out / "paper_comparison.md", md),
+            atomic_write(out / "paper_comparison.csv", comp.to_csv(index=False))]
 
 
 # --- everything -------------------------------------------------------------------------------
@@ -203,7 +215,7 @@ def prepare_report(runs_df: pd.DataFrame, *, baseline: str = "weight_decay",
     across = stats_across.across_cells(table, counted, baseline, metric, alpha) if len(table) \
         else None
     return {"runs": runs, "counted": counted, "table": table, "across": across,
-            "notes": _mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
+            "notes": mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
             "baseline": baseline, "metric": metric, "include_stuck": include_stuck,
             "suggested_seeds": suggested_seeds(table) if len(table) else None}
 
@@ -224,8 +236,6 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
         prepared: the output of :func:`prepare_report` (computed here when None).
     Returns the written paths.
     """
-    from benchmark import plots as _plots  # matplotlib only when plotting
-
     rep = prepared or prepare_report(runs_df, baseline=baseline, metric=metric,
                                      include_synthetic=include_synthetic,
                                      include_stuck=include_stuck,
@@ -243,13 +253,13 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
         paths += _write_paper_comparison(comp, out, schedule)
     if plots and len(table):
         order = list(dict.fromkeys(table["label"].astype(str)))
-        colors = _plots.method_colors(order)
+        colors = plots.method_colors(order)
         setups = {(c["dataset"], c["model"]): c["setup"]
                   for c in build_table(table, rep["runs"])["columns"]}
-        paths += _plots.plot_intervals(table, out / "intervals", colors=colors, setups=setups)
+        paths += plots.plot_intervals(table, out / "intervals", colors=colors, setups=setups)
         if curves_df is not None and len(curves_df):
             curves = curves_df[curves_df["run_id"].isin(rep["counted"]["run_id"])]
-            paths += _plots.plot_training_dynamics(
+            paths += plots.plot_training_dynamics(
                 curves, out, synthetic=bool(table["synthetic"].any()), order=order,
                 colors=colors, setups=setups)
     return paths

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -322,8 +323,6 @@ def binomial_noise_floor(acc_pct: float | np.ndarray, n_test: int | np.ndarray
 
 def decode_correct(values: pd.Series) -> dict[Any, np.ndarray | None]:
     """{seed: per-image correctness} from the store's ``correct`` column (JSON strings)."""
-    import json
-
     out = {}
     for seed, v in values.items():
         try:

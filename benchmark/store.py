@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.config import ConfigError
-from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write_bytes
+from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write
 
 STORE_DIR = "store"
 RUNS_SCHEMA: dict[str, str] = {
@@ -223,8 +223,8 @@ def save_store(results_dir: str | Path, out_dir: str | Path | None = None, *,
     for name, df in (("runs", runs), ("curves", curves)):
         buf = io.BytesIO()
         df.to_parquet(buf, engine="pyarrow", index=False)
-        atomic_write_bytes(out / f"{name}.parquet", buf.getvalue())
-        atomic_write_bytes(out / f"{name}.csv", df.to_csv(index=False).encode())
+        atomic_write(out / f"{name}.parquet", buf.getvalue())
+        atomic_write(out / f"{name}.csv", df.to_csv(index=False).encode())
         written[f"{name}.parquet"], written[f"{name}.csv"] = out / f"{name}.parquet", out / f"{name}.csv"
     return written
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmark import datasets as datasets_registry
-from regularizers import hint
 from benchmark.config import (
     CONFIG_DIR,
     ConfigError,
@@ -39,6 +38,8 @@ from benchmark.config import (
     named_yaml,
     split_overrides,
 )
+from benchmark.training import validate
+from regularizers import hint
 
 SUITE_DIR = CONFIG_DIR / "suites"
 SUITE_KEYS = ("description", "protocol", "protocol_overrides", "datasets", "models",
@@ -166,7 +167,7 @@ def load_suite(
 def validate_suite(suite: Suite, validate_fn: Callable[[RunSpec], Any] | None = None) -> None:
     """Run ``validate_fn`` on every run; the first ConfigError names the suite and the run."""
     if validate_fn is None:
-        from benchmark.training import validate as validate_fn  # lazy: pulls in torch
+        validate_fn = validate
     for spec in suite.expand():
         try:
             validate_fn(spec)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import cells, stats
+from benchmark.records import atomic_write
 
 __all__ = ["build_table", "format_cell", "md_escape", "noise_text", "power_note",
            "render_leaderboard", "suggested_seeds", "tex_escape", "write_tables"]
@@ -29,22 +29,10 @@ _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @functools.lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
+def template_env() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)), trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True,
                               undefined=jinja2.StrictUndefined)
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 # --- escaping and number formatting -----------------------------------------------------------
@@ -69,7 +57,7 @@ def tex_escape(text: Any) -> str:
     return "".join(_TEX.get(ch, ch) for ch in " ".join(str(text).split()))
 
 
-def _num(x: Any, nd: int = 2) -> str:
+def fmt_num(x: Any, nd: int = 2) -> str:
     try:
         ok = x is not None and np.isfinite(float(x))
     except (TypeError, ValueError):
@@ -83,7 +71,7 @@ def _p(p: Any) -> str:
 
 
 def _ci(lo: Any, hi: Any, nd: int = 2) -> str:
-    return f"[{_num(lo, nd)}, {_num(hi, nd)}]" if np.isfinite(float(lo)) else "(no interval)"
+    return f"[{fmt_num(lo, nd)}, {fmt_num(hi, nd)}]" if np.isfinite(float(lo)) else "(no interval)"
 
 
 def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "±") -> str:
@@ -228,7 +216,7 @@ def build_table(table: pd.DataFrame, runs: pd.DataFrame | None = None,
 def _diff_text(r: pd.Series) -> str:
     if not r["n_pairs"]:
         return "no shared seeds"
-    return (f"{_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
+    return (f"{fmt_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
             f"(pairs={int(r['n_pairs'])})")
 
 
@@ -237,15 +225,15 @@ def _detail_rows(col: pd.DataFrame) -> list[list[str]]:
     for _, r in col.iterrows():
         base = bool(r["is_baseline"])
         rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), str(int(r["n"])),
-                     f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"] + (
+                     f"{fmt_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"] + (
             ["baseline"] + ["–"] * 8 if base else [
                 _diff_text(r),
-                f"{_num(r['dz'])} {_ci(r['dz_ci_low'], r['dz_ci_high'])}",
+                f"{fmt_num(r['dz'])} {_ci(r['dz_ci_low'], r['dz_ci_high'])}",
                 _p(r["p_ttest"]), _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
-                _num(r["win_rate"]),
-                f"{_num(r['p_superiority'])} {_ci(r['p_sup_ci_low'], r['p_sup_ci_high'])}",
-                _num(r["mcnemar_se"]) if np.isfinite(r["mcnemar_se"]) else "n/a",
-                _num(r["seeds_needed"], 0)]))
+                fmt_num(r["win_rate"]),
+                f"{fmt_num(r['p_superiority'])} {_ci(r['p_sup_ci_low'], r['p_sup_ci_high'])}",
+                fmt_num(r["mcnemar_se"]) if np.isfinite(r["mcnemar_se"]) else "n/a",
+                fmt_num(r["seeds_needed"], 0)]))
     return rows
 
 
@@ -268,8 +256,8 @@ def _caption(t: dict) -> str:
 
 def _across_text(across: dict[str, Any]) -> tuple[str, list[list[str]], list[list[str]]]:
     """(sentence, contrast rows, pooled-difference rows) of the across-cell analysis."""
-    pooled = [[md_escape(r["label"]), str(int(r["pairs"])), _num(r["mean_diff"]),
-               _num(r["win_rate"])] for _, r in across["pooled"].iterrows()]
+    pooled = [[md_escape(r["label"]), str(int(r["pairs"])), fmt_num(r["mean_diff"]),
+               fmt_num(r["win_rate"])] for _, r in across["pooled"].iterrows()]
     if across["kind"] == "none":
         return f"Not computed: {across['reason']}.", [], pooled
     if across["kind"] == "friedman":
@@ -285,7 +273,7 @@ def _across_text(across: dict[str, Any]) -> tuple[str, list[list[str]], list[lis
             f"(1 | cell:seed) (statsmodels MixedLM, REML) is fitted; each method's coefficient "
             f"is its difference from the baseline, Wald z, Holm over the methods."
             + ("" if across["converged"] else " The fit did NOT converge: read with care."))
-    rows = [[md_escape(r["label"]), _num(r["estimate"]), _num(r["se"]), _p(r["p"]),
+    rows = [[md_escape(r["label"]), fmt_num(r["estimate"]), fmt_num(r["se"]), _p(r["p"]),
              _p(r["p_holm"]), "yes" if r["significant"] else "no"]
             for _, r in across["contrasts"].iterrows()]
     return text, rows, pooled
@@ -305,7 +293,7 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
         columns=["label", "pairs", "mean_diff", "win_rate"])}
     across_sentence, contrast_rows, pooled_rows = _across_text(across)
     seeds = suggested_seeds(table)
-    md = _env().get_template("table.md.j2").render(
+    md = template_env().get_template("table.md.j2").render(
         title=md_escape(title), synthetic=t["synthetic"], caption=_caption(t),
         header=["label", *[md_escape(n) for n in names]],
         rows=[[md_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "md") for c in names]]
@@ -321,16 +309,16 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
     caption = tex_escape(_caption(t) + " " + " ".join(
         f"{c['name']}: {c['setup']}. {c['power_note']} {c['noise_text']}" for c in t["columns"])
         + " " + " ".join(notes))
-    tex = _env().get_template("table.tex.j2").render(
+    tex = template_env().get_template("table.tex.j2").render(
         caption=caption, header=[tex_escape(h) for h in ["label", *names]],
         rows=[[tex_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "tex") for c in names]]
               for lab in t["labels"]])
     tidy = table.assign(values=table["values"].map(json.dumps),
                         diverged_at=table["diverged_at"].map(json.dumps))
-    return [_atomic_write_text(out / f"{stem}.md", md),
-            _atomic_write_text(out / f"{stem}.csv", csv.to_csv(index=False)),
-            _atomic_write_text(out / f"{stem}.tex", tex),
-            _atomic_write_text(out / f"{stem}_stats.csv", tidy.to_csv(index=False))]
+    return [atomic_write(out / f"{stem}.md", md),
+            atomic_write(out / f"{stem}.csv", csv.to_csv(index=False)),
+            atomic_write(out / f"{stem}.tex", tex),
+            atomic_write(out / f"{stem}_stats.csv", tidy.to_csv(index=False))]
 
 
 # --- leaderboard ------------------------------------------------------------------------------
@@ -343,8 +331,8 @@ def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str
         for _, r in col.iterrows():
             diff = "baseline" if r["is_baseline"] else _diff_text(r)
             rows.append([md_escape(r["label"]), md_escape(r["outcomes"]),
-                         f"{_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"
-                         if r["n"] > 1 else f"{_num(r['mean'])} (n={int(r['n'])})"
+                         f"{fmt_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"
+                         if r["n"] > 1 else f"{fmt_num(r['mean'])} (n={int(r['n'])})"
                          if r["n"] else "no counted runs",
                          diff, _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
@@ -354,7 +342,7 @@ def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str
                          "noise_text": noise_text(col, "the McNemar SE in the report's table")})
     header = ["label", "runs", f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
               "p (paired t, Holm)", "p (Wilcoxon, Holm)", "code", "synthetic"]
-    return _env().get_template("leaderboard.md.j2").render(
+    return template_env().get_template("leaderboard.md.j2").render(
         sections=sections, header=header, metric=metric, baseline=md_escape(baseline),
         n_runs=n_runs, any_synthetic=any(s["synthetic"] for s in sections),
         notes=[md_escape(n) for n in notes])
@@ -375,12 +363,12 @@ def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/le
                                       include_synthetic=include_synthetic,
                                       include_stuck=include_stuck, alpha=alpha, declared=declared,
                                       allow_mixed_code=allow_mixed_code)
-    notes = _mixed_code_notes(table) if allow_mixed_code else []
+    notes = mixed_code_notes(table) if allow_mixed_code else []
     md = _leaderboard_md(table, int(len(runs_df)), baseline, metric, alpha, notes)
-    return _atomic_write_text(Path(out_path), md)
+    return atomic_write(Path(out_path), md)
 
 
-def _mixed_code_notes(table: pd.DataFrame) -> list[str]:
+def mixed_code_notes(table: pd.DataFrame) -> list[str]:
     notes = []
     for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
         codes = sorted({c for v in col["code"].dropna() for c in str(v).split(", ")})

@@ -14,6 +14,8 @@ from benchmark.training.loop import (
     train_packed,
 )
 from benchmark.training.metrics import (
+    device_name,
+    environment,
     evaluate,
     layer_energies,
     smoothed_cross_entropy,
@@ -32,7 +34,7 @@ from benchmark.training.run import (
 )
 from benchmark.training.steps import Steps
 
-__all__ = ["MAX_SEED", "PackedRun", "Run", "checkpoint_run_ids", "load_checkpoint", "resolve_threads", "Steps", "build_model", "check_packable", "evaluate",
+__all__ = ["MAX_SEED", "PackedRun", "Run", "checkpoint_run_ids", "load_checkpoint", "resolve_threads", "Steps", "build_model", "check_packable", "device_name", "environment", "evaluate",
            "layer_energies", "pack_id", "resolve_device", "runtime_settings", "setup",
            "setup_packed", "smoothed_cross_entropy", "train", "train_packed", "validate",
            "weight_decay_term"]

@@ -288,4 +288,4 @@ def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, 
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    records.atomic_write_bytes(path, buf.getvalue())
+    records.atomic_write(path, buf.getvalue())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmark.cli import main
 from benchmark.config import RunSpec
-from benchmark.runner import run_suite
+from benchmark.sweep import run_suite
 from tests.benchmark.test_runner import fake_train, make_specs
 
 

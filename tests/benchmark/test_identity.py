@@ -9,7 +9,7 @@ import textwrap
 
 from benchmark import records
 from benchmark.config import RunSpec, load_protocol
-from benchmark.status import format_status, suite_status
+from benchmark.sweep.status import format_status, suite_status
 
 
 def spec(reg="rp_comhe", hp=None, seed=0):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
 from tests.benchmark.test_runner import make_specs
-from benchmark.runner import run_suite
+from benchmark.sweep import run_suite
 summary = run_suite(make_specs(), sys.argv[1], jobs=int(sys.argv[2]),
                     train_fn="tests.benchmark.test_runner:fake_train", progress=False, poll_s=0.05)
 print(summary)

@@ -141,7 +141,7 @@ def test_only_runs_differing_by_seed_pack():
 
 
 def test_runner_packs_seeds_and_skips_finished_runs(tmp_path):
-    from benchmark.runner import pack_by_seed, run_suite
+    from benchmark.sweep import pack_by_seed, run_suite
 
     specs = [spec(reg, seed, iterations=4, eval_every=2, **{"schedule.milestones": [2]}) for reg in ("weight_decay", "rp_comhe")
              for seed in (0, 1, 2)]
@@ -162,7 +162,7 @@ def test_runner_packs_seeds_and_skips_finished_runs(tmp_path):
 
 
 def test_runner_packs_in_worker_processes(tmp_path):
-    from benchmark.runner import run_suite
+    from benchmark.sweep import run_suite
 
     specs = [spec("hs_mhe", seed, iterations=2, eval_every=2, **{"schedule.milestones": [1]}) for seed in (0, 1)]
     summary = run_suite(specs, tmp_path, pack_seeds=2, jobs=2, progress=False)

@@ -28,7 +28,7 @@ from benchmark import records
 from benchmark.cli import main
 from benchmark.config import ConfigError, RunSpec, load_protocol, parse_set
 from benchmark.records import checkpoint_path, load_record, lock_path, record_path
-from benchmark.runner import run_suite, try_run
+from benchmark.sweep import run_suite, try_run
 from benchmark.stopping import DiskFull
 from tests.benchmark.test_runner import fake_train, make_specs, starts
 
@@ -37,8 +37,9 @@ FAKE = "tests.benchmark.test_runner:fake_train"
 # The command line with the fake engine behind every run (the runner, locks, workers are real).
 CLI_WITH_FAKE_ENGINE = f"""
 import functools, sys
-from benchmark import cli, runner
-runner.run_suite = functools.partial(runner.run_suite, train_fn="{FAKE}")
+from benchmark import cli
+from benchmark.sweep import dispatch
+dispatch.run_suite = functools.partial(dispatch.run_suite, train_fn="{FAKE}")
 sys.exit(cli.main(sys.argv[1:]))
 """
 SINGLE = ["run", "--protocol", "smoke", "--dataset", "digits", "--model", "cnn9",
@@ -248,7 +249,7 @@ def test_files_honour_the_umask(tmp_path, fake_env):
     try:
         specs = make_specs(n_seeds=1, regularizers=("weight_decay",))
         run_suite(specs, tmp_path, train_fn=fake_train, progress=False)
-        records.atomic_write_bytes(checkpoint_path(tmp_path, "x"), b"ck")
+        records.atomic_write(checkpoint_path(tmp_path, "x"), b"ck")
     finally:
         os.umask(old)
     for path in (record_path(tmp_path, specs[0].run_id), checkpoint_path(tmp_path, "x"),
@@ -335,12 +336,12 @@ def test_full_disk_stops_the_sweep_instead_of_failing_every_run(tmp_path, fake_e
 
 
 def test_full_disk_is_one_line_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from benchmark import runner
+    from benchmark.sweep import dispatch
 
     def full(*a, **k):
         raise DiskFull("disk full writing 'x.json'")
 
-    monkeypatch.setattr(runner, "run_suite", full)
+    monkeypatch.setattr(dispatch, "run_suite", full)
     assert main([*SINGLE, "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: disk full writing 'x.json'") and "\n" not in err
@@ -428,10 +429,10 @@ def test_resuming_a_cell_with_other_packing_is_refused(tmp_path, fake_env):
 
 
 def test_workers_get_no_thread_count_from_jobs(tmp_path, monkeypatch):
-    from benchmark.runner import _Workers
+    from benchmark.sweep.local import Workers
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    env = _Workers(2, FAKE, False, devices=[])._env(None)
+    env = Workers(2, FAKE, False, devices=[])._env(None)
     assert "OMP_NUM_THREADS" not in env
 
 
@@ -452,7 +453,7 @@ def test_jobs_1_and_2_give_the_same_numbers_and_record_threads(tmp_path, monkeyp
 PACKED_RUNNER = """
 import sys
 from tests.benchmark.test_reliability import packed_specs
-from benchmark.runner import run_suite
+from benchmark.sweep import run_suite
 print(run_suite(packed_specs(), sys.argv[1], pack_seeds=2, jobs=int(sys.argv[2]), progress=False,
                 poll_s=0.05))
 """

@@ -18,15 +18,15 @@ import pytest
 from benchmark.config import ConfigError, Protocol, RunSpec
 from benchmark.records import (
     REQUIRED_FIELDS,
-    atomic_write_bytes,
+    atomic_write,
     checkpoint_path,
     load_record,
     lock_path,
     record_path,
     write_json_atomic,
 )
-from benchmark.runner import run_suite
-from benchmark.status import format_status, suite_status
+from benchmark.sweep import run_suite
+from benchmark.sweep.status import format_status, suite_status
 
 KNOWN = {"datasets": {"synthetic", "digits", "cifar10", "cifar100"}, "models": {"cnn9"},
          "regularizers": {"weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
@@ -60,7 +60,7 @@ def fake_train(spec: RunSpec, results_dir: Path, *, progress: bool = True) -> di
     resumed = ckpt.exists()
     if not resumed:
         time.sleep(sleep / 2)
-        atomic_write_bytes(ckpt, b"half-way")
+        atomic_write(ckpt, b"half-way")
     time.sleep(sleep / 2)
     it = [0, 5, 10]
     record = {
@@ -150,7 +150,7 @@ def test_failed_runs_recorded_and_retried_only_when_asked(tmp_path, fake_env):
 def test_resumes_from_checkpoint_and_cleans_temporaries(tmp_path, fake_env):
     (spec,) = make_specs(n_seeds=1, regularizers=("mhe",))
     res = tmp_path / "res"
-    atomic_write_bytes(checkpoint_path(res, spec.run_id), b"old")
+    atomic_write(checkpoint_path(res, spec.run_id), b"old")
     stale = [res / "runs" / f".{spec.run_id}.json.x1.tmp", res / "checkpoints" / f".{spec.run_id}.pt.x2.tmp"]
     other = res / "runs" / ".ffffffffffffffff.json.x3.tmp"  # another run's writer may be alive
     (res / "runs").mkdir()
@@ -220,7 +220,7 @@ def test_parallel_workers(tmp_path, fake_env):
 
 
 def test_slurm_path_with_submitit_debug_and_local_executors(tmp_path, fake_env):
-    from benchmark.executors import RunTask, SlurmOptions, execute
+    from benchmark.sweep import RunTask, SlurmOptions, execute
 
     specs = make_specs(n_seeds=1, regularizers=("weight_decay", "hs_mhe"))
     for cluster in ("debug", "local"):

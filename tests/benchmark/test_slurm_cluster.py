@@ -17,11 +17,11 @@ import pytest
 
 from benchmark.compare import compare_dirs
 from benchmark.config import RunSpec, load_protocol
-from benchmark.executors import SlurmOptions, submit_slurm
+from benchmark.sweep.slurm import SlurmOptions, submit_slurm
 from benchmark.records import checkpoint_path, load_record, record_path
-from benchmark.runner import run_suite
-from benchmark.slurm_jobs import job_states, load_jobs
-from benchmark.status import suite_status
+from benchmark.sweep import run_suite
+from benchmark.sweep.slurm_jobs import job_states, load_jobs
+from benchmark.sweep.status import suite_status
 from tests.benchmark.test_runner import fake_train, make_specs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmark.config import ConfigError
-from benchmark.runner import run_suite
+from benchmark.sweep import run_suite
 from benchmark.store import (
     CURVES_SCHEMA,
     RUNS_SCHEMA,
@@ -25,7 +25,7 @@ from tests.benchmark.test_runner import fake_train, make_specs
 def results(tmp_path, monkeypatch):
     # The runner stamps its own failure records with the checkout's commit: pin it to a value
     # no fake record's commit is a prefix of, whatever HEAD happens to be.
-    monkeypatch.setattr("benchmark.runner.git_state", lambda: {"commit": "0" * 40, "dirty": False})
+    monkeypatch.setattr("benchmark.sweep.claims.git_state", lambda: {"commit": "0" * 40, "dirty": False})
     res = tmp_path / "res"
     run_suite(make_specs(suite="a"), res, train_fn=fake_train, progress=False)
     run_suite(make_specs(n_seeds=1, regularizers=("mhe", "boom"), suite="b"), res,

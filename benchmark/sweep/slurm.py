@@ -1,7 +1,7 @@
 """Where runs execute: this machine (``local``) or a Slurm cluster through submitit (``slurm``).
 
-``local`` is :func:`benchmark.runner.run_suite` (in this process, or one worker process per run,
-one per GPU). ``slurm`` submits one job array whose tasks each run one run: the task takes the
+``local`` is :func:`benchmark.sweep.local.run_suite` (in this process, or one worker process per
+run, one per GPU); ``slurm`` (here) submits one job array whose tasks each run one run: the task takes the
 run's file lock (waiting if another process holds it), resumes from the engine's checkpoint and
 writes the record, exactly like the local runner. Each task is a
 :class:`submitit.helpers.Checkpointable`: on preemption or time-out submitit calls
@@ -19,23 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.records import load_record, record_path
-from benchmark.runner import (
+from benchmark.sweep.attempt import try_run
+from benchmark.sweep.claims import (
     SKIPPED,
     TrainFn,
-    _signature,
-    _wants_run,
     prepare_results_dir,
-    run_suite,
-    try_run,
+    signature,
+    wants_run,
     write_failure_record,
 )
-from benchmark.slurm_jobs import note_jobs, reconcile
-
-EXECUTORS = ("local", "slurm")
+from benchmark.sweep.slurm_jobs import note_jobs, reconcile
 
 
 @dataclass
@@ -114,8 +112,6 @@ def submit_slurm(
 ) -> list[Any]:
     """Submit the runs that still need running as one job array; returns the submitit jobs
     (``job.job_id``, ``job.result()``). Runs with a final record are not submitted."""
-    import submitit
-
     options = options or SlurmOptions()
     root = Path(results_dir).resolve()
     folder = Path(options.folder) if options.folder else root / "slurm" / "%j"
@@ -132,29 +128,13 @@ def submit_slurm(
     reconcile(specs, results_dir, lambda spec, reason: write_failure_record(
         spec, results_dir, reason, time.time()))
     todo = [s for s in specs
-            if _wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
+            if wants_run(load_record(record_path(results_dir, s.run_id)), retry_failed)]
     if not todo:
         return []
     executor.update_parameters(**options.parameters())
     task = RunTask(results_dir, train_fn, retry_failed)
-    seen = [_signature(record_path(results_dir, s.run_id)) for s in todo]
+    seen = [signature(record_path(results_dir, s.run_id)) for s in todo]
     jobs = executor.map_array(task, todo, seen)
     note_jobs(results_dir, [s.run_id for s in todo], [j.job_id for j in jobs])
     return jobs
 
-
-def execute(
-    specs: Iterable[RunSpec],
-    results_dir: str | Path,
-    *,
-    executor: str = "local",
-    jobs: int = 1,
-    retry_failed: bool = False,
-    train_fn: TrainFn | str | None = None,
-    progress: bool = True,
-    slurm: SlurmOptions | None = None,
-):
-    """``local``: run now (RunSummary when the suite is as done as it can be); ``slurm``: submit
-    a job array and return its RunSummary at once (``summary.jobs``; follow with status)."""
-    return run_suite(specs, results_dir, jobs=jobs, retry_failed=retry_failed, train_fn=train_fn,
-                     progress=progress, executor=executor, slurm=slurm)

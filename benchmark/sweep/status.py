@@ -3,16 +3,18 @@ directory alone (records and lock files), without creating any file."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import filelock
+import pandas as pd
 
 from benchmark.config import ConfigError, RunSpec
-from benchmark.records import checkpoint_path, load_record, lock_path, record_path
-from benchmark.slurm_jobs import jobs_path, slurm_view
+from benchmark.records import checkpoint_path, iter_records, load_record, lock_path, record_path
+from benchmark.sweep.slurm_jobs import jobs_path, slurm_view
 
 FINAL = ("complete", "diverged")  # statuses a runner never reruns
 
@@ -77,8 +79,6 @@ def suite_status(
 
 
 def _key(identity: dict, *drop: str) -> str:
-    import json
-
     return json.dumps({k: v for k, v in identity.items() if k not in drop}, sort_keys=True)
 
 
@@ -96,8 +96,6 @@ def _stale_records(specs: list[RunSpec], root: Path) -> dict[str, str]:
             source[spec.run_id] = ident["regularizer_source"]
     if not exact:
         return {}
-    from benchmark.records import iter_records
-
     stale: dict[str, str] = {}
     for _, record in iter_records(root):
         config = record.get("config")
@@ -111,8 +109,6 @@ def _stale_records(specs: list[RunSpec], root: Path) -> dict[str, str]:
 
 
 def _status_table(specs: list[RunSpec], root: Path):
-    import pandas as pd
-
     # Slurm's own view (PENDING, RUNNING, ...) of runs submitted with --executor slurm
     slurm = slurm_view(root) if jobs_path(root).exists() else {}
     rows = []

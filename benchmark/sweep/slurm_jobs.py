@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
-from .records import load_record, record_path, write_json_atomic
+from benchmark.records import load_record, record_path, write_json_atomic
 
 # Slurm job states (squeue/sacct): still going, or over without a record of ours.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
