@@ -21,12 +21,12 @@ from scipy import stats as sps
 from benchmark import cells, stats, stats_across
 from benchmark.tables import (  # noqa: F401 - re-exported: the report's public names
     _atomic_write_text, _env, _mixed_code_notes, _num, build_table, format_cell, md_escape, noise_text, power_note,
-    render_leaderboard, suggested_seeds, tex_escape, write_tables)
+    render_leaderboard, render_leaderboards, suggested_seeds, tex_escape, write_tables)
 
 __all__ = [
     "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
     "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
-    "power_note", "prepare_report", "render_leaderboard", "schedule_of", "tex_escape",
+    "power_note", "prepare_report", "render_leaderboard", "render_leaderboards", "schedule_of", "tex_escape",
     "write_report", "write_tables",
 ]
 
