@@ -24,7 +24,7 @@ def test_gpu_profile_is_the_same_grid_at_paper_scale():
     cpu, gpu = load_suite("fashion"), load_suite("fashion", profile="gpu")
     assert gpu.name == "fashion:gpu" and gpu.datasets == ("fashion_mnist",)  # real data kept
     assert gpu.regularizers == cpu.regularizers
-    assert gpu.models[0].kwargs == {"width": 1} and gpu.seeds == tuple(range(10))
+    assert gpu.models[0].kwargs == {"width": 1} and gpu.seeds == tuple(range(25))
     p = gpu.protocol
     assert p.name == "fashion_gpu" and p.batch_size == 128 and p.optimizer.lr == 0.1
     assert p.runtime.precision == "auto" and p.bn_momentum is None  # the paper's 0.001
