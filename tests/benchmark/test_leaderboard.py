@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from benchmark import cells, report
