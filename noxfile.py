@@ -6,6 +6,8 @@ a CUDA build of torch is ~5.8 GB, and a copy per session would cost minutes and 
     nox -s benchmark                    # retrain `quick` into runs/quick/, compare with results/quick
     nox -s benchmark -- --suite table2  # any suite; --regularizer NAME --plugin FILE also work
     nox -s reference                    # regenerate results/quick and results/leaderboard.md
+    nox -s reference -- --suite fashion --jobs 2   # regenerate results/fashion (~25 min, 2 cores)
+    nox -s leaderboard                  # only re-render results/leaderboard.md from the records
     nox -s reproduce_table2 -- --profile smoke
     nox -s perf                         # step-time ratios on whatever device is here
     nox -s lint
@@ -21,6 +23,8 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
+# The committed suites the leaderboard shows, in this order (results/<suite>/runs each).
+LEADERBOARD_SUITES = ("fashion", "quick")
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"
 
@@ -59,7 +63,7 @@ def _suite_args(session: nox.Session, prog: str) -> argparse.Namespace:
 
 
 def _train_and_report(session: nox.Session, a: argparse.Namespace, results: Path,
-                      leaderboard: Path) -> None:
+                      leaderboard: Path | None) -> None:
     plugins = [x for plugin in a.plugin for x in ("--plugin", plugin)]
     run = [*plugins, "run", "--suite", a.suite, "--results", str(results / "runs"), "--jobs",
            a.jobs, "--pack-seeds", a.pack_seeds]
@@ -69,7 +73,17 @@ def _train_and_report(session: nox.Session, a: argparse.Namespace, results: Path
         run += ["--regularizer", reg]
     _bench(session, *run)
     _bench(session, *plugins, "report", "--results", str(results / "runs"), "--out",
-           str(results / "report"), "--leaderboard", str(leaderboard))
+           str(results / "report"), *(["--leaderboard", str(leaderboard)] if leaderboard else []))
+
+
+def _committed_leaderboard(session: nox.Session) -> None:
+    """results/leaderboard.md from every committed suite of LEADERBOARD_SUITES that has
+    records: one set of sections per suite, so regenerating one keeps the others."""
+    dirs = [ROOT / "results" / name / "runs" for name in LEADERBOARD_SUITES]
+    args = [x for d in dirs if (d / "runs").is_dir() for x in ("--results", str(d.relative_to(ROOT)))]
+    if not args:
+        session.error("no committed records under results/<suite>/runs for the leaderboard")
+    _bench(session, "leaderboard", *args, "--out", "results/leaderboard.md")
 
 
 @nox.session(python=False)
@@ -93,14 +107,24 @@ def benchmark(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def reference(session: nox.Session) -> None:
-    """Regenerate a suite's committed reference records, report and results/leaderboard.md on
-    purpose (after a change that moves numbers): results/<suite>/ is replaced."""
+    """Regenerate a suite's committed reference records and report on purpose (after a change
+    that moves numbers): results/<suite>/ is replaced; then results/leaderboard.md is rebuilt
+    from every committed suite's records (LEADERBOARD_SUITES), the others' sections kept."""
     a = _suite_args(session, "nox -s reference --")
     name = Path(a.suite).stem + (f"-{a.profile}" if a.profile else "")
     target = ROOT / "results" / name
     if target.exists():
         shutil.rmtree(target)
-    _train_and_report(session, a, target, ROOT / "results" / "leaderboard.md")
+    _train_and_report(session, a, target, None)
+    if not a.profile:  # a profile's records are not the committed table's
+        _committed_leaderboard(session)
+
+
+@nox.session(python=False)
+def leaderboard(session: nox.Session) -> None:
+    """Re-render results/leaderboard.md from the committed records (LEADERBOARD_SUITES), no
+    training."""
+    _committed_leaderboard(session)
 
 
 @nox.session(python=False)

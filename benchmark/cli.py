@@ -224,6 +224,32 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_leaderboard(args) -> int:
+    from .report import render_leaderboards
+    from .store import build_store, load_store
+
+    dirs = [Path(d) for d in args.results]
+    seen: set[Path] = set()
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"results directory '{d}' does not exist")
+        if d.resolve() in seen:
+            raise ConfigError(f"--results '{d}' is given twice; each directory is one set of sections")
+        seen.add(d.resolve())
+    groups = []
+    for d in dirs:  # every directory is read and checked before the file is written
+        skipped: list = []
+        runs, _ = build_store(d, skipped) if (d / "runs").is_dir() else load_store(d)
+        for path, why in skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        if runs.empty:
+            raise ConfigError(f"no run records under '{d}'")
+        groups.append((d.as_posix(), runs))
+    print(render_leaderboards(groups, args.out, include_stuck=args.include_stuck,
+                              allow_mixed_code=args.allow_mixed_code))
+    return 0
+
+
 def _cmd_compare(args) -> int:
     from .compare import VERDICTS, compare_dirs, format_comparison
     from .records import iter_records
@@ -307,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pair runs of different code versions in one cell (said under the table)")
     rep.add_argument("--include-stuck", action="store_true",
                      help="let stuck runs enter means and tests (they are always counted)")
+    lb = sub.add_parser("leaderboard", help="one leaderboard file from several results directories",
+                        description="Render one leaderboard from the run records of several "
+                                    "results directories (e.g. one per suite), each compared on its "
+                                    "own, in the given order, every section headed by its set-up.")
+    lb.add_argument("--results", action="append", required=True, metavar="DIR",
+                    help="a results directory (its runs/ records or its store); repeatable, in "
+                         "the order the sections should appear")
+    lb.add_argument("--out", default="results/leaderboard.md", help="the leaderboard file to write")
+    lb.add_argument("--allow-mixed-code", action="store_true",
+                    help="pair runs of different code versions in one cell (said under the title)")
+    lb.add_argument("--include-stuck", action="store_true",
+                    help="let stuck runs enter means and tests (they are always counted)")
     cmp = sub.add_parser("compare", help="did these runs reproduce a reference? (run by run)",
                          description="Match the runs of two results directories by run id and "
                                      "give each a verdict: identical, within tolerance, different "
@@ -355,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins(args.plugin)
         return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status,
-                "report": _cmd_report, "perf": _cmd_perf, "compare": _cmd_compare}[args.command](args)
+                "report": _cmd_report, "leaderboard": _cmd_leaderboard, "perf": _cmd_perf, "compare": _cmd_compare}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from benchmark.tables import (  # noqa: F401 - re-exported: the report's public 
     noise_text,
     power_note,
     render_leaderboard,
+    render_leaderboards,
     suggested_seeds,
     template_env,
     tex_escape,
@@ -38,7 +39,7 @@ from benchmark.tables import (  # noqa: F401 - re-exported: the report's public 
 __all__ = [
     "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
     "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
-    "power_note", "prepare_report", "render_leaderboard", "schedule_of", "tex_escape",
+    "power_note", "prepare_report", "render_leaderboard", "render_leaderboards", "schedule_of", "tex_escape",
     "write_report", "write_tables",
 ]
 

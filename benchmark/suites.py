@@ -19,6 +19,11 @@ is one run and one record.
 A *profile* keeps a suite's grid but swaps what makes it expensive: ``profile="smoke"`` uses
 the ``smoke`` protocol, two seeds and the dataset registry's offline stand-ins for datasets that
 need a download (``cifar10`` -> ``synthetic:10``), so ``table2`` can be exercised end to end on a laptop or in CI.
+``profile="gpu"`` is the ``fashion`` suite at paper scale for a user with a card: the
+``fashion_gpu`` protocol (batch 128, LR 0.1, 20,000 iterations, bf16 on CUDA), full-width
+models (``width: 1``) and 25 seeds (the power line of the CPU pilots), meant to be trained with
+``--pack-seeds``; it is
+defined for that suite only (docs/leaderboard.md gives its cost).
 """
 
 from __future__ import annotations
@@ -54,9 +59,20 @@ class Profile:
     protocol: str
     seeds: int
     offline: bool = True
+    # Added to (and overriding) every model's kwargs, e.g. {"width": 1} for full width.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The suites the profile is made for (their names); empty: any suite.
+    suites: tuple[str, ...] = ()
 
 
-PROFILES = {"smoke": Profile(protocol="smoke", seeds=2, offline=True)}
+PROFILES = {
+    "smoke": Profile(protocol="smoke", seeds=2, offline=True),
+    # The fashion suite at paper scale (full width, 20k iterations, seeds to pack on a card):
+    # 25 seeds, the power line of the CPU pilots (suites/fashion.yaml); cost in
+    # docs/leaderboard.md.
+    "gpu": Profile(protocol="fashion_gpu", seeds=25, offline=False, model_kwargs={"width": 1},
+                   suites=("fashion",)),
+}
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,9 @@ def _parse(name: str, raw: Any, path: Path, overrides: dict, profile: str | None
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile '{profile}' (available: {', '.join(PROFILES)})")
         prof = PROFILES[profile]
+        if prof.suites and name not in prof.suites:
+            raise ConfigError(f"profile '{profile}' is defined for the suite(s) "
+                              f"{', '.join(prof.suites)} only, not '{name}'")
 
     protocol_name = raw["protocol"]
     if not isinstance(protocol_name, str) or not protocol_name:
@@ -218,7 +237,8 @@ def _parse(name: str, raw: Any, path: Path, overrides: dict, profile: str | None
     datasets = _parse_datasets(raw["datasets"], where)
     if prof is not None and prof.offline:
         datasets = tuple(dict.fromkeys(datasets_registry.offline_stand_in(d) for d in datasets))
-    models = _parse_models(raw["models"], where, model_over)
+    models = _parse_models(raw["models"], where,
+                           {**(prof.model_kwargs if prof else {}), **model_over})
     regularizers = _parse_regularizers(raw["regularizers"], where)
     seeds = _parse_seeds(raw["seeds"], where)
     if prof is not None:

@@ -23,7 +23,7 @@ from benchmark import cells, stats
 from benchmark.records import atomic_write
 
 __all__ = ["build_table", "format_cell", "md_escape", "noise_text", "power_note",
-           "render_leaderboard", "suggested_seeds", "tex_escape", "write_tables"]
+           "render_leaderboard", "render_leaderboards", "suggested_seeds", "tex_escape", "write_tables"]
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -323,8 +323,60 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
 
 # --- leaderboard ------------------------------------------------------------------------------
 
-def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str,
-                    alpha: float, notes: Sequence[str] = ()) -> str:
+def _seeds_text(seeds: Sequence[int]) -> str:
+    """Sorted seeds, runs of consecutive ones as ranges: [0, 1, 2, 7] -> '0-2, 7 (n=4)'."""
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds:
+        return "none"
+    parts, start = [], seeds[0]
+    for prev, cur in zip(seeds, seeds[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return f"{', '.join(parts)} (n={len(seeds)})"
+
+
+def _kwargs_text(runs: pd.DataFrame) -> str:
+    """The model's constructor arguments as ``(width=0.25)``; '' when there are none."""
+    vals = sorted(runs["model_kwargs"].dropna().astype(str).unique()) if "model_kwargs" in runs \
+        else []
+    texts = []
+    for v in vals:
+        try:
+            kw = json.loads(v)
+        except ValueError:
+            kw = None
+        if isinstance(kw, dict):
+            if kw:
+                texts.append(", ".join(f"{k}={kw[k]}" for k in sorted(kw)))
+        else:
+            texts.append(v)
+    return f" ({'; '.join(texts)})" if texts else ""
+
+
+def _section_setup(runs: pd.DataFrame) -> str:
+    """Suite, protocol (content hash), seeds and code versions of one section's runs."""
+    def one(col: str) -> str | None:
+        if col not in runs:
+            return None
+        vals = sorted(runs[col].dropna().astype(str).unique())
+        return ", ".join(vals) if vals else None
+
+    parts = []
+    if (suite := one("suite")) is not None:
+        parts.append(f"suite {suite}")
+    if (proto := one("protocol")) is not None:
+        parts.append(f"protocol {proto}" + (f" ({one('protocol_hash')})"
+                                            if one("protocol_hash") else ""))
+    parts.append(f"seeds {_seeds_text(runs['seed'].dropna())}" if "seed" in runs else "")
+    code = one("code") or (", ".join(cells.code_versions(runs)) if len(runs) else None)
+    if code:
+        parts.append(f"code {code}")
+    return ", ".join(p for p in parts if p)
+
+
+def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
+                          source: str) -> list[dict[str, Any]]:
     sections = []
     for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
         rows = []
@@ -336,16 +388,53 @@ def _leaderboard_md(table: pd.DataFrame, n_runs: int, baseline: str, metric: str
                          if r["n"] else "no counted runs",
                          diff, _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
-        sections.append({"dataset": md_escape(dataset), "model": md_escape(model), "rows": rows,
-                         "synthetic": bool(col["synthetic"].any()),
+        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        sections.append({"dataset": md_escape(dataset),
+                         "model": md_escape(f"{model}{_kwargs_text(col_runs)}"),
+                         "setup": md_escape(_section_setup(col_runs)),
+                         "source": md_escape(source), "n_runs": int(len(col_runs)),
+                         "rows": rows, "synthetic": bool(col["synthetic"].any()),
                          "power_note": power_note(col, alpha),
                          "noise_text": noise_text(col, "the McNemar SE in the report's table")})
+    return sections
+
+
+def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
+                        out_path: str | Path = "results/leaderboard.md", *,
+                        baseline: str = "weight_decay", metric: str = "test_error",
+                        include_synthetic: bool = True, include_stuck: bool = False,
+                        alpha: float = 0.05, declared: Sequence[str] | None = None,
+                        allow_mixed_code: bool = False) -> Path:
+    """Render one leaderboard from several groups of runs, e.g. one per results directory
+    (``[("results/fashion/runs", runs_a), ("results/quick/runs", runs_b)]``): each group is
+    compared on its own (its own cells, Holm family and row order: the order of its suites),
+    and each of its (dataset, model) cells becomes a section whose heading states the set-up
+    (dataset, model and kwargs, suite, protocol and its hash, seeds, code versions). Groups
+    keep the given order. ``declared`` (None: each group's suites' order) orders the rows
+    after the baseline in every group. Every group is computed before anything is written: a set-up mix
+    in any of them raises ``SetupError`` naming that group, and no file is written."""
+    sections, notes, n_runs = [], [], 0
+    for source, runs_df in groups:
+        try:
+            table = cells.compare_to_baseline(
+                runs_df, baseline=baseline, metric=metric, include_synthetic=include_synthetic,
+                include_stuck=include_stuck, alpha=alpha,
+                declared=cells.declared_order(runs_df) if declared is None else declared,
+                allow_mixed_code=allow_mixed_code)
+        except cells.SetupError as exc:
+            raise cells.SetupError(f"{source}: {exc}" if source else str(exc)) from None
+        if allow_mixed_code:
+            notes += mixed_code_notes(table)
+        sections += _leaderboard_sections(table, runs_df, alpha, source)
+        n_runs += int(len(runs_df))
     header = ["label", "runs", f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
               "p (paired t, Holm)", "p (Wilcoxon, Holm)", "code", "synthetic"]
-    return template_env().get_template("leaderboard.md.j2").render(
+    sources = [md_escape(src) for src, _ in groups if src]
+    md = template_env().get_template("leaderboard.md.j2").render(
         sections=sections, header=header, metric=metric, baseline=md_escape(baseline),
-        n_runs=n_runs, any_synthetic=any(s["synthetic"] for s in sections),
+        n_runs=n_runs, sources=sources, any_synthetic=any(s["synthetic"] for s in sections),
         notes=[md_escape(n) for n in notes])
+    return atomic_write(Path(out_path), md)
 
 
 def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/leaderboard.md",
@@ -353,19 +442,14 @@ def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/le
                        include_synthetic: bool = True, include_stuck: bool = False,
                        alpha: float = 0.05, declared: Sequence[str] | None = None,
                        allow_mixed_code: bool = False) -> Path:
-    """Render the leaderboard Markdown from the ``runs`` table (template
+    """Render the leaderboard Markdown from one ``runs`` table (template
     ``leaderboard.md.j2``): one section per (dataset, model), rows in suite order, baseline
     first, every run counted by outcome. Refuses (SetupError) before writing on a set-up mix.
-    ``declared``: the row order after the baseline (None: the order of the runs' suites)."""
-    if declared is None:
-        declared = cells.declared_order(runs_df)
-    table = cells.compare_to_baseline(runs_df, baseline=baseline, metric=metric,
-                                      include_synthetic=include_synthetic,
-                                      include_stuck=include_stuck, alpha=alpha, declared=declared,
-                                      allow_mixed_code=allow_mixed_code)
-    notes = mixed_code_notes(table) if allow_mixed_code else []
-    md = _leaderboard_md(table, int(len(runs_df)), baseline, metric, alpha, notes)
-    return atomic_write(Path(out_path), md)
+    ``declared``: the row order after the baseline (None: the order of the runs' suites).
+    Several results directories in one file: :func:`render_leaderboards`."""
+    return render_leaderboards([("", runs_df)], out_path, baseline=baseline, metric=metric,
+                               include_synthetic=include_synthetic, include_stuck=include_stuck,
+                               alpha=alpha, declared=declared, allow_mixed_code=allow_mixed_code)
 
 
 def mixed_code_notes(table: pd.DataFrame) -> list[str]:

@@ -1,0 +1,123 @@
+"""One leaderboard from several results directories (issue 17): `python -m benchmark
+leaderboard --results A --results B` and `report.render_leaderboards`; each directory is
+compared on its own and every section's heading states its set-up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark import cells, report
+from benchmark.cli import main
+from tests.benchmark.test_report import make_store
+
+QUICK = Path(__file__).resolve().parents[2] / "results" / "quick" / "runs"
+
+
+def _sections(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("## ")]
+
+
+def test_two_groups_two_sections_in_order_each_with_its_setup_and_holm_family(tmp_path):
+    a, _ = make_store(cells=[("cifar100", "cnn9")], seeds=range(5))
+    b, _ = make_store(cells=[("fashion_mnist", "cnn9")], seeds=[0, 1, 2, 7],
+                      labels=("weight_decay", "so"))
+    b = b.assign(suite="fashion", protocol="fashion_cpu", protocol_hash="p2",
+                 model_kwargs='{"width": 0.25}', code="def5678")
+    md = report.render_leaderboards([("res/b", b), ("res/a", a)], tmp_path / "lb.md").read_text()
+    heads = _sections(md)
+    assert heads == [
+        "## fashion\\_mnist / cnn9 (width=0.25): suite fashion, protocol fashion\\_cpu (p2), "
+        "seeds 0-2, 7 (n=4), code def5678",
+        "## cifar100 / cnn9: suite test, protocol paper\\_cifar (p1), seeds 0-4 (n=5), "
+        "code abc12340000"]
+    assert "Generated from 28 run record(s) in res/b, res/a by" in md
+    first, second = md.split(heads[1])
+    assert "8 run record(s) from res/b." in first and "20 run record(s) from res/a." in second
+    # Holm per directory: b has 1 comparison, a has 3 (not 4 over the page)
+    assert "Holm over the table's 1 test(s)" in first
+    assert "Holm over the table's 3 test(s)" in second
+
+
+def test_the_single_directory_leaderboard_is_the_same_page_without_sources(tmp_path):
+    runs, _ = make_store(cells=[("cifar100", "cnn9")], seeds=range(3))
+    one = report.render_leaderboard(runs, tmp_path / "one.md").read_text()
+    assert _sections(one) == ["## cifar100 / cnn9: suite test, protocol paper\\_cifar (p1), "
+                              "seeds 0-2 (n=3), code abc12340000"]
+    assert "run record(s) from" not in one and "Generated from 12 run record(s) by" in one
+
+
+def test_a_setup_mix_in_any_group_names_it_and_writes_nothing(tmp_path):
+    a, _ = make_store(cells=[("cifar100", "cnn9")], seeds=range(3))
+    b = a.copy()
+    b.loc[b.index[0], "protocol_hash"] = "other"
+    out = tmp_path / "lb.md"
+    out.write_text("old")
+    with pytest.raises(cells.SetupError, match=r"^res/b: .*protocol"):
+        report.render_leaderboards([("res/a", a), ("res/b", b)], out)
+    assert out.read_text() == "old" and not list(tmp_path.glob(".*tmp"))
+
+
+# --- the CLI on the committed quick records ----------------------------------------------------
+
+@pytest.fixture
+def two_dirs(tmp_path):
+    if not (QUICK / "runs").is_dir():
+        pytest.fail(f"committed records missing under {QUICK}")
+    quick, other = tmp_path / "quick", tmp_path / "other"
+    shutil.copytree(QUICK / "runs", quick / "runs")
+    (other / "runs").mkdir(parents=True)
+    for src in sorted((quick / "runs").glob("*.json")):  # the same runs as another suite's cell
+        rec = json.loads(src.read_text())
+        rec["suite"] = "other"
+        rec["config"]["model_kwargs"] = {"width": 0.5}
+        rec["run_id"] = rec["run_id"][::-1]
+        (other / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return quick, other
+
+
+def test_cli_leaderboard_holds_both_directories(two_dirs, tmp_path, capsys):
+    quick, other = two_dirs
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results", str(other), "--results", str(quick),
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    heads = _sections(out.read_text())
+    assert len(heads) == 2
+    assert heads[0].startswith("## digits / cnn9 (width=0.5): suite other, protocol cpu\\_quick")
+    assert heads[1].startswith("## digits / cnn9 (width=0.25): suite quick, protocol cpu\\_quick")
+    assert all("seeds 0-2 (n=3), code " in h for h in heads)
+
+
+@pytest.mark.parametrize("case", ["missing", "twice", "empty"])
+def test_cli_leaderboard_bad_input_is_one_line_and_writes_nothing(two_dirs, tmp_path, capsys,
+                                                                  case):
+    quick, other = two_dirs
+    out = tmp_path / "lb.md"
+    second = {"missing": tmp_path / "nope", "twice": Path(str(quick) + "/"),
+              "empty": tmp_path / "empty"}[case]
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    assert main(["leaderboard", "--results", str(quick), "--results", str(second),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert {"missing": "does not exist", "twice": "given twice",
+            "empty": "no run records"}[case] in err
+    assert not out.exists()
+
+
+def test_cli_leaderboard_refuses_a_pooled_setup_in_one_directory(two_dirs, tmp_path, capsys):
+    quick, other = two_dirs
+    victim = sorted((other / "runs").glob("*.json"))[0]
+    rec = json.loads(victim.read_text())
+    rec["config"]["protocol"]["iterations"] = 12
+    victim.write_text(json.dumps(rec))
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results", str(quick), "--results", str(other),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other.as_posix()}: ") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
