@@ -19,6 +19,7 @@ import yaml
 from scipy import stats as sps
 
 from benchmark import cells, stats, stats_across
+from benchmark import plots as plotting
 from benchmark.tables import (  # noqa: F401 - re-exported: the report's public names
     atomic_write,
     build_table,
@@ -254,13 +255,13 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
         paths += _write_paper_comparison(comp, out, schedule)
     if plots and len(table):
         order = list(dict.fromkeys(table["label"].astype(str)))
-        colors = plots.method_colors(order)
+        colors = plotting.method_colors(order)
         setups = {(c["dataset"], c["model"]): c["setup"]
                   for c in build_table(table, rep["runs"])["columns"]}
-        paths += plots.plot_intervals(table, out / "intervals", colors=colors, setups=setups)
+        paths += plotting.plot_intervals(table, out / "intervals", colors=colors, setups=setups)
         if curves_df is not None and len(curves_df):
             curves = curves_df[curves_df["run_id"].isin(rep["counted"]["run_id"])]
-            paths += plots.plot_training_dynamics(
+            paths += plotting.plot_training_dynamics(
                 curves, out, synthetic=bool(table["synthetic"].any()), order=order,
                 colors=colors, setups=setups)
     return paths
