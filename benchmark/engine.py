@@ -7,7 +7,8 @@ steps, told the current LR), then forward, label-smoothed CE + penalty, backward
 decay on every parameter). Evaluation uses running BN statistics on the whole test set; the
 reported metric is the one at the final iteration.
 
-GPU: bf16 autocast and channels_last (``runtime`` settings). CPU: fp32. The code path is the same.
+GPU: the protocol's ``runtime.precision`` (the paper protocols: fp32 with TF32 tensor cores;
+"auto": bf16 autocast) and channels_last. CPU: fp32. The code path is the same.
 
 ``train`` is ``train_packed`` with one spec: the same loop drives a single ``Run`` or a
 ``packed.PackedRun`` (S seeds as one program); ``runtime.compile`` picks eager, torch.compile, or
@@ -261,6 +262,8 @@ class Run(_Steps):
         return 1
 
     def before_step(self, lr: float) -> None:
+        # the epoch of the batch this step takes (Regularizer.set_epoch: SRIP's schedule)
+        self.reg.set_epoch(self.stream.epoch)
         self.reg.before_step(lr)
 
     # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
@@ -311,10 +314,20 @@ class Run(_Steps):
 
 
 def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_format, str, torch.dtype]:
-    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives."""
+    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives.
+
+    On CUDA it also sets the process-wide TF32 switches for this run (every run sets them, so
+    one run's precision never leaks into the next): "tf32" allows TF32 tensor cores for fp32
+    matmuls and convolutions, "fp32" forbids both (strict fp32), bf16/auto/fp64 keep PyTorch's
+    defaults (matmuls strict, cuDNN convolutions TF32). The record says what was in effect
+    (``runtime.tf32_matmul`` / ``runtime.tf32_cudnn``, :func:`tf32_state`).
+    """
     cuda = device.type == "cuda"
     rt = proto.runtime
     bf16 = rt.precision == "bf16" or (rt.precision == "auto" and cuda)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = rt.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = rt.precision != "fp32"
     cl = rt.channels_last
     memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
     mode = rt.compile
@@ -322,6 +335,13 @@ def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_fo
         mode = "reduce-overhead" if cuda else "off"
     dtype = torch.float64 if rt.precision == "fp64" else torch.float32
     return bf16, memory_format, mode, dtype
+
+
+def tf32_state(device: torch.device) -> dict[str, bool]:
+    """Whether fp32 matmuls / cuDNN convolutions may use TF32 tensor cores (False on the CPU)."""
+    cuda = device.type == "cuda"
+    return {"tf32_matmul": cuda and bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": cuda and bool(torch.backends.cudnn.allow_tf32)}
 
 
 def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
@@ -422,7 +442,12 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
         "notes": list(getattr(run.models[0], "model_notes", [])),
         "regularizer_hparams_resolved": dict(run.regs[0].hparams),
         "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
-                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S},
+                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S,
+                    "precision": proto.runtime.precision, **tf32_state(device)},
+        # the regularizer's strength schedule in effect (SRIP's epochs), None without one
+        "regularizer_schedule": run.regs[0].epoch_schedule(
+            getattr(run.stream, "per_epoch", None) or run.stream.streams[0].per_epoch,
+            proto.iterations),
         "started_at": started,
     }
 

@@ -26,7 +26,7 @@ from benchmark import stats
 __all__ = [
     "DEFAULT_REPORTED", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table", "format_cell",
     "load_reported", "paper_comparison", "power_note", "render_leaderboard", "schedule_of",
-    "write_report", "write_tables",
+    "settings_match", "write_report", "write_tables",
 ]
 
 TABLE2_LABELS = ["weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
@@ -233,7 +233,8 @@ def load_reported(path: str | Path = DEFAULT_REPORTED) -> pd.DataFrame:
 
     Returns:
         DataFrame with columns ``source, schedule, dataset, model, label, metric, value, n_runs,
-        note``; ``value`` is NaN where the number is unknown.
+        note, settings``; ``value`` is NaN where the number is unknown; ``settings`` is the dict
+        of settings the value was made under (None when not recorded; a JSON string in a CSV).
     """
     path = Path(path)
     doc = {} if path.suffix == ".csv" else yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -244,7 +245,10 @@ def load_reported(path: str | Path = DEFAULT_REPORTED) -> pd.DataFrame:
         raise ValueError(f"{path}: reported values lack column(s) {missing}; each entry needs "
                          f"{_REPORTED_COLUMNS}")
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df[_REPORTED_COLUMNS]
+    settings = df["settings"] if "settings" in df else pd.Series([None] * len(df), index=df.index)
+    df["settings"] = settings.map(lambda v: json.loads(v) if isinstance(v, str) else
+                                  (v if isinstance(v, dict) else None))
+    return df[[*_REPORTED_COLUMNS, "settings"]]
 
 
 def schedule_of(iterations: int) -> str:
@@ -268,6 +272,58 @@ def _run_names(runs: pd.DataFrame) -> pd.Series:
     return runs.apply(names, axis=1) if len(runs) else pd.Series(dtype=object)
 
 
+def _run_settings(runs: pd.DataFrame) -> pd.Series:
+    """Each run's resolved settings: ``regularizer``, ``protocol`` and every hyper-parameter as
+    ``reg.hparams`` resolves it (defaults filled by THIS checkout's code: the store keeps the
+    hyper-parameters the spec gave, not the record's ``regularizer_hparams_resolved``). None
+    when the regularizer cannot be resolved here (an unloaded plugin, a removed parameter)."""
+    from regularizers.registry import get
+
+    def resolve(row):
+        try:
+            hp = get(str(row["regularizer"])).resolve_hparams(
+                json.loads(row.get("hparams") or "{}"))
+        except (ValueError, TypeError):
+            return None
+        return {**hp, "regularizer": row["regularizer"], "protocol": row.get("protocol")}
+    return runs.apply(resolve, axis=1) if len(runs) else pd.Series(dtype=object)
+
+
+def settings_match(recorded: dict, run: dict | None) -> bool:
+    """True when every recorded setting equals the run's resolved one (a recorded list: any of
+    its values). Numbers compare to 1e-9 relative, powers in canonical form ("2" is 2), booleans
+    exactly; a setting the run lacks never matches."""
+    if run is None:
+        return False
+
+    def same(want, got) -> bool:
+        if isinstance(want, bool) or isinstance(got, bool):
+            return isinstance(want, bool) and isinstance(got, bool) and want == got
+        if isinstance(want, (int, float)) and isinstance(got, (int, float)):
+            return math.isclose(want, got, rel_tol=1e-9, abs_tol=0.0)
+        return str(want) == str(got)
+
+    for key, want in recorded.items():
+        if key not in run:
+            return False
+        options = want if isinstance(want, list) else [want]
+        if not any(same(w, run[key]) for w in options):
+            return False
+    return True
+
+
+def _answers(entry: pd.Series, runs: pd.DataFrame, names: pd.Series,
+             settings: pd.Series) -> pd.Series | list:
+    """Which runs answer for a reported entry: those whose resolved settings match ALL the
+    entry's recorded ones, or, for an entry that records none, those answering to its label."""
+    if not len(runs):
+        return []
+    recorded = entry.get("settings")
+    if isinstance(recorded, dict):
+        return settings.apply(lambda run: settings_match(recorded, run))
+    return names.apply(lambda n, lab=entry["label"]: lab in n)
+
+
 def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
                      protocol_schedule: str | None = None, *,
                      include_synthetic: bool = False) -> pd.DataFrame:
@@ -275,7 +331,9 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
 
     Args:
         runs_df: the store's ``runs`` table. The reproduced metric is the reported row's
-            ``metric`` column, over runs with the same dataset, model and label.
+            ``metric`` column, over runs with the same dataset and model whose resolved
+            settings match every setting the entry records (:func:`settings_match`; an entry
+            without ``settings``: runs answering to its label).
         reported_df: from :func:`load_reported`.
         protocol_schedule: the reproduction's schedule; None infers it from ``iterations``.
     Returns:
@@ -284,10 +342,10 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
         (one of ``VERDICTS``).
     """
     runs = stats.select_runs(runs_df, include_synthetic=include_synthetic)
-    names = _run_names(runs)
+    names, settings = _run_names(runs), _run_settings(runs)
     rows = []
     for _, e in reported_df.iterrows():
-        answers = names.apply(lambda n, lab=e["label"]: lab in n) if len(runs) else []
+        answers = _answers(e, runs, names, settings)
         grp = runs[(runs["dataset"] == e["dataset"]) & (runs["model"] == e["model"]) & answers]
         sched = protocol_schedule
         if sched is None and len(grp) and "iterations" in grp:
