@@ -81,9 +81,12 @@ class Data:
 
 @dataclass(frozen=True)
 class Runtime:
-    # "auto": bf16 autocast on CUDA, fp32 on CPU. "fp64": weights, data and loss in float64, for
-    # checking a fast path against a reference (float32 noise is amplified by training).
-    precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 on CPU. "tf32": fp32 weights and activations, with TF32
+    # tensor cores allowed for matmuls and convolutions on CUDA (plain fp32 on the CPU): what the
+    # paper protocols use (the authors trained in fp32). "fp32": strict fp32 (TF32 off on CUDA).
+    # "fp64": weights, data and loss in float64, for checking a fast path against a reference
+    # (float32 noise is amplified by training). engine.runtime_settings applies it.
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp64"] = "auto"
     # "auto": channels_last on CUDA only (it slows CNNs on the CPU).
     channels_last: Literal["auto", "on", "off"] = "auto"
     # Packages the data onto the device once and augments with tensor ops (no DataLoader).

@@ -36,11 +36,13 @@ from benchmark.tables import (  # noqa: F401 - re-exported: the report's public 
     tex_escape,
     write_tables,
 )
+from regularizers import get as get_regularizer
 
 __all__ = [
     "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
     "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
-    "power_note", "prepare_report", "render_leaderboard", "render_leaderboards", "schedule_of", "tex_escape",
+    "power_note", "prepare_report", "render_leaderboard", "render_leaderboards", "schedule_of", "settings_match",
+    "tex_escape",
     "write_report", "write_tables",
 ]
 
@@ -65,7 +67,8 @@ def load_reported(path: str | Path = DEFAULT_REPORTED) -> pd.DataFrame:
 
     Returns:
         DataFrame with columns ``source, schedule, dataset, model, label, metric, value, n_runs,
-        note``; ``value`` is NaN where the number is unknown.
+        note, settings``; ``value`` is NaN where the number is unknown; ``settings`` is the dict
+        of settings the value was made under (None when not recorded; a JSON string in a CSV).
     """
     path = Path(path)
     doc = {} if path.suffix == ".csv" else yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -76,7 +79,10 @@ def load_reported(path: str | Path = DEFAULT_REPORTED) -> pd.DataFrame:
         raise ValueError(f"{path}: reported values lack column(s) {missing}; each entry needs "
                          f"{_REPORTED_COLUMNS}")
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df[_REPORTED_COLUMNS]
+    settings = df["settings"] if "settings" in df else pd.Series([None] * len(df), index=df.index)
+    df["settings"] = settings.map(lambda v: json.loads(v) if isinstance(v, str) else
+                                  (v if isinstance(v, dict) else None))
+    return df[[*_REPORTED_COLUMNS, "settings"]]
 
 
 def schedule_of(iterations: int) -> str:
@@ -138,6 +144,56 @@ def paper_verdict(values: Sequence[float] | np.ndarray, paper: float, *,
     return out
 
 
+def _run_settings(runs: pd.DataFrame) -> pd.Series:
+    """Each run's resolved settings: ``regularizer``, ``protocol`` and every hyper-parameter as
+    ``reg.hparams`` resolves it (defaults filled by THIS checkout's code: the store keeps the
+    hyper-parameters the spec gave, not the record's ``regularizer_hparams_resolved``). None
+    when the regularizer cannot be resolved here (an unloaded plugin, a removed parameter)."""
+    def resolve(row):
+        try:
+            hp = get_regularizer(str(row["regularizer"])).resolve_hparams(
+                json.loads(row.get("hparams") or "{}"))
+        except (ValueError, TypeError):
+            return None
+        return {**hp, "regularizer": row["regularizer"], "protocol": row.get("protocol")}
+    return runs.apply(resolve, axis=1) if len(runs) else pd.Series(dtype=object)
+
+
+def settings_match(recorded: dict, run: dict | None) -> bool:
+    """True when every recorded setting equals the run's resolved one (a recorded list: any of
+    its values). Numbers compare to 1e-9 relative, powers in canonical form ("2" is 2), booleans
+    exactly; a setting the run lacks never matches."""
+    if run is None:
+        return False
+
+    def same(want, got) -> bool:
+        if isinstance(want, bool) or isinstance(got, bool):
+            return isinstance(want, bool) and isinstance(got, bool) and want == got
+        if isinstance(want, (int, float)) and isinstance(got, (int, float)):
+            return math.isclose(want, got, rel_tol=1e-9, abs_tol=0.0)
+        return str(want) == str(got)
+
+    for key, want in recorded.items():
+        if key not in run:
+            return False
+        options = want if isinstance(want, list) else [want]
+        if not any(same(w, run[key]) for w in options):
+            return False
+    return True
+
+
+def _answers(entry: pd.Series, runs: pd.DataFrame, names: pd.Series,
+             settings: pd.Series) -> pd.Series | list:
+    """Which runs answer for a reported entry: those whose resolved settings match ALL the
+    entry's recorded ones, or, for an entry that records none, those answering to its label."""
+    if not len(runs):
+        return []
+    recorded = entry.get("settings")
+    if isinstance(recorded, dict):
+        return settings.apply(lambda run: settings_match(recorded, run))
+    return names.apply(lambda n, lab=entry["label"]: lab in n)
+
+
 def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
                      protocol_schedule: str | None = None, *, include_synthetic: bool = False,
                      include_stuck: bool = False, margin: float = EQUIVALENCE_MARGIN
@@ -145,8 +201,10 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
     """Paper value next to the reproduced mean and a 95% prediction interval, with a verdict.
 
     Args:
-        runs_df: the store's ``runs`` table; the counted runs (complete, and stuck when
-            ``include_stuck``) with the reported row's dataset, model and label give the values.
+        runs_df: the store's ``runs`` table. The counted runs (complete, and stuck when
+            ``include_stuck``) give the values: the reported row's ``metric`` column, over
+            runs with the same dataset and model whose resolved settings match every setting the entry records (:func:`settings_match`; an entry
+            without ``settings``: runs answering to its label).
         reported_df: from :func:`load_reported`.
         protocol_schedule: the reproduction's schedule; None infers it from ``iterations``.
     Returns:
@@ -156,10 +214,10 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
     """
     runs = cells.select_runs(runs_df, include_synthetic=include_synthetic,
                              include_stuck=include_stuck)
-    names = _run_names(runs)
+    names, settings = _run_names(runs), _run_settings(runs)
     rows = []
     for _, e in reported_df.iterrows():
-        answers = names.apply(lambda n, lab=e["label"]: lab in n) if len(runs) else []
+        answers = _answers(e, runs, names, settings)
         grp = runs[(runs["dataset"] == e["dataset"]) & (runs["model"] == e["model"]) & answers]
         sched = protocol_schedule
         if sched is None and len(grp) and "iterations" in grp:

@@ -10,6 +10,7 @@ Life cycle (docs/internals.md)::
 
     reg = create("rp_comhe", proj_dim=40)   # hyper-parameters validated here
     reg.attach(model, roles=None, seed=0)    # attach AFTER moving the model to its device
+    reg.set_epoch(epoch)                     # optional: the training epoch (SRIP's schedule)
     reg.before_step(lr)                      # every iteration, before the loss (AP/Adv inner steps)
     loss = ce + reg.penalty()                # 0-dim tensor on the weights' device
 """
@@ -40,14 +41,16 @@ def close_matches_hint(word: str, choices) -> str:
 class HParam:
     """Declaration of one hyper-parameter.
 
-    kind: "float", "int", "bool" or "power". default None means "resolved by the class" (for
-    example a strength that depends on the power); minimum is inclusive.
+    kind: "float", "int", "bool", "power" or "choice" (one of ``choices``, strings). default None
+    means "resolved by the class" (for example a strength that depends on the power); minimum
+    is inclusive.
     """
 
     default: Any
     kind: str
     minimum: float | None = None
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
     def check(self, reg: str, name: str, value: Any) -> Any:
         """The validated (canonical) value, or ValueError with one line saying what is allowed."""
@@ -57,6 +60,12 @@ class HParam:
                 return parse_power(value)
             except ValueError:
                 raise ValueError(f"{where} must be one of 0, 1, 2, 'a0', 'a1', 'a2'; got {value!r}") from None
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                allowed = ", ".join(repr(c) for c in self.choices)
+                raise ValueError(f"{where} must be one of {allowed}; got {value!r}"
+                                 f"{close_matches_hint(value, self.choices)}")
+            return value
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"{where} must be True or False; got {value!r}")
@@ -90,6 +99,7 @@ class Regularizer(nn.Module):
         self.generator: torch.Generator | None = None
         self.seed: int | None = None
         self.lr: float = 0.0  # last learning rate given to before_step
+        self.epoch: int = 0  # last training epoch given to set_epoch (0-based)
         # Tensors standing in for the attached parameters (by name) while ``penalty_for`` or
         # ``before_step_for`` runs: packed seeds keep S networks' weights stacked, and each seed's
         # regularizer reads its slice. None: the attached parameters themselves.
@@ -187,6 +197,27 @@ class Regularizer(nn.Module):
         return torch.zeros((), device=p.device, dtype=p.dtype)
 
     # ----------------------------------------------------------------- per step
+    def set_epoch(self, epoch: int) -> None:
+        """Optional hook: the 0-based training epoch of the coming iteration.
+
+        The engine calls it eagerly right before every ``before_step`` (``benchmark/engine.py``
+        ``Run.before_step``, ``benchmark/packed.py`` ``PackedRun.before_step``), with the epoch
+        of the batch the step is about to take (its data stream's epoch: iteration //
+        iterations per epoch). The base class only stores it; a regularizer whose strength
+        follows an epoch schedule (``srip``) overrides it and updates a device scalar there, so
+        that ``penalty()`` stays a pure function of weights and buffers. Such a regularizer must
+        keep ``capturable_before_step = False``: a recorded step does not rerun Python. Callers
+        that never call it leave the epoch at 0. ``before_step(lr)``'s signature is unchanged,
+        so plugins that override only ``before_step`` keep working.
+        """
+        self.epoch = int(epoch)
+
+    def epoch_schedule(self, iterations_per_epoch: int, iterations: int) -> list[dict] | None:
+        """The strength schedule in effect over a run, for the run record: a list of
+        ``{"epoch", "iteration", "multiplier"}`` (from that epoch / iteration on, the strength
+        is multiplied by ``multiplier``), or None for a regularizer without one (the default)."""
+        return None
+
     def before_step(self, lr: float) -> None:
         """Called once per iteration before the loss. Stores lr; AP/Adv run inner steps here."""
         self._require_attached()

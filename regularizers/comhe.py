@@ -1,9 +1,16 @@
 """Compressive MHE (Lin, Liu et al., CVPR 2020): RP-, AP-, Adv- and G-CoMHE (recipe.md section 3).
 
-Common rules, as released by the authors:
+Released code: github.com/rmlin/CoMHE, ``{random,angle,adversarial}_projection/architecture.py``
+(``VGG._conv_layer``, ``_add_thomson_first``, ``_add_thomson_project``, ``_add_thomson_final``).
+Common rules:
 
-* first layer, and any layer whose fan-in d <= proj_dim: UNPROJECTED half-space s=2 energy,
-  weight ``strength`` (1);
+* UNPROJECTED half-space s=2 energy, weight ``strength`` (1), for the layers the
+  ``unprojected`` rule picks. Default ``"first"``: the network's first layer only. The released
+  ``_conv_layer`` tests ``n_input == 3`` (the layer fed by the RGB image), which on every RGB
+  model is the first layer and nothing else; ``"n_input_3"`` is that test literally (a layer
+  whose weight has 3 input channels, ``weight.shape[1] == 3``; it differs on a gray-scale input,
+  whose first layer the literal test would project); ``"fan_in"`` is this project's earlier rule
+  (the first layer and any layer with fan-in d <= proj_dim, e.g. a WRN 1x1 shortcut);
 * output (classifier) layer: unprojected FULL-space s=2 energy, weight ``output_strength`` (10);
 * every other ("projected") layer: half-space s=2 energy of z_i = P w_i, weight ``strength``.
 
@@ -33,7 +40,8 @@ from .base import HParam, Regularizer
 from .energy import group_energy, hyperspherical_energy, neuron_cosines, projected_energy
 from .registry import register
 
-__all__ = ["RPCoMHE", "APCoMHE", "AdvCoMHE", "GCoMHE", "ap_p_loss", "adv_p_loss", "P_L2"]
+__all__ = ["RPCoMHE", "APCoMHE", "AdvCoMHE", "GCoMHE", "ap_p_loss", "adv_p_loss", "P_L2",
+           "UNPROJECTED_RULES"]
 
 #: The tiny L2 on learned projections in the released code: 1e-3 * 5e-4 * ||P||^2 / 2.
 P_L2 = 1e-3 * 5e-4
@@ -42,6 +50,8 @@ _COMMON = {
     "strength": HParam(1.0, "float", 0.0, "weight of first/hidden layer energies"),
     "output_strength": HParam(10.0, "float", 0.0, "weight of the classifier's full-space energy"),
 }
+#: Rules for which non-classifier layers get the unprojected half-space energy (module docstring).
+UNPROJECTED_RULES = ("first", "n_input_3", "fan_in")
 
 
 def ap_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4) -> Tensor:
@@ -88,17 +98,26 @@ def _grad_p(p_loss, W: Tensor, P: Tensor) -> Tensor:
 class _CoMHEBase(Regularizer):
     """Shared layer treatment; subclasses implement ``_setup_projected`` and ``_projected``."""
 
-    HPARAMS = {**_COMMON, "proj_dim": HParam(30, "int", 1, "k, rows of each projection")}
+    HPARAMS = {**_COMMON, "proj_dim": HParam(30, "int", 1, "k, rows of each projection"),
+               "unprojected": HParam("first", "choice", doc="which layers get the unprojected "
+                                     "half-space energy: 'first' (the released n_input == 3 rule on "
+                                     "RGB models), 'n_input_3' (that test literally), 'fan_in' "
+                                     "(first, or fan-in <= proj_dim: this project's earlier rule)",
+                                     choices=UNPROJECTED_RULES)}
 
-    def _mode(self, role: str, d: int) -> str:
+    def _mode(self, role: str, p: Tensor) -> str:
+        """"full", "half" or "proj" for a weight of this role (p: the weight, (N, C_in, ...))."""
         if role == "output":
             return "full"
-        if role == "first" or d <= self.hparams["proj_dim"]:
-            return "half"
-        return "proj"
+        rule = self.hparams["unprojected"]
+        if rule == "n_input_3":
+            unprojected = p.shape[1] == 3
+        else:
+            unprojected = role == "first" or (rule == "fan_in" and p[0].numel() <= self.hparams["proj_dim"])
+        return "half" if unprojected else "proj"
 
     def _setup(self, device) -> None:
-        modes = [self._mode(role, p[0].numel()) for _, p, role in self._layers]
+        modes = [self._mode(role, p) for _, p, role in self._layers]
         self._groups = self._group_layers(modes)
         self._modes = [modes[g[0]] for g in self._groups]
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
@@ -131,41 +150,101 @@ class _CoMHEBase(Regularizer):
 class RPCoMHE(_CoMHEBase):
     """Random projections, i.i.d. N(0, 1), redrawn once per training iteration.
 
+    C projections per layer: ``num_projections`` (the released ``--pn``, 20), or, when ``pnd`` > 0,
+    N // pnd for a layer of N neurons (the released ``--pnd``, "p number divider":
+    ``total_p = oldn_filt / pnd`` in ``_add_thomson_project``; that line is integer division
+    only under Python 2, the released code's stated Python 3.6 makes it a float that ``range``
+    rejects, so ``--pnd`` as released does not run; we take the floor). A layer with N < pnd
+    fails at attach (the released code would divide by zero projections).
+
     The draw happens in ``before_step`` (and once at attach), not in ``penalty()``: the
     penalty is then a pure function of the weights and the current projections, which is what
     lets the engine compile it or capture the whole step in a CUDA graph, and ``penalty()`` may
     be called any number of times per iteration. Draws come from the regularizer's own
     generator (seeded in attach), in group order, one ``randn`` of shape (L, C, k, d) per
     projected group, into a preallocated buffer (no allocation in the hot path).
+
+    ``share_projections=True`` reproduces the released code's sharing instead: its
+    ``tf.random_normal(..., seed=n_input + i)`` gives every layer with the same number of input
+    channels identically seeded ops, run in lockstep, so layers of equal projection shape (k, d)
+    draw the SAME projections each step (on CNN-9, released names: conv1_1, conv1_2 and conv2_0,
+    d = 576; conv2_1, conv2_2 and conv3_0, d = 1152; conv3_1 and conv3_2, d = 2304). With it,
+    one ``randn`` of shape (C_max, k, d) per distinct fan-in d is drawn (in order of first
+    appearance) and every
+    projected layer of that fan-in uses its first C projections (projection i has seed
+    n_input + i in the released code, whatever the layer's C). Not reproduced: any relation
+    between the released draws of equal seeds and different shapes (fc6, n_input 256 and
+    d = 4096, shares its seeds with conv3_1/conv3_2). The default (False) draws independently
+    per layer (recipe.md §3: the sharing is an artefact of TF seeding, not part of the method).
     """
 
     name = "rp_comhe"
     capturable_before_step = False  # draws from its own generator: eager, outside the graph
     HPARAMS = {**_CoMHEBase.HPARAMS,
                "proj_dim": HParam(40, "int", 1, "k, rows of each projection"),
-               "num_projections": HParam(20, "int", 1, "C, projections averaged per layer")}
+               "num_projections": HParam(20, "int", 1, "C, projections averaged per layer (--pn)"),
+               "pnd": HParam(0, "int", 0, "0: C = num_projections; > 0: C = N // pnd per layer (--pnd)"),
+               "share_projections": HParam(False, "bool", doc="layers of equal fan-in share the "
+                                           "projections each step, as the released seeding does")}
+
+    def _num_projections(self, n_neurons: int, layer: str) -> int:
+        pnd = self.hparams["pnd"]
+        if pnd == 0:
+            return self.hparams["num_projections"]
+        if n_neurons < pnd:
+            raise ValueError(f"rp_comhe: layer {layer!r} has N={n_neurons} neurons; pnd={pnd} gives "
+                             f"N // pnd = 0 projections (need pnd <= N)")
+        return n_neurons // pnd
+
+    def _setup(self, device) -> None:
+        self._shared: dict[int, str] = {}  # fan-in d -> buffer name (share_projections)
+        self._group_c: dict[int, int] = {}  # projected group -> C
+        super()._setup(device)
+        for name in self._shared.values():  # shared draws: one per fan-in, first-seen order
+            self._draw_buffer(name)
 
     def _setup_projected(self, gi, index, device):
-        p = self._layers[index[0]][1]
-        shape = (len(index), self.hparams["num_projections"], self.hparams["proj_dim"], p[0].numel())
-        # the generator state, not the draws, is the checkpointed state: non-persistent buffer
-        self.register_buffer(f"proj{gi}", torch.empty(shape, device=device, dtype=p.dtype),
-                             persistent=False)
-        self._draw(gi)
+        name, p, _ = self._layers[index[0]]
+        C = self._num_projections(p.shape[0], name)
+        self._group_c[gi] = C
+        k, d = self.hparams["proj_dim"], p[0].numel()
+        if not self.hparams["share_projections"]:
+            # the generator state, not the draws, is the checkpointed state: non-persistent buffer
+            self.register_buffer(f"proj{gi}", torch.empty((len(index), C, k, d), device=device,
+                                                          dtype=p.dtype), persistent=False)
+            self._draw_buffer(f"proj{gi}")
+            return
+        buf = self._shared.setdefault(d, f"proj_d{d}")
+        old = getattr(self, buf, None)
+        if old is None or old.shape[0] < C:
+            self.register_buffer(buf, torch.empty((C, k, d), device=device, dtype=p.dtype),
+                                 persistent=False)
 
-    def _draw(self, gi: int) -> None:
-        P = getattr(self, f"proj{gi}")
+    def _draw_buffer(self, name: str) -> None:
+        P = getattr(self, name)
         torch.randn(P.shape, generator=self.generator, out=P)
 
     def before_step(self, lr: float) -> None:
         """Fresh projections for this iteration."""
         super().before_step(lr)
+        if self.hparams["share_projections"]:
+            for name in self._shared.values():
+                self._draw_buffer(name)
+            return
         for gi, mode in enumerate(self._modes):
             if mode == "proj":
-                self._draw(gi)
+                self._draw_buffer(f"proj{gi}")
+
+    def projections(self, gi: int) -> Tensor:
+        """The current projections of projected group gi: (L, C, k, d), or (C, k, d) shared by the
+        group's layers (``share_projections``)."""
+        if not self.hparams["share_projections"]:
+            return getattr(self, f"proj{gi}")
+        d = self._layers[self._groups[gi][0]][1][0].numel()
+        return getattr(self, self._shared[d])[: self._group_c[gi]]
 
     def _projected(self, gi, W):
-        return projected_energy(W, getattr(self, f"proj{gi}"), 2, half_space=True)
+        return projected_energy(W, self.projections(gi), 2, half_space=True)
 
 
 class _LearnedProjection(_CoMHEBase):
@@ -222,6 +301,12 @@ class _LearnedProjection(_CoMHEBase):
         While autograd records and ``first_order`` is off, P' is a differentiable function of W
         (second order); otherwise (first order, or evaluation under no_grad) it is a constant
         and the gradient is taken against W detached (same value, no graph through W kept).
+
+        Known deviation (this project's, not yet changed): the released look-ahead
+        (``_add_thomson_project``: ``p - lr * tf.gradients(p_loss, p)``, ``+`` for Adv) takes the
+        gradient of the objective WITHOUT the tiny L2 that only the inner steps' loss carries
+        (``train.py``: ``ploss_op += 1e-3 * preg_loss``); ours includes it, so P' differs by
+        lr * P_L2 * P (relative 5e-8 at lr 0.1).
         """
         second = torch.is_grad_enabled() and not self.hparams["first_order"]
         P = P.detach()
@@ -261,8 +346,9 @@ class APCoMHE(_LearnedProjection):
 class AdvCoMHE(_LearnedProjection):
     """Adversarial learned projection: P maximises the projected FULL-space s=2 energy (inner
     gradient ascent); the network minimises the projected HALF-space s=2 energy under the
-    look-ahead P' = P + lr * grad_P energy (recipe.md section 3: every CoMHE variant's network
-    term is half-space; only P's objective is stated full-space)."""
+    look-ahead P' = P + lr * grad_P energy, as released (adversarial_projection/architecture.py,
+    ``_add_thomson_project``: ``_stat`` of ``p @ filt`` is full-space, the network's term
+    concatenates the negatives)."""
 
     name = "adv_comhe"
     HPARAMS = {**_LearnedProjection.HPARAMS,
@@ -285,7 +371,7 @@ class GCoMHE(_CoMHEBase):
     name = "g_comhe"
     HPARAMS = {**_COMMON, "groups": HParam(8, "int", 1, "contiguous coordinate groups, must divide d")}
 
-    def _mode(self, role, d):
+    def _mode(self, role, p):
         if role == "output":
             return "full"
         return "half" if role == "first" else "proj"
@@ -294,7 +380,7 @@ class GCoMHE(_CoMHEBase):
         G = self.hparams["groups"]
         for name, p, role in self._layers:
             d = p[0].numel()
-            if self._mode(role, d) == "proj" and (d % G or d // G < 2):
+            if self._mode(role, p) == "proj" and (d % G or d // G < 2):
                 raise ValueError(f"g_comhe: layer {name!r} has fan-in d={d}; groups={G} must divide d "
                                  f"with at least 2 coordinates per group")
         super()._setup(device)

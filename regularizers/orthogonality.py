@@ -1,19 +1,35 @@
 """Baselines: the protocol's weight decay alone, and the orthogonality regularizers of
-Bansal, Chen & Wang (NeurIPS 2018), recipe.md section 7.
+Bansal, Chen & Wang (NeurIPS 2018, "Can We Gain More from Orthogonality Regularizations in
+Training Deep CNNs?"), recipe.md section 7.
 
 For a neuron matrix W (N, d) let G be the Gram matrix of the SMALLER side: W W^T (N x N) when
-N <= d, else W^T W (d x d); m = min(N, d).
+N <= d, else W^T W (d x d); m = min(N, d). (The released ``l2_reg_ortho`` makes the same choice:
+``W^T W`` when rows > cols, else ``W W^T``.)
 
 * SO   = ||G - I||_F^2
 * DSO  = ||W W^T - I||_F^2 + ||W^T W - I||_F^2
 * MC   = max_{i != j} |G_ij|                  (the largest off-diagonal entry of |G - I|)
-* SRIP = sigma_max(G - I), the spectral norm, by power iteration whose vector is kept between
-         steps (a buffer, checkpointed). The iterations run without gradient; the gradient flows
-         through the final estimate ||(G - I) v|| with v the unit iterate, like the authors' code.
-         Note G - I is symmetric, so this is the largest |eigenvalue|; no extra squaring.
+* SRIP, by default the released method: VITA-Group/Orthogonality-in-CNNs,
+  ``Wide-Resnet/train_n.py``, functions ``l2_reg_ortho`` and ``adjust_ortho_decay_rate``.
+  Per layer and per step, A = G - I, a FRESH start vector b with i.i.d. uniform [0, 1) entries
+  (``torch.rand``), one power step v = A b / ||A b|| with the gradient flowing through it, and
+  the term ||A v||^2 (SQUARED); terms summed over layers, times ``strength`` (their
+  ``--ortho-decay`` default 1e-2) times the epoch multiplier of ``adjust_ortho_decay_rate``:
+  1 for the 0-based epochs 0..19, 1e-3 from epoch 20, 1e-4 from 50, 1e-6 from 70, 0 from 120
+  (the released loop calls it with ``epoch + 1`` and tests ``> 20``, ``> 50``, ``> 70``,
+  ``> 120``). The epoch comes from the engine (``set_epoch``: the data stream's epoch, i.e.
+  iteration // iterations per epoch of the protocol).
 
-Strength defaults are THIS PROJECT's choices (the authors' schedules are epoch based and not in
-recipe.md): 1e-4 for so/dso/mc, 1e-2 for srip. All layers use the same strength.
+  THIS PROJECT's earlier variant stays available through explicit hyper-parameters:
+  ``squared=False, power_iters=2, persistent_vector=True, schedule="constant"`` (sigma_max(G - I)
+  estimated by power iterations whose unit vector is kept between steps, the iterations without
+  gradient, the gradient through the final ||A v||; strength constant). Their Keras ResNet
+  (``ResNet/resnet_cifar_new.py``) is unsquared too, but that is a different code path; the
+  PyTorch one above is the method this suite calls SRIP.
+
+Strength defaults of so/dso/mc (1e-4) are THIS PROJECT's choices; srip's 1e-2 is the released
+``--ortho-decay`` default. All layers (every conv/linear weight, the classifier included, as
+the released code's ``W.ndimension() >= 2`` loop) use the same strength.
 """
 
 from __future__ import annotations
@@ -24,7 +40,8 @@ from torch import Tensor
 from .base import HParam, Regularizer
 from .registry import register
 
-__all__ = ["WeightDecay", "SO", "DSO", "MC", "SRIP", "small_gram", "srip_sigma"]
+__all__ = ["WeightDecay", "SO", "DSO", "MC", "SRIP", "small_gram", "srip_sigma", "srip_power_term",
+           "srip_multiplier", "SRIP_RELEASED_SCHEDULE"]
 
 
 def small_gram(W: Tensor) -> Tensor:
@@ -110,24 +127,135 @@ class MC(_Orthogonality):
         return (G * off).abs().amax((-2, -1))
 
 
+#: ``adjust_ortho_decay_rate`` as (first 0-based epoch, multiplier of the strength), latest first.
+SRIP_RELEASED_SCHEDULE: tuple[tuple[int, float], ...] = ((120, 0.0), (70, 1e-6), (50, 1e-4), (20, 1e-3))
+
+
+def srip_multiplier(epoch: int, schedule: str = "released") -> float:
+    """The strength multiplier at a 0-based epoch: ``adjust_ortho_decay_rate(epoch + 1) /
+    ortho_decay`` for schedule "released", 1 for "constant"."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "released":
+        raise ValueError(f"srip schedule must be 'released' or 'constant'; got {schedule!r}")
+    for first, mult in SRIP_RELEASED_SCHEDULE:
+        if epoch >= first:
+            return mult
+    return 1.0
+
+
+def srip_power_term(A: Tensor, b: Tensor, iters: int = 1, squared: bool = True) -> Tensor:
+    """The released SRIP term of symmetric A (..., m, m) from start vectors b (..., m) -> (...).
+
+    ``iters`` power steps v <- A v / ||A v|| from v = b, all differentiable (the released code
+    keeps them in the graph), then ||A v||^2 (``squared``) or ||A v||. With iters=1 and squared
+    this is ``l2_reg_ortho``'s per-layer term: v1 = A b, v2 = v1 / ||v1||, ||A v2||^2. The norm is
+    floored at the smallest normal number (only A b = 0, i.e. an exactly orthogonal layer, reaches
+    it; the released code would divide by zero there).
+    """
+    v = b
+    for _ in range(iters):
+        v = (A @ v.unsqueeze(-1)).squeeze(-1)
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    Av = (A @ v.unsqueeze(-1)).squeeze(-1)
+    return Av.square().sum(-1) if squared else Av.norm(dim=-1)
+
+
 @register
 class SRIP(_Orthogonality):
+    """SRIP (Bansal et al. 2018), by default as released (see the module docstring): fresh uniform
+    start vectors each step, one differentiable power step, squared term, epoch-annealed strength.
+
+    Start vectors are drawn in ``before_step`` from the regularizer's own generator (seeded in
+    attach; checkpointed with its state), in group order, one ``torch.rand`` of shape (L, m) per
+    group of equal-shape layers, into a preallocated non-persistent buffer ``b<g>``, as RP-CoMHE
+    draws its projections; the epoch multiplier is a device scalar updated by ``set_epoch``. So
+    ``penalty()`` is a pure function of weights and buffers (compiled, or recorded in the
+    whole-step CUDA graph), and ``before_step`` runs eagerly (``capturable_before_step = False``).
+
+    ``persistent_vector=True`` is this project's variant instead: one unit vector per layer kept
+    between steps (buffer ``v<g>``, in the state dict), ``power_iters`` no-grad iterations per
+    penalty call, the gradient through the final ||A v|| only.
+    """
+
     name = "srip"
+    capturable_before_step = False  # draws start vectors from its own generator
     HPARAMS = {
-        "strength": HParam(1e-2, "float", 0.0, "weight of the summed per-layer term"),
-        "power_iters": HParam(2, "int", 1, "power iterations per step (vector kept between steps)"),
+        "strength": HParam(1e-2, "float", 0.0, "weight of the summed per-layer term "
+                           "(released --ortho-decay default)"),
+        "squared": HParam(True, "bool", doc="||A v||^2 as released (False: ||A v||, this project's variant)"),
+        "power_iters": HParam(1, "int", 1, "power steps per penalty (released: 1)"),
+        "persistent_vector": HParam(False, "bool", doc="keep the vector between steps, no-grad "
+                                    "iterations (this project's variant); False: fresh torch.rand "
+                                    "start each step, gradient through the power step (released)"),
+        "schedule": HParam("released", "choice", doc="strength multiplier by epoch: 'released' "
+                           "(adjust_ortho_decay_rate) or 'constant'", choices=("released", "constant")),
     }
 
     def _setup(self, device) -> None:
         super()._setup(device)
+        p0 = self._layers[0][1]
+        self._mult_host = srip_multiplier(self.epoch, self.hparams["schedule"])
+        self.register_buffer("decay", torch.full((), self._mult_host, device=device, dtype=p0.dtype),
+                             persistent=False)
         for gi, index in enumerate(self._groups):
             p = self._layers[index[0]][1]
             m = min(p.shape[0], p[0].numel())
-            v = torch.randn(len(index), m, generator=self.generator, device=device, dtype=p.dtype)
-            self.register_buffer(f"v{gi}", v / v.norm(dim=-1, keepdim=True))
+            if self.hparams["persistent_vector"]:
+                v = torch.randn(len(index), m, generator=self.generator, device=device, dtype=p.dtype)
+                self.register_buffer(f"v{gi}", v / v.norm(dim=-1, keepdim=True))
+            else:
+                # the generator state, not the draws, is the checkpointed state
+                self.register_buffer(f"b{gi}", torch.empty(len(index), m, device=device, dtype=p.dtype),
+                                     persistent=False)
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.hparams["persistent_vector"]:
+            return
+        for gi in range(len(self._groups)):
+            b = getattr(self, f"b{gi}")
+            torch.rand(b.shape, generator=self.generator, out=b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Store the epoch and set the strength multiplier of the schedule (a device scalar,
+        written only when it changes: five times in a released-schedule run)."""
+        super().set_epoch(epoch)
+        if self._layers:
+            mult = srip_multiplier(self.epoch, self.hparams["schedule"])
+            if mult != self._mult_host:
+                self.decay.fill_(mult)
+                self._mult_host = mult
+
+    def epoch_schedule(self, iterations_per_epoch: int, iterations: int) -> list[dict]:
+        points = [(0, 1.0)] if self.hparams["schedule"] == "constant" else \
+            [(0, 1.0)] + [(e, m) for e, m in reversed(SRIP_RELEASED_SCHEDULE)]
+        return [{"epoch": e, "iteration": e * iterations_per_epoch, "multiplier": m}
+                for e, m in points if e * iterations_per_epoch < iterations]
+
+    def before_step(self, lr: float) -> None:
+        """Fresh start vectors for this iteration (released behaviour; nothing to do with a
+        persistent vector)."""
+        super().before_step(lr)
+        self._draw()
+
+    def start_vectors(self) -> dict[str, Tensor]:
+        """Layer name -> the start vector (m,) the next penalty uses: this step's torch.rand draw,
+        or the kept unit vector of the persistent variant (views of the group buffers)."""
+        self._require_attached()
+        key = "v" if self.hparams["persistent_vector"] else "b"
+        return {self._layers[i][0]: getattr(self, f"{key}{gi}")[pos]
+                for gi, index in enumerate(self._groups) for pos, i in enumerate(index)}
 
     def _layer_terms(self, W, gi):
+        hp = self.hparams
+        A = _minus_eye(small_gram(W))
+        if not hp["persistent_vector"]:
+            return srip_power_term(A, getattr(self, f"b{gi}"), hp["power_iters"], hp["squared"])
         v = getattr(self, f"v{gi}")
-        sigma, v_new = srip_sigma(_minus_eye(small_gram(W)), v, self.hparams["power_iters"])
+        sigma, v_new = srip_sigma(A, v, hp["power_iters"])
         v.copy_(v_new)  # in place: v is not saved for backward by anything that needs the old one
-        return sigma
+        return sigma.square() if hp["squared"] else sigma
+
+    def penalty(self) -> Tensor:
+        return super().penalty() * self.decay

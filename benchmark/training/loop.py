@@ -24,7 +24,7 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
 from benchmark.training.metrics import device_name, environment
 from benchmark.training.packed import setup_packed
-from benchmark.training.run import resolve_threads, setup, validate
+from benchmark.training.run import resolve_threads, setup, tf32_state, validate
 
 # Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
 # device every step and read back only every this many steps (and at every evaluation).
@@ -113,7 +113,12 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         "regularizer_hparams_resolved": dict(run.regs[0].hparams),
         "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
                     "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S,
-                    "pack_seeds": pack_seeds or S, "threads": torch.get_num_threads()},
+                    "pack_seeds": pack_seeds or S, "threads": torch.get_num_threads(),
+                    "precision": proto.runtime.precision, **tf32_state(device)},
+        # the regularizer's strength schedule in effect (SRIP's epochs), None without one
+        "regularizer_schedule": run.regs[0].epoch_schedule(
+            getattr(run.stream, "per_epoch", None) or run.stream.streams[0].per_epoch,
+            proto.iterations),
         "started_at": started,
     }
 

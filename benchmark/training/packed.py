@@ -113,6 +113,7 @@ class PackedRun(Steps):
     # ----------------------------------------------------------------- the step (engine.Steps)
     def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
+            reg.set_epoch(self.stream.epoch)  # as engine.Run.before_step
             reg.before_step_for(w, lr)
 
     # ----------------------------------------------------------------- diagnostics

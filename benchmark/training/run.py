@@ -1,8 +1,8 @@
 """One run's training state, built from a spec: data on the device, the seeded model, the
 regularizer attached, the optimiser and the batch stream; and the checks made before any run.
 
-GPU: bf16 autocast and channels_last where the protocol's ``runtime`` asks; CPU: fp32. The code
-path is the same.
+GPU: the protocol's ``runtime.precision`` (the paper protocols: fp32 with TF32 tensor cores;
+"auto": bf16 autocast) and channels_last. CPU: fp32. The code path is the same.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class Run(Steps):
         return 1
 
     def before_step(self, lr: float) -> None:
+        # the epoch of the batch this step takes (Regularizer.set_epoch: SRIP's schedule)
+        self.reg.set_epoch(self.stream.epoch)
         self.reg.before_step(lr)
 
     # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
@@ -192,10 +194,20 @@ class Run(Steps):
 
 
 def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_format, str, torch.dtype]:
-    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives."""
+    """(bf16 autocast, memory format, compile mode, dtype) the protocol's ``runtime`` gives.
+
+    On CUDA it also sets the process-wide TF32 switches for this run (every run sets them, so
+    one run's precision never leaks into the next): "tf32" allows TF32 tensor cores for fp32
+    matmuls and convolutions, "fp32" forbids both (strict fp32), bf16/auto/fp64 keep PyTorch's
+    defaults (matmuls strict, cuDNN convolutions TF32). The record says what was in effect
+    (``runtime.tf32_matmul`` / ``runtime.tf32_cudnn``, :func:`tf32_state`).
+    """
     cuda = device.type == "cuda"
     rt = proto.runtime
     bf16 = rt.precision == "bf16" or (rt.precision == "auto" and cuda)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = rt.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = rt.precision != "fp32"
     cl = rt.channels_last
     memory_format = torch.channels_last if cl == "on" or (cl == "auto" and cuda) else torch.contiguous_format
     mode = rt.compile
@@ -203,6 +215,13 @@ def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_fo
         mode = "reduce-overhead" if cuda else "off"
     dtype = torch.float64 if rt.precision == "fp64" else torch.float32
     return bf16, memory_format, mode, dtype
+
+
+def tf32_state(device: torch.device) -> dict[str, bool]:
+    """Whether fp32 matmuls / cuDNN convolutions may use TF32 tensor cores (False on the CPU)."""
+    cuda = device.type == "cuda"
+    return {"tf32_matmul": cuda and bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": cuda and bool(torch.backends.cudnn.allow_tf32)}
 
 
 def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:

@@ -73,3 +73,32 @@ def test_run_id_is_stable_and_ignores_label_and_suite():
     d = RunSpec(load_protocol("smoke", {"iterations": 13}), "digits", "cnn9", "rp_comhe", 0,
                 {"width": 0.25}, {"proj_dim": 30})
     assert d.run_id != a.run_id
+
+
+def test_paper_protocols_run_fp32_with_tf32_unless_told_otherwise():
+    """paper_cifar / mhe_cifar: fp32 (the authors trained in fp32) with TF32 tensor cores on
+    CUDA; runtime_settings sets the process-wide switches for every run and the record reads
+    them back (tf32_state). Checked with a CUDA device object: no GPU needed to set the flags."""
+    import torch
+
+    from benchmark.engine import runtime_settings, tf32_state
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        for name in ("paper_cifar", "mhe_cifar"):
+            p = load_protocol(name)
+            assert p.runtime.precision == "tf32"
+            bf16, _, _, dtype = runtime_settings(p, cuda)
+            assert bf16 is False and dtype == torch.float32
+            assert tf32_state(cuda) == {"tf32_matmul": True, "tf32_cudnn": True}
+            assert tf32_state(cpu) == {"tf32_matmul": False, "tf32_cudnn": False}
+            assert runtime_settings(p, cpu)[0] is False
+        strict = load_protocol("paper_cifar", {"runtime.precision": "fp32"})
+        runtime_settings(strict, cuda)
+        assert tf32_state(cuda) == {"tf32_matmul": False, "tf32_cudnn": False}
+        bf = load_protocol("paper_cifar", {"runtime.precision": "bf16"})
+        assert runtime_settings(bf, cuda)[0] is True
+        assert tf32_state(cuda) == {"tf32_matmul": False, "tf32_cudnn": True}  # PyTorch's defaults
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -49,7 +49,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert a["curves"]["train_loss"] != c["curves"]["train_loss"]
 
 
-@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe"])
+@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe", "srip"])
 def test_interrupted_run_resumes_to_identical_metrics(tmp_path, regularizer):
     s = spec(regularizer=regularizer, seed=3)
     full = train(s, tmp_path / "full", progress=False)
@@ -66,7 +66,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, regularizer):
     assert full["resumed_from"] == [] and resumed["resumed_from"] == [6]
 
 
-@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe"])
+@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe", "srip"])
 def test_graph_mode_run_and_resume_equal_the_eager_run(tmp_path, regularizer):
     """``runtime.compile: graph`` through the whole loop (on the CPU its body runs unrecorded):
     5 epochs of 4 batches, a rate change at 8, evaluations and checkpoints; then interrupted
@@ -85,6 +85,35 @@ def test_graph_mode_run_and_resume_equal_the_eager_run(tmp_path, regularizer):
         assert rec["final"] == eager["final"]
         for key in ("train_loss", "penalty", "test_acc", "energy_total"):
             assert rec["curves"][key] == eager["curves"][key], key
+
+
+def test_srip_schedule_follows_the_protocols_epochs_and_is_recorded(tmp_path):
+    """The engine tells the regularizer the epoch of each step's batch (the data stream's:
+    iteration // iterations per epoch); SRIP's released schedule drops x1e-3 at epoch 20. Here 2
+    iterations per epoch (64 images, batch 32), so the drop comes at iteration 40; a run
+    interrupted before it and resumed after it gives the uninterrupted record."""
+    from benchmark.engine import setup
+
+    over = {"iterations": 44, "eval_every": 11, "checkpoint_every": 100, "data.max_train": 64,
+            "batch_size": 32, "schedule.milestones": []}
+    s = spec(regularizer="srip", seed=1, **over)
+    run = setup(s)
+    for it in range(42):
+        run.step(s.protocol.lr_at(it))
+        assert run.reg.epoch == it // 2
+        assert run.reg.decay.item() == pytest.approx(1.0 if it < 40 else 1e-3, rel=1e-7), it
+    full = train(s, tmp_path / "full", progress=False)
+    assert full["regularizer_schedule"] == [{"epoch": 0, "iteration": 0, "multiplier": 1.0},
+                                            {"epoch": 20, "iteration": 40, "multiplier": 1e-3}]
+    assert full["regularizer_hparams_resolved"]["schedule"] == "released"
+    pen = full["curves"]["penalty"]  # window means: the last window holds 4 steps at 1e-3
+    assert pen[-1] < 0.7 * pen[-2]
+    assert full["runtime"]["precision"] == "fp32" and full["runtime"]["tf32_matmul"] is False
+    part = tmp_path / "part"
+    assert train(s, part, progress=False, stop_after=30) == {}
+    resumed = train(s, part, progress=False)
+    assert resumed["curves"] == full["curves"] and resumed["final"] == full["final"]
+    assert train(spec(**over), tmp_path / "rp", progress=False)["regularizer_schedule"] is None
 
 
 def test_divergence_is_recorded_not_raised(results_dir):

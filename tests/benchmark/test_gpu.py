@@ -21,20 +21,25 @@ pytestmark = [pytest.mark.gpu,
 def test_penalty_on_gpu_matches_cpu(name):
     torch.manual_seed(0)
     model = models.create("cnn9", num_classes=100)
-    values = []
+    values, start = [], {}
     for device in ("cpu", "cuda"):
         m = model.to(device)
         reg = regularizers.create(name).attach(m, seed=0)
         reg.before_step(0.1)
+        if name == "srip":  # the CPU run's start vectors (the devices' generators differ)
+            for key, buf in reg.named_buffers():
+                if key.startswith("b"):
+                    buf.copy_(start.setdefault(key, buf.detach().cpu().clone()))
         pen = reg.penalty()
         pen.backward()
         grad_norm = torch.sqrt(sum(p.grad.double().pow(2).sum() for p in m.parameters()
                                    if p.grad is not None))
         values.append((float(pen), float(grad_norm)))
         m.zero_grad(set_to_none=True)
-    if name in ("rp_comhe", "ap_comhe", "adv_comhe", "srip"):
-        # Random projections / power-iteration start vectors: CPU and CUDA generators draw
-        # different ones; the expected penalty is the same, the realised one within a few percent.
+    if name in ("rp_comhe", "ap_comhe", "adv_comhe"):
+        # Random projections: CPU and CUDA generators draw different ones; the expected penalty
+        # is the same, the realised one within a few percent. (SRIP's start vectors, whose
+        # draws move its penalty by ~10%, are copied from the CPU run above.)
         assert values[0][0] == pytest.approx(values[1][0], rel=0.05)
     else:
         assert values[0] == pytest.approx(values[1], rel=1e-4)

@@ -69,12 +69,14 @@ def test_packed_steps_match_single_runs(regularizer):
         # the per-seed model objects are views of the stacked tensors
         for name, p in packed.models[s].named_parameters():
             assert p.data_ptr() == packed.params[name][s].data_ptr(), name
-    # regularizer state (learned projections, power-iteration vectors) evolves per seed
+    # regularizer state (learned projections, SRIP's start vectors) evolves per seed
     states = [dict(packed.regs[s].named_buffers()) for s in range(2)]
     for s, single in enumerate(singles):
         for name, b in single.reg.named_buffers():
             torch.testing.assert_close(states[s][name], b, rtol=1e-8, atol=1e-10, msg=name)
     for name in states[0]:
+        if name == "decay":  # SRIP's epoch multiplier: the same epoch for every seed
+            continue
         assert not torch.allclose(states[0][name], states[1][name]), name
 
 

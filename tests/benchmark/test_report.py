@@ -317,3 +317,62 @@ def test_paper_values_match_runs_by_regularizer_and_mhe_power_not_only_label():
     runs.loc[runs["regularizer"] == "hs_mhe", "hparams"] = '{"power": 0}'
     comp = report.paper_comparison(runs, rep).set_index("label")
     assert comp.loc["hs_mhe_s0", "n"] == 3 and comp.loc["hs_mhe_s2", "n"] == 0
+
+
+# --- settings of reported values --------------------------------------------------------------
+
+def test_settings_match_rules():
+    run = {"regularizer": "mhe", "power": 2, "half_space": False, "strength": 0.1,
+           "output_strength": 1.0, "protocol": "mhe_cifar"}
+    assert report.settings_match({"regularizer": ["mhe", "hs_mhe"], "power": 2,
+                                  "strength": 0.1, "output_strength": 1.0}, run)
+    assert report.settings_match({"power": "2", "strength": 1.0 / 10}, run)  # canonical forms
+    assert not report.settings_match({"half_space": 0}, run)  # a bool is not a number
+    assert not report.settings_match({"strength": 1.0}, run)
+    assert not report.settings_match({"proj_dim": 40}, run)  # a setting the run lacks
+    assert not report.settings_match({"protocol": "paper_cifar"}, run)
+    assert not report.settings_match({"power": 2}, None)  # unresolvable run
+    assert report.settings_match({}, run)
+
+
+def test_paper_comparison_pairs_only_runs_made_under_the_recorded_settings():
+    """The logged full-space MHE values were made at 1/10 of the code's strengths: a default
+    `mhe` run (1 / 10) must not be compared with them; `strengths: logs` or the same numbers
+    given explicitly are. Half-space logs match the code. The protocol must match too."""
+    hp = {"default": "{}", "logs": '{"strengths": "logs"}',
+          "numbers": '{"output_strength": 1.0, "strength": 0.1}'}
+    frames = []  # distinct seeds per kind of run: the comparison counts seeds
+    for i, (key, hparams) in enumerate(hp.items()):
+        runs, _ = make_store(labels=("mhe",), cells=CELLS[1:], seeds=range(3 * i, 3 * i + 3),
+                             shift={}, iterations=42_500)
+        runs["hparams"], runs["protocol"], runs["label"] = hparams, "mhe_cifar", f"MHE-{key}"
+        runs["run_id"] = runs["run_id"] + key
+        frames.append(runs)
+    hs, _ = make_store(labels=("hs_mhe",), cells=CELLS[1:], seeds=range(3), iterations=42_500)
+    hs["protocol"] = "mhe_cifar"
+    other, _ = make_store(labels=("mhe",), cells=CELLS[1:], seeds=range(9, 12), iterations=75_000)
+    other["hparams"], other["run_id"] = hp["logs"], other["run_id"] + "75k"  # paper_cifar protocol
+    runs = pd.concat([*frames, hs, other], ignore_index=True)
+    rep = report.load_reported().set_index("label", drop=False)
+    assert rep.loc["mhe_s2", "settings"]["strength"] == 0.1
+    comp = report.paper_comparison(runs, rep[rep["dataset"] == "cifar100"].reset_index(drop=True))
+    logs = comp[comp["schedule"].notna()].set_index("label")
+    comp = comp.set_index("label")
+    assert comp.loc["mhe_s2", "n"] == 6  # logs + numbers; not the default, not the 75k runs
+    assert comp.loc["hs_mhe_s2", "n"] == 3
+    assert comp.loc["mhe_s0", "n"] == 0 and comp.loc["mhe_s0", "verdict"] == "not reproduced (no runs)"
+    assert logs.loc["rp_comhe", "n"] == 0
+    # entries without recorded settings (unknown values) are still found by label
+    assert comp.loc["mhe", "verdict"] == "unknown (no paper value)"
+
+
+def test_every_known_reported_value_records_its_settings():
+    rep = report.load_reported()
+    known = rep[rep["value"].notna()]
+    assert len(known) == 16
+    for _, e in known.iterrows():
+        s = e["settings"]
+        assert isinstance(s, dict) and {"regularizer", "protocol"} <= set(s), e["label"]
+        assert s["protocol"] == {"comhe_75k": "paper_cifar", "mhe_42.5k": "mhe_cifar"}[e["schedule"]]
+        if e["label"].startswith(("mhe_", "hs_mhe_")):
+            assert {"power", "half_space", "strength", "output_strength"} <= set(s)

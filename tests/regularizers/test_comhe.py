@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,13 +17,17 @@ def _n(p):
 
 
 def _unprojected_part(net, strength=1.0, out_strength=10.0):
-    """first and 'small' (fan-in 8 <= proj_dim) unprojected half-space; output full-space."""
+    """first and 'small' (fan-in 8 <= proj_dim) unprojected half-space; output full-space: the
+    ``unprojected="fan_in"`` rule, which the tests using this pass explicitly (FAN_IN)."""
     return (strength * (hyperspherical_energy(net.first, 2, True) + hyperspherical_energy(net.small, 2, True))
             + out_strength * hyperspherical_energy(net.out, 2, False))
 
 
+FAN_IN = {"unprojected": "fan_in"}
+
+
 def test_rp_with_fixed_projections_equals_projected_energy(tiny):
-    reg = regularizers.create("rp_comhe", proj_dim=10, num_projections=4).attach(tiny, seed=5)
+    reg = regularizers.create("rp_comhe", proj_dim=10, num_projections=4, **FAN_IN).attach(tiny, seed=5)
     got = reg.penalty()
     # documented draw order: one randn (L, C, k, d) per projected group, from Generator(seed)
     P = torch.randn(2, 4, 10, 50, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -92,7 +97,7 @@ def test_adv_inner_steps_raise_the_projected_full_space_energy(tiny):
 
 def test_ap_penalty_uses_the_look_ahead_projection(tiny):
     lr = 0.3
-    reg = regularizers.create("ap_comhe", proj_dim=10, inner_steps=0).attach(tiny)
+    reg = regularizers.create("ap_comhe", proj_dim=10, inner_steps=0, **FAN_IN).attach(tiny)
     reg.before_step(lr)
     P = torch.stack([reg.projection("h1"), reg.projection("h2")]).detach().requires_grad_(True)
     W = torch.stack([_n(tiny.h1), _n(tiny.h2)]).detach()
@@ -147,13 +152,49 @@ def test_g_comhe_definition(tiny):
         regularizers.create("g_comhe", groups=4).attach(tiny)
 
 
+def _modes(reg):
+    return {reg.layer_names[i]: m for idx, m in zip(reg._groups, reg._modes) for i in idx}
+
+
 def test_comhe_layer_treatment(tiny):
-    reg = regularizers.create("rp_comhe", proj_dim=10)
-    reg.attach(tiny)
-    modes = {tiny_name: m for idx, m in zip(reg._groups, reg._modes) for tiny_name in
-             [reg.layer_names[i] for i in idx]}
-    assert modes == {"first": "half", "h1": "proj", "h2": "proj", "small": "half", "out": "full"}
-    assert [len(i) for i in reg._groups if len(i) > 1] == [2]  # h1, h2 stacked together
+    """Default: the released rule (architecture.py ``_conv_layer``: ``if n_input == 3`` gets
+    ``_add_thomson_first``, every other layer ``_add_thomson_project``, the score layer
+    ``_add_thomson_final``), read as "the first layer": 'small' (fan-in 8 < proj_dim) is projected
+    (k = 10 > d = 8), as in the released code."""
+    for name in ("rp_comhe", "ap_comhe", "adv_comhe"):
+        reg = regularizers.create(name, proj_dim=10).attach(tiny)
+        assert _modes(reg) == {"first": "half", "h1": "proj", "h2": "proj", "small": "proj",
+                               "out": "full"}, name
+        assert [len(i) for i in reg._groups if len(i) > 1] == [2]  # h1, h2 stacked together
+    # this project's earlier rule, kept as an option
+    reg = regularizers.create("rp_comhe", proj_dim=10, **FAN_IN).attach(tiny)
+    assert _modes(reg) == {"first": "half", "h1": "proj", "h2": "proj", "small": "half", "out": "full"}
+    # the literal released test: a weight with 3 input channels (tiny.first is (4, 3))
+    reg = regularizers.create("rp_comhe", proj_dim=10, unprojected="n_input_3").attach(tiny)
+    assert _modes(reg)["first"] == "half" and _modes(reg)["small"] == "proj"
+    with pytest.raises(ValueError, match="unprojected.*must be one of 'first', 'n_input_3', 'fan_in'"):
+        regularizers.create("rp_comhe", unprojected="fanin")
+
+
+def test_comhe_rules_on_cnn9_wrn_and_gray_input():
+    """On CNN-9 every rule gives the unprojected energy to the first conv only (so the released
+    rule changes nothing there); on WRN-28-10 the fan-in rule also exempts the first block's 1x1
+    shortcut (fan-in 16 <= k = 40), the released rule projects it; on a gray-scale input the
+    literal n_input == 3 test would project the first conv as well."""
+    import models
+
+    def half(model, **kw):
+        return [n for n, m in _modes(regularizers.create("rp_comhe", **kw).attach(model)).items()
+                if m == "half"]
+
+    cnn9 = models.create("cnn9", num_classes=100)
+    for rule in ("first", "n_input_3", "fan_in"):
+        assert half(cnn9, unprojected=rule) == ["features.conv1_1.conv.weight"], rule
+    wrn = models.create("wrn28_10", num_classes=100)
+    assert half(wrn) == half(wrn, unprojected="n_input_3") == ["conv1.weight"]
+    assert half(wrn, **FAN_IN) == ["conv1.weight", "layers.0.0.shortcut.weight"]
+    gray = models.create("cnn9", num_classes=10, in_chans=1, width=0.25)
+    assert half(gray) == ["features.conv1_1.conv.weight"] and half(gray, unprojected="n_input_3") == []
 
 
 @pytest.mark.parametrize("name", regularizers.available())
@@ -169,3 +210,81 @@ def test_every_regularizer_float32_finite_on_the_weights_device(name):
     if p.requires_grad:
         p.backward()
         assert all(torch.isfinite(q.grad).all() for q in net.parameters() if q.grad is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# RP-CoMHE options of the released code: --pnd, and the projections shared by equal seeds.
+
+def released_thomson_project(W, projections):
+    """``_add_thomson_project`` (random_projection/architecture.py), float64 numpy, with the
+    draws given: for each p (pd1 x pd2): filt = p @ W^T (neurons as columns), concatenate the
+    negatives, s=2 energy over the 2N columns, weight 1; averaged over the total_p draws."""
+    oldfilt = W.detach().reshape(W.shape[0], -1).numpy().T  # (pd2, n): TF layout
+    total_loss = 0.0
+    for p in projections:
+        filt = p.numpy() @ oldfilt
+        filt = np.concatenate((filt, -filt), axis=1)
+        n_filt = filt.shape[1]
+        filt_norm = np.sqrt(np.sum(filt * filt, axis=0, keepdims=True) + 1e-4)
+        inner_pro = (filt.T @ filt) / (filt_norm.T @ filt_norm)
+        final = np.power(2.0 - 2.0 * inner_pro + np.diag([1.0] * n_filt), -1.0)
+        final = final - np.tril(final)
+        total_loss += 1 * np.sum(final) / (n_filt * (n_filt - 1) / 2.0)
+    return total_loss / len(projections)
+
+
+class SharedFanIn(torch.nn.Module):
+    """Two projected layers of shape (6, 50), one of shape (4, 50) (same fan-in, other N), one of
+    fan-in 8; first and output layers."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        mk = lambda *s: torch.nn.Parameter(torch.randn(*s, generator=g, dtype=torch.float64))  # noqa: E731
+        self.first, self.a, self.b, self.c, self.small, self.out = (
+            mk(6, 3), mk(6, 2, 5, 5), mk(6, 50), mk(4, 50), mk(8, 8), mk(3, 6))
+        self.weight_roles = {"first": "first", "a": "hidden", "b": "hidden", "c": "hidden",
+                             "small": "hidden", "out": "output"}
+
+
+def _fixed_part(net):
+    return hyperspherical_energy(net.first, 2, True) + 10 * hyperspherical_energy(net.out, 2, False)
+
+
+def test_rp_pnd_gives_n_over_pnd_projections_as_released():
+    """--pnd: total_p = oldn_filt / pnd projections (floor: N // pnd); each layer's term is
+    _add_thomson_project's with those draws. Draw order: one randn (L, C, k, d) per group."""
+    net = SharedFanIn()
+    reg = regularizers.create("rp_comhe", proj_dim=10, pnd=4).attach(net, seed=6)
+    g = torch.Generator().manual_seed(6)
+    shapes = {"ab": (2, 1, 10, 50), "c": (1, 1, 10, 50), "small": (1, 2, 10, 8)}  # 6//4, 4//4, 8//4
+    P = {k: torch.randn(*s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    want = (_fixed_part(net).item()
+            + released_thomson_project(net.a, P["ab"][0]) + released_thomson_project(net.b, P["ab"][1])
+            + released_thomson_project(net.c, P["c"][0]) + released_thomson_project(net.small, P["small"][0]))
+    assert reg.penalty().item() == pytest.approx(want, rel=1e-12)
+    assert [tuple(reg.projections(gi).shape) for gi, m in enumerate(reg._modes) if m == "proj"] == \
+        list(shapes.values())
+    with pytest.raises(ValueError, match="layer 'c' has N=4 neurons; pnd=5 gives N // pnd = 0"):
+        regularizers.create("rp_comhe", proj_dim=10, pnd=5).attach(net)
+
+
+def test_rp_shared_projections_reproduce_the_released_seeding():
+    """share_projections: every projected layer of fan-in d uses the first C of one (C_max, k, d)
+    draw per distinct d (first-seen order), redrawn each step; independent otherwise."""
+    net = SharedFanIn()
+    reg = regularizers.create("rp_comhe", proj_dim=10, pnd=2, share_projections=True).attach(net, seed=8)
+    g = torch.Generator().manual_seed(8)
+    for _ in range(2):
+        P50 = torch.randn(3, 10, 50, generator=g, dtype=torch.float64)  # C_max = 6 // 2 for d = 50
+        P8 = torch.randn(4, 10, 8, generator=g, dtype=torch.float64)    # 8 // 2 for d = 8
+        want = (_fixed_part(net).item() + released_thomson_project(net.a, P50)
+                + released_thomson_project(net.b, P50) + released_thomson_project(net.c, P50[:2])
+                + released_thomson_project(net.small, P8))
+        assert reg.penalty().item() == pytest.approx(want, rel=1e-12)
+        reg.before_step(0.1)
+    assert not any(k.startswith("proj") for k in reg.state_dict())  # draws are not state
+    # the default draws every layer's projections independently
+    ind = regularizers.create("rp_comhe", proj_dim=10, pnd=2).attach(net, seed=8)
+    groups = [ind.projections(gi) for gi, m in enumerate(ind._modes) if m == "proj"]
+    assert not torch.equal(groups[0][0, :2], groups[1][0])  # a's first draws are not c's

@@ -35,6 +35,10 @@ def test_unknown_name_and_hparam_name_the_closest_choices():
     ("ap_comhe", {"first_order": "yes"}, "True or False"),
     ("g_comhe", {"groups": 0}, "groups"),
     ("srip", {"power_iters": 0}, "power_iters"),
+    ("srip", {"schedule": 1}, "'released', 'constant'"),
+    ("mhe", {"strengths": "Logs"}, "did you mean 'logs'"),
+    ("rp_comhe", {"pnd": -1}, "pnd"),
+    ("rp_comhe", {"unprojected": "first_layer"}, "'first', 'n_input_3', 'fan_in'"),
 ])
 def test_invalid_values_raise_clear_errors(name, kw, match):
     with pytest.raises(ValueError, match=match) as info:
@@ -44,7 +48,8 @@ def test_invalid_values_raise_clear_errors(name, kw, match):
 
 def test_power_dependent_default_strengths():
     assert regularizers.create("mhe", power="a1").hparams == {
-        "power": "a1", "half_space": False, "strength": 0.1, "output_strength": 1.0}
+        "power": "a1", "half_space": False, "strengths": "code", "strength": 0.1,
+        "output_strength": 1.0}
     assert regularizers.create("hs_mhe", power="2").hparams["power"] == 2
     hp = regularizers.create("hs_mhe", power=0, strength=0.5).hparams
     assert hp["strength"] == 0.5 and hp["output_strength"] == 10.0 and hp["half_space"] is True
