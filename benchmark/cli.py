@@ -1,4 +1,5 @@
-"""``python -m benchmark <command>``: list, run, status, report.
+"""``python -m benchmark <command>``: list, run, status, report, leaderboard, compare, perf,
+gpu-check (``python -m benchmark --help``; ``comhe-bench`` is the same command).
 
 Every command validates everything it was given before it starts work or writes a file; a bad
 input ends with one line on stderr (``error: ...``) and exit status 2.
@@ -12,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark.records import record_files
+
+from . import __version__
 from .config import ConfigError
 from .plugins import load_plugins
 
@@ -70,27 +74,33 @@ def _single_spec(args):
     from .config import RunSpec, load_protocol, parse_set, split_overrides
 
     missing = [f"--{k}" for k in ("protocol", "dataset", "model", "regularizer")
-               if getattr(args, k) is None]
+               if getattr(args, k) in (None, [])]
     if missing:
-        raise ConfigError(f"run: give --suite, or all of --protocol --dataset --model --regularizer (missing {' '.join(missing)})")
+        raise ConfigError("run: give --suite, or all of --protocol --dataset --model --regularizer "
+                          f"(missing {' '.join(missing)})")
     proto_over, model_kw, reg_kw = split_overrides(parse_set(args.set))
     protocol = load_protocol(args.protocol, proto_over)
+    if args.label and len(args.regularizer) > 1:
+        raise ConfigError("run: --label names one regularizer's runs; give one --regularizer with it")
     return [RunSpec(protocol=protocol, dataset=args.dataset, model=args.model,
-                    regularizer=args.regularizer, seed=seed, model_kwargs=model_kw,
+                    regularizer=reg, seed=seed, model_kwargs=model_kw,
                     regularizer_hparams=reg_kw, label=args.label or "")
-            for seed in args.seed]
+            for reg in args.regularizer for seed in args.seed]
 
 
 def _suite_specs(args):
     from .config import parse_set, split_overrides
     from .suites import load_suite
 
-    proto_over, model_kw, reg_kw = split_overrides(parse_set(args.set))
-    if model_kw or reg_kw:
-        raise ConfigError("--set model.* / reg.* apply to single runs; put them in the suite file")
-    suite = load_suite(args.suite, overrides=proto_over, profile=args.profile)
+    sets = parse_set(args.set)
+    _, _, reg_kw = split_overrides(sets)
+    if reg_kw:  # a suite lists several regularizers: which one would a reg.* setting mean?
+        raise ConfigError("--set reg.* applies to single runs; put a suite's hyper-parameters in "
+                          "its file (regularizers: [{name: ..., hparams: {...}}])")
+    # protocol fields and model.* keywords apply to every run of the suite
+    suite = load_suite(args.suite, overrides=sets, profile=args.profile)
     if args.regularizer:
-        suite = suite.with_regularizers([args.regularizer], baseline="weight_decay")
+        suite = suite.with_regularizers(list(args.regularizer), baseline="weight_decay")
     return suite.expand()
 
 
@@ -109,7 +119,9 @@ def _cmd_run(args) -> int:
                              gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                              mem_gb=args.mem_gb, account=args.slurm_account, qos=args.slurm_qos,
                              constraint=args.slurm_constraint,
-                             array_parallelism=args.array_parallelism)
+                             array_parallelism=args.array_parallelism,
+                             signal_delay_s=args.slurm_signal_delay_s,
+                             max_num_timeout=args.slurm_max_timeouts)
     # A single run takes the same path as a suite: lock, skip when finished, failure record.
     summary = execute(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
                       slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
@@ -186,7 +198,7 @@ def _cmd_report(args) -> int:
     if not results.is_dir():
         raise ConfigError(f"results directory '{results}' does not exist")
     skipped: list = []
-    from_records = (results / "runs").is_dir()
+    from_records = bool(record_files(results))
     runs, curves = build_store(results, skipped) if from_records else load_store(results)
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
@@ -239,7 +251,7 @@ def _cmd_leaderboard(args) -> int:
     groups = []
     for d in dirs:  # every directory is read and checked before the file is written
         skipped: list = []
-        runs, _ = build_store(d, skipped) if (d / "runs").is_dir() else load_store(d)
+        runs, _ = build_store(d, skipped) if record_files(d) else load_store(d)
         for path, why in skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         if runs.empty:
@@ -263,14 +275,36 @@ def _cmd_compare(args) -> int:
     return 1 if args.strict and bad else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
-    p.add_argument("--plugin", action="append", default=[],
-                   help="module name or .py file that registers regularizers (repeatable); "
-                        "its code runs with your permissions, here and in every worker")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help (when it has one); descriptions keep their breaks."""
 
-    ls = sub.add_parser("list", help="registered regularizers, models, datasets, protocols, suites")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, [], False, argparse.SUPPRESS) and "default" not in text:
+            text += f" (default: {action.default})"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0],
+                                formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"comhe-bench {__version__}")
+    # --plugin works before or after the command (two destinations: a subparser's default would
+    # otherwise overwrite what was given before the command)
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin_help = ("module name or .py file that registers regularizers or datasets (repeatable); "
+                   "its code runs with your permissions, here and in every worker process")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help=plugin_help)
+    plugin.add_argument("--plugin", action="append", default=[], dest="plugin_after",
+                        metavar="MODULE_OR_FILE", help=plugin_help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str | None = None):
+        return sub.add_parser(name, help=help, description=description or help,
+                              formatter_class=_Help, parents=[plugin])
+
+    ls = command("list", "registered regularizers, models, datasets, protocols, suites")
     ls.add_argument("what", nargs="?",
                     choices=["regularizers", "models", "datasets", "protocols", "suites"],
                     help="only this section (default: all)")
@@ -278,49 +312,67 @@ def build_parser() -> argparse.ArgumentParser:
                     help="descriptions, hyper-parameters and model keywords with their defaults")
 
     def grid_args(sp):
-        sp.add_argument("--suite", help="suite name or YAML path")
-        sp.add_argument("--profile", help="run a suite's grid under another profile (e.g. smoke)")
+        sp.add_argument("--suite", help="suite name (`list suites`) or YAML path")
+        sp.add_argument("--profile", help="run a suite's grid under another profile (smoke: "
+                                          "tiny, offline; gpu: paper scale where defined)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a protocol field (iterations=200, optimizer.lr=0.05), "
-                             "a model kwarg (model.width=0.25) or a regularizer hparam (reg.proj_dim=30)")
-        sp.add_argument("--results", default="results/runs", help="results directory")
-        sp.add_argument("--regularizer", help="regularizer name: a single run, or add to / restrict a suite "
-                             "(the suite's weight_decay baseline is kept)")
+                        help="override a protocol field (iterations=200, optimizer.lr=0.05), a "
+                             "model keyword (model.width=0.25; with --suite: every model) or, for "
+                             "single runs, a regularizer hyper-parameter (reg.proj_dim=30)")
+        sp.add_argument("--results", default="results/runs",
+                        help="results directory: DIR/<run_id>.json per run, with checkpoints/, "
+                             "locks/ and logs/ beside them")
+        sp.add_argument("--regularizer", action="append", default=[], metavar="NAME",
+                        help="repeatable: the runs' regularizers (single runs), or the ones a "
+                             "suite is restricted to (its weight_decay baseline is kept)")
 
-    run = sub.add_parser("run", help="one run, or a whole suite")
+    run = command("run", "one run, several, or a whole suite",
+                  "Train runs into a results directory. Finished runs are skipped, interrupted "
+                  "ones resume from their checkpoint; Ctrl-C stops cleanly (rerun to resume).")
     grid_args(run)
-    run.add_argument("--protocol")
-    run.add_argument("--dataset")
-    run.add_argument("--model")
-    run.add_argument("--seed", type=int, nargs="+", default=[0])
-    run.add_argument("--label", help="display name in tables")
+    single = run.add_argument_group("single runs (without --suite)")
+    single.add_argument("--protocol", help="protocol name (`list protocols`) or YAML path")
+    single.add_argument("--dataset", help="dataset name (`list datasets`)")
+    single.add_argument("--model", help="model name (`list models`) or timm:<name>")
+    single.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
+                        help="one run per seed (seeds are the replicates)")
+    single.add_argument("--label", help="display name of these runs in tables")
     run.add_argument("--jobs", type=int, default=1,
                      help="runs at once (one process and one GPU each); 0 = one per visible GPU")
     run.add_argument("--pack-seeds", type=int, default=1, metavar="S",
                      help="train up to S runs that differ only by seed as one packed program "
                           "(many seeds per GPU; docs/performance.md)")
-    run.add_argument("--executor", choices=["local", "slurm"], default="local")
+    run.add_argument("--executor", choices=["local", "slurm"], default="local",
+                     help="where runs execute: this machine, or a Slurm job array")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun runs whose record says failed (input-caused failures rerun anyway)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
+    run.add_argument("--data-dir", help="where datasets live (default: $COMHE_DATA or ./data)")
+    run.add_argument("--download", action="store_true",
+                     help="allow torchvision to download datasets (needs a network)")
     slurm = run.add_argument_group("Slurm (with --executor slurm, through submitit)")
-    slurm.add_argument("--slurm-partition")
-    slurm.add_argument("--slurm-account")
-    slurm.add_argument("--slurm-qos")
-    slurm.add_argument("--slurm-constraint")
-    slurm.add_argument("--timeout-min", type=int, default=240)
-    slurm.add_argument("--gpus-per-node", type=int, default=1)
-    slurm.add_argument("--cpus-per-task", type=int, default=8)
-    slurm.add_argument("--mem-gb", type=float)
-    slurm.add_argument("--array-parallelism", type=int, default=64)
-    run.add_argument("--retry-failed", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--data-dir", help="where datasets live (default $COMHE_DATA or ./data)")
-    run.add_argument("--download", action="store_true", help="allow torchvision to download datasets")
+    slurm.add_argument("--slurm-partition", help="partition to submit to (default: the cluster's)")
+    slurm.add_argument("--slurm-account", help="account to charge")
+    slurm.add_argument("--slurm-qos", help="quality of service")
+    slurm.add_argument("--slurm-constraint", help="node feature constraint")
+    slurm.add_argument("--timeout-min", type=int, default=240, help="time limit per task")
+    slurm.add_argument("--slurm-signal-delay-s", type=int, default=90,
+                       help="seconds before the limit at which a task checkpoints and requeues")
+    slurm.add_argument("--slurm-max-timeouts", type=int, default=3,
+                       help="requeues after time-outs before a run is recorded as failed")
+    slurm.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per task (0: CPU only)")
+    slurm.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task")
+    slurm.add_argument("--mem-gb", type=float, help="memory per task (default: the cluster's)")
+    slurm.add_argument("--array-parallelism", type=int, default=64,
+                       help="tasks of the array running at once")
 
-    st = sub.add_parser("status", help="done / running / failed / pending runs of a suite")
+    st = command("status", "done / running / failed / pending runs of a suite (and Slurm's view)")
     grid_args(st)
-    st.add_argument("--watch", action="store_true")
+    st.add_argument("--watch", action="store_true",
+                    help="refresh until nothing is running or pending")
 
-    rep = sub.add_parser("report", help="store, tables, plots, paper comparison from run records")
-    rep.add_argument("--results", default="results/runs")
+    rep = command("report", "store, tables, plots, paper comparison from run records")
+    rep.add_argument("--results", default="results/runs", help="results directory of the runs")
     rep.add_argument("--suite", help="only the records of this suite")
     rep.add_argument("--out", help="output directory (default: <results>/report)")
     rep.add_argument("--leaderboard", help="also regenerate this leaderboard file")
@@ -333,35 +385,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pair runs of different code versions in one cell (said under the table)")
     rep.add_argument("--include-stuck", action="store_true",
                      help="let stuck runs enter means and tests (they are always counted)")
-    lb = sub.add_parser("leaderboard", help="one leaderboard file from several results directories",
-                        description="Render one leaderboard from the run records of several "
-                                    "results directories (e.g. one per suite), each compared on its "
-                                    "own, in the given order, every section headed by its set-up.")
+    lb = command("leaderboard", "one leaderboard file from several results directories",
+                 "Render one leaderboard from the run records of several results directories "
+                 "(e.g. one per suite), each compared on its own, in the given order, every "
+                 "section headed by its set-up.")
     lb.add_argument("--results", action="append", required=True, metavar="DIR",
-                    help="a results directory (its runs/ records or its store); repeatable, in "
-                         "the order the sections should appear")
+                    help="a results directory (its records or its store); repeatable, in the "
+                         "order the sections should appear")
     lb.add_argument("--out", default="results/leaderboard.md", help="the leaderboard file to write")
     lb.add_argument("--allow-mixed-code", action="store_true",
                     help="pair runs of different code versions in one cell (said under the title)")
     lb.add_argument("--include-stuck", action="store_true",
                     help="let stuck runs enter means and tests (they are always counted)")
-    cmp = sub.add_parser("compare", help="did these runs reproduce a reference? (run by run)",
-                         description="Match the runs of two results directories by run id and "
-                                     "give each a verdict: identical, within tolerance, different "
-                                     "(with where the curves part) or missing.")
+    cmp = command("compare", "did these runs reproduce a reference? (run by run)",
+                  "Match the runs of two results directories by run id and give each a verdict: "
+                  "identical, within tolerance, different (with where the curves part) or missing.")
     cmp.add_argument("--results", required=True, help="the runs to check")
     cmp.add_argument("--reference", required=True, help="the runs to check them against")
     cmp.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance per curve value")
     cmp.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance per curve value")
     cmp.add_argument("--strict", action="store_true",
                      help="exit 1 when a run is different or missing (default: report only)")
-    perf = sub.add_parser("perf", help="training-step time per regularizer, as ratios")
-    perf.add_argument("--model", default="cnn9")
-    perf.add_argument("--batch-size", type=int, default=128)
+    perf = command("perf", "training-step time per regularizer, as ratios")
+    perf.add_argument("--model", default="cnn9", help="model to time")
+    perf.add_argument("--batch-size", type=int, default=128, help="batch size")
     perf.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    perf.add_argument("--warmup", type=int, default=5)
-    perf.add_argument("--rounds", type=int, default=3)
-    perf.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    perf.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    perf.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    perf.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                      help="where to time")
     perf.add_argument("--compile", default="auto",
                       choices=["auto", "off", "default", "reduce-overhead", "max-autotune", "graph"],
                       help="runtime.compile for the measured steps (auto: reduce-overhead on CUDA)")
@@ -370,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--regularizers", default="default",
                       help="'default' (weight_decay, hs_mhe, rp_comhe), 'all', or a comma list")
     perf.add_argument("--out", help="write the result as JSON here")
+    command("gpu-check", "tests, step-time ratios and real-data runs on a CUDA device",
+            "The one-call GPU check; options after `--` (see `python -m benchmark gpu-check -- "
+            "--help`).").add_argument("gpu_args", nargs=argparse.REMAINDER,
+                                      help="arguments of the GPU check")
     return p
 
 
@@ -377,6 +433,13 @@ def _cmd_perf(args) -> int:
     from .perf import main as perf_main
 
     return perf_main(args)
+
+
+def _cmd_gpu_check(args) -> int:
+    from .gpu_check import main as gpu_check_main
+
+    extra = args.gpu_args[1:] if args.gpu_args[:1] == ["--"] else args.gpu_args
+    return gpu_check_main(extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "download", False):
         os.environ["COMHE_DOWNLOAD"] = "1"
     try:
-        load_plugins(args.plugin)
-        return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status,
-                "report": _cmd_report, "leaderboard": _cmd_leaderboard, "perf": _cmd_perf, "compare": _cmd_compare}[args.command](args)
+        load_plugins([*args.plugin, *args.plugin_after])
+        return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status, "report": _cmd_report,
+                "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "perf": _cmd_perf,
+                "gpu-check": _cmd_gpu_check}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

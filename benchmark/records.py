@@ -1,6 +1,6 @@
 """Run records and the files of a results directory.
 
-A results directory holds one JSON record per run (``runs/<run_id>.json``), the latest
+A results directory holds one JSON record per run (``<run_id>.json``, at its top level), the latest
 checkpoint of unfinished runs (``checkpoints/<run_id>.pt``) and one lock file per run
 (``locks/<run_id>.lock``). Every write goes to a temporary file in the same directory and is
 moved into place with ``os.replace``, which is atomic on POSIX: a reader, or a runner restarted
@@ -57,7 +57,15 @@ def git_state() -> dict[str, Any]:
 
 
 def record_path(results_dir: str | Path, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / f"{run_id}.json"
+    """``DIR/<run_id>.json``: a results directory holds its records at the top level."""
+    return Path(results_dir) / f"{run_id}.json"
+
+
+def record_files(results_dir: str | Path) -> list[Path]:
+    """Every record file of a results directory, sorted: ``DIR/*.json``, and ``DIR/runs/*.json``
+    of the layout before records moved up (read, never written)."""
+    root = Path(results_dir)
+    return sorted([*root.glob("*.json"), *(root / "runs").glob("*.json")])
 
 
 def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
@@ -195,7 +203,7 @@ def load_record(path: str | Path) -> dict | None:
 
 def iter_records(results_dir: str | Path):
     """Yield (path, record) for every valid record of a results directory."""
-    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+    for path in record_files(results_dir):
         record = load_record(path)
         if record is not None:
             yield path, record

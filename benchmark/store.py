@@ -1,7 +1,7 @@
 """The results store: every valid record of a results directory as two pandas tables.
 
 ``runs``: one row per record; ``curves``: one row per (run, evaluation). Columns and their
-meaning are in docs/internals.md; the tables are derived data, rebuilt from ``runs/*.json`` at
+meaning are in docs/internals.md; the tables are derived data, rebuilt from the records (``DIR/<run_id>.json``) at
 any time. :func:`save_store` writes them to ``<results>/store/`` as Parquet (pyarrow) and CSV,
 each file atomically. Records of several suites and code versions coexist; select with
 :func:`filter_runs` (suite, git commit prefix, status, ...) and :func:`curves_for`.
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.config import ConfigError
-from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write
+from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write, record_files
 
 STORE_DIR = "store"
 RUNS_SCHEMA: dict[str, str] = {
@@ -187,7 +187,7 @@ def build_store(results_dir: str | Path, skipped: list[tuple[Path, str]] | None 
         raise ConfigError(f"results directory '{root}' does not exist")
     runs, curves, seen = [], [], {}
     skipped = skipped if skipped is not None else []
-    for path in sorted((root / "runs").glob("*.json")):
+    for path in record_files(root):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -248,7 +248,7 @@ def load_store(path: str | Path, *, fmt: str = "parquet") -> tuple[pd.DataFrame,
         raise ConfigError(f"store format '{fmt}' is not one of parquet, csv")
     store = path / STORE_DIR if (path / STORE_DIR).is_dir() else path
     if not (store / f"runs.{fmt}").is_file():
-        if (path / "runs").is_dir():
+        if record_files(path):
             return build_store(path)
         raise ConfigError(f"no results store at '{path}' (run save_store first)")
     tables = []

@@ -49,11 +49,12 @@ TrainFn = Callable[..., Any]
 
 
 def prepare_results_dir(results_dir: str | Path) -> Path:
-    """Create ``runs/``, ``checkpoints/``, ``locks/``, ``logs/``; one-line ConfigError if unusable."""
+    """Create the directory (records go at its top level) with ``checkpoints/``, ``locks/``,
+    ``logs/``; one-line ConfigError if unusable."""
     root = Path(results_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"results directory '{root}' is not a directory")
-    for sub in ("runs", "checkpoints", "locks", "logs"):
+    for sub in ("", "checkpoints", "locks", "logs"):
         d = root / sub
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def needs_run(spec: RunSpec, results_dir: Path, retry_failed: bool, seen: Any) -
 def clean_run_temporaries(results_dir: Path, run_id: str) -> int:
     """Temp files of this run only (other runs' writers may be alive): call with the lock held."""
     n = 0
-    for pattern in (f"runs/.{run_id}.json.*.tmp", f"checkpoints/.{run_id}.pt.*.tmp"):
+    for pattern in (f".{run_id}.json.*.tmp", f"checkpoints/.{run_id}.pt.*.tmp"):
         for tmp in results_dir.glob(pattern):
             tmp.unlink(missing_ok=True)
             n += 1
