@@ -3,7 +3,7 @@
 See docs/regularizers.md for formulas and defaults, docs/internals.md for the contracts.
 """
 
-from .base import HParam, Regularizer
+from .base import HParam, Kind, Layer, Regularizer
 from .energy import group_energy, hyperspherical_energy, projected_energy
 from .hints import hint
 from .registry import available, create, get, load_plugin, register
@@ -23,6 +23,8 @@ __all__ = [
     "load_plugin",
     "Regularizer",
     "HParam",
+    "Kind",
+    "Layer",
     "infer_roles",
     "hint",
 ]

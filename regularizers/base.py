@@ -17,40 +17,61 @@ Life cycle (docs/internals.md)::
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from enum import Enum
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .energy import parse_power
+from .hints import hint
 from .roles import neurons, resolve_roles
 
-__all__ = ["HParam", "Regularizer", "close_matches_hint"]
+__all__ = ["HParam", "Kind", "Layer", "Regularizer"]
 
 
-def close_matches_hint(word: str, choices) -> str:
-    """'; did you mean 'a', 'b'?' for the closest choices, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+class Kind(str, Enum):
+    """The type of a hyper-parameter. A plain string ("float", ...) is accepted where a Kind is."""
+
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+    POWER = "power"    # one of 0, 1, 2, "a0", "a1", "a2" (recipe.md section 1)
+    CHOICE = "choice"  # one of the declaration's ``choices`` (strings)
+
+
+class Layer(NamedTuple):
+    """One attached weight: its parameter name, the parameter, and its role."""
+
+    name: str
+    param: nn.Parameter
+    role: str
 
 
 @dataclass(frozen=True)
 class HParam:
     """Declaration of one hyper-parameter.
 
-    kind: "float", "int", "bool", "power" or "choice" (one of ``choices``, strings). default None
-    means "resolved by the class" (for example a strength that depends on the power); minimum
-    is inclusive.
+    kind: a :class:`Kind` (or its string). default None means "resolved by the class" (for
+    example a strength that depends on the power); minimum is inclusive.
     """
 
     default: Any
-    kind: str
+    kind: Kind
     minimum: float | None = None
     doc: str = ""
     choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in Kind)
+            raise ValueError(f"HParam kind must be one of {allowed}; got {self.kind!r}") from None
+        if self.kind is Kind.CHOICE and not self.choices:
+            raise ValueError("HParam kind 'choice' needs choices")
 
     def check(self, reg: str, name: str, value: Any) -> Any:
         """The validated (canonical) value, or ValueError with one line saying what is allowed."""
@@ -64,7 +85,7 @@ class HParam:
             if not isinstance(value, str) or value not in self.choices:
                 allowed = ", ".join(repr(c) for c in self.choices)
                 raise ValueError(f"{where} must be one of {allowed}; got {value!r}"
-                                 f"{close_matches_hint(value, self.choices)}")
+                                 f"{hint(value, self.choices)}")
             return value
         if self.kind == "bool":
             if not isinstance(value, bool):
@@ -75,13 +96,13 @@ class HParam:
             raise ValueError(f"{where} must be {'an int' if self.kind == 'int' else 'a number'}; got {value!r}")
         if not math.isfinite(value) or (self.minimum is not None and value < self.minimum):
             low = "" if self.minimum is None else f" >= {self.minimum:g}"
-            raise ValueError(f"{where} must be a finite {self.kind}{low}; got {value!r}")
+            raise ValueError(f"{where} must be a finite {self.kind.value}{low}; got {value!r}")
         return value if self.kind == "int" else float(value)
 
 
 class Regularizer(nn.Module):
     """Base class. Subclasses set ``name`` (by ``@register``), ``HPARAMS``, and override
-    ``_setup`` (build state once weights are known) and ``penalty``; AP/Adv override ``before_step``.
+    ``setup`` (build state once weights are known) and ``penalty``; AP/Adv override ``before_step``.
     """
 
     name: ClassVar[str] = ""
@@ -95,7 +116,7 @@ class Regularizer(nn.Module):
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
         self.hparams: dict[str, Any] = self.resolve_hparams(hparams)
-        self._layers: list[tuple[str, nn.Parameter, str]] = []
+        self.layers: list[Layer] = []  # set by attach(): the weights this regularizer acts on
         self.generator: torch.Generator | None = None
         self.seed: int | None = None
         self.lr: float = 0.0  # last learning rate given to before_step
@@ -114,17 +135,17 @@ class Regularizer(nn.Module):
             if key not in cls.HPARAMS:
                 allowed = ", ".join(sorted(cls.HPARAMS)) or "none"
                 raise ValueError(
-                    f"{reg}: unknown hyper-parameter {key!r}{close_matches_hint(key, cls.HPARAMS)}"
+                    f"{reg}: unknown hyper-parameter {key!r}{hint(key, cls.HPARAMS)}"
                     f" (allowed: {allowed})"
                 )
         hp = {}
         for key, spec in cls.HPARAMS.items():
             value = given.get(key, spec.default)
             hp[key] = None if value is None and spec.default is None else spec.check(reg, key, value)
-        return cls._resolve_defaults(hp)
+        return cls.resolve_defaults(hp)
 
     @classmethod
-    def _resolve_defaults(cls, hp: dict[str, Any]) -> dict[str, Any]:
+    def resolve_defaults(cls, hp: dict[str, Any]) -> dict[str, Any]:
         """Hook for defaults that depend on other hyper-parameters (None = not set by the user)."""
         return hp
 
@@ -144,56 +165,56 @@ class Regularizer(nn.Module):
             raise ValueError(f"{self.name}: the model has no conv/linear weights to regularize")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int; got {seed!r}")
-        self._layers = layers
+        self.layers = [Layer(*layer) for layer in layers]
         for key in list(self._buffers):  # re-attaching starts from a clean state
             del self._buffers[key]
         device = layers[0][1].device
         self.seed = seed
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        self._setup(device)
+        self.setup(device)
         return self
 
-    def _setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device) -> None:
         """Build per-layer state (groups, buffers) once the weights are known."""
 
     @property
     def layer_names(self) -> list[str]:
-        return [n for n, _, _ in self._layers]
+        return [n for n, _, _ in self.layers]
 
     @property
     def layer_roles(self) -> dict[str, str]:
-        return {n: r for n, _, r in self._layers}
+        return {n: r for n, _, r in self.layers}
 
-    def _require_attached(self) -> None:
-        if not self._layers:
+    def require_attached(self) -> None:
+        if not self.layers:
             raise RuntimeError(f"{self.name}: call attach(model) before penalty()/before_step()")
 
-    def _group_layers(self, keys: list) -> list[list[int]]:
-        """Indices of self._layers grouped by key and by neuron-matrix shape, first-seen order.
+    def group_layers(self, keys: list) -> list[list[int]]:
+        """Indices of self.layers grouped by key and by neuron-matrix shape, first-seen order.
 
         Layers of equal (N, d) are stacked and served by one kernel call in the hot path.
         """
         groups: dict[Any, list[int]] = {}
-        for i, ((_, p, _), key) in enumerate(zip(self._layers, keys)):
+        for i, ((_, p, _), key) in enumerate(zip(self.layers, keys)):
             if key is None:
                 continue
             groups.setdefault((key, p.shape[0], p[0].numel()), []).append(i)
         return list(groups.values())
 
-    def _weight(self, i: int) -> Tensor:
+    def layer_weight(self, i: int) -> Tensor:
         """The weight of layer i: the attached parameter, or its stand-in (see ``penalty_for``)."""
-        name, param, _ = self._layers[i]
+        name, param, _ = self.layers[i]
         return param if self._weights is None else self._weights[name]
 
-    def _stack(self, index: list[int]) -> Tensor:
+    def stack(self, index: list[int]) -> Tensor:
         """Neuron matrices of the given layers stacked: (L, N, d); a view when L == 1."""
         if len(index) == 1:
-            return neurons(self._weight(index[0])).unsqueeze(0)
-        return torch.stack([neurons(self._weight(i)) for i in index])
+            return neurons(self.layer_weight(index[0])).unsqueeze(0)
+        return torch.stack([neurons(self.layer_weight(i)) for i in index])
 
-    def _zero(self) -> Tensor:
-        p = self._layers[0][1]
+    def zero(self) -> Tensor:
+        p = self.layers[0][1]
         return torch.zeros((), device=p.device, dtype=p.dtype)
 
     # ----------------------------------------------------------------- per step
@@ -220,7 +241,7 @@ class Regularizer(nn.Module):
 
     def before_step(self, lr: float) -> None:
         """Called once per iteration before the loss. Stores lr; AP/Adv run inner steps here."""
-        self._require_attached()
+        self.require_attached()
         self.lr = float(lr)
 
     def penalty(self) -> Tensor:
@@ -238,7 +259,7 @@ class Regularizer(nn.Module):
         self._with_weights(weights, self.before_step, lr)
 
     def _with_weights(self, weights, fn, *args):
-        missing = [n for n, _, _ in self._layers if n not in weights]
+        missing = [n for n, _, _ in self.layers if n not in weights]
         if missing:
             raise KeyError(f"{self.name}: no stand-in for attached weight(s) {', '.join(missing)}")
         self._weights = weights

@@ -116,9 +116,9 @@ class _CoMHEBase(Regularizer):
             unprojected = role == "first" or (rule == "fan_in" and p[0].numel() <= self.hparams["proj_dim"])
         return "half" if unprojected else "proj"
 
-    def _setup(self, device) -> None:
-        modes = [self._mode(role, p) for _, p, role in self._layers]
-        self._groups = self._group_layers(modes)
+    def setup(self, device) -> None:
+        modes = [self._mode(role, p) for _, p, role in self.layers]
+        self._groups = self.group_layers(modes)
         self._modes = [modes[g[0]] for g in self._groups]
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
             if mode == "proj":
@@ -132,11 +132,11 @@ class _CoMHEBase(Regularizer):
         raise NotImplementedError
 
     def penalty(self) -> Tensor:
-        self._require_attached()
+        self.require_attached()
         hp = self.hparams
-        total = self._zero()
+        total = self.zero()
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
-            W = self._stack(index)
+            W = self.stack(index)
             if mode == "full":
                 total = total + hp["output_strength"] * hyperspherical_energy(W, 2, False).sum()
             elif mode == "half":
@@ -196,7 +196,7 @@ class RPCoMHE(_CoMHEBase):
                              f"N // pnd = 0 projections (need pnd <= N)")
         return n_neurons // pnd
 
-    def _setup(self, device) -> None:
+    def setup(self, device) -> None:
         self._shared: dict[int, str] = {}  # fan-in d -> buffer name (share_projections)
         self._group_c: dict[int, int] = {}  # projected group -> C
         super()._setup(device)
@@ -204,7 +204,7 @@ class RPCoMHE(_CoMHEBase):
             self._draw_buffer(name)
 
     def _setup_projected(self, gi, index, device):
-        name, p, _ = self._layers[index[0]]
+        name, p, _ = self.layers[index[0]]
         C = self._num_projections(p.shape[0], name)
         self._group_c[gi] = C
         k, d = self.hparams["proj_dim"], p[0].numel()
@@ -240,7 +240,7 @@ class RPCoMHE(_CoMHEBase):
         group's layers (``share_projections``)."""
         if not self.hparams["share_projections"]:
             return getattr(self, f"proj{gi}")
-        d = self._layers[self._groups[gi][0]][1][0].numel()
+        d = self.layers[self._groups[gi][0]][1][0].numel()
         return getattr(self, self._shared[d])[: self._group_c[gi]]
 
     def _projected(self, gi, W):
@@ -259,28 +259,28 @@ class _LearnedProjection(_CoMHEBase):
         raise NotImplementedError
 
     def _setup_projected(self, gi, index, device):
-        p = self._layers[index[0]][1]
+        p = self.layers[index[0]][1]
         shape = (len(index), self.hparams["proj_dim"], p[0].numel())
         self.register_buffer(f"P{gi}", torch.randn(shape, generator=self.generator, device=device,
                                                    dtype=p.dtype))
 
     def projection(self, layer: str) -> Tensor:
         """The current learned P (k, d) of a projected layer (a view of its group's buffer)."""
-        self._require_attached()
+        self.require_attached()
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
             for pos, i in enumerate(index):
-                if mode == "proj" and self._layers[i][0] == layer:
+                if mode == "proj" and self.layers[i][0] == layer:
                     return getattr(self, f"P{gi}")[pos]
-        projected = [self._layers[i][0] for g, m in zip(self._groups, self._modes) if m == "proj" for i in g]
+        projected = [self.layers[i][0] for g, m in zip(self._groups, self._modes) if m == "proj" for i in g]
         raise ValueError(f"{self.name}: {layer!r} is not a projected layer (projected: {', '.join(projected)})")
 
     def p_loss(self) -> Tensor:
         """Current total projection loss (sum over projected layers), for monitoring and tests."""
-        self._require_attached()
-        total = self._zero()
+        self.require_attached()
+        total = self.zero()
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
             if mode == "proj":
-                total = total + self._p_loss(self._stack(index), getattr(self, f"P{gi}")).sum()
+                total = total + self._p_loss(self.stack(index), getattr(self, f"P{gi}")).sum()
         return total
 
     def inner_update(self, W: Tensor, P: Tensor, lr) -> Tensor:
@@ -322,7 +322,7 @@ class _LearnedProjection(_CoMHEBase):
             if mode == "proj":
                 buf = getattr(self, f"P{gi}")
                 # in place: the buffer's storage (state dict entry, captured graphs) is kept
-                buf.copy_(self.inner_update(self._stack(index), buf, self.lr))
+                buf.copy_(self.inner_update(self.stack(index), buf, self.lr))
 
     def _projected(self, gi, W):
         P = getattr(self, f"P{gi}")
@@ -376,9 +376,9 @@ class GCoMHE(_CoMHEBase):
             return "full"
         return "half" if role == "first" else "proj"
 
-    def _setup(self, device) -> None:
+    def setup(self, device) -> None:
         G = self.hparams["groups"]
-        for name, p, role in self._layers:
+        for name, p, role in self.layers:
             d = p[0].numel()
             if self._mode(role, p) == "proj" and (d % G or d // G < 2):
                 raise ValueError(f"g_comhe: layer {name!r} has fan-in d={d}; groups={G} must divide d "

@@ -29,8 +29,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import HParam, Regularizer
-from .energy import parse_power
-from .energy import hyperspherical_energy
+from .energy import hyperspherical_energy, parse_power
 from .registry import register
 
 __all__ = ["MHE", "HalfSpaceMHE", "default_strengths", "STRENGTH_SETTINGS"]
@@ -68,7 +67,7 @@ class _MHEBase(Regularizer):
     }
 
     @classmethod
-    def _resolve_defaults(cls, hp):
+    def resolve_defaults(cls, hp):
         hidden, output = default_strengths(hp["power"], hp["strengths"], hp["half_space"])
         if hp["strength"] is None:
             hp["strength"] = hidden
@@ -76,18 +75,18 @@ class _MHEBase(Regularizer):
             hp["output_strength"] = output
         return hp
 
-    def _setup(self, device) -> None:
-        keys = ["output" if role == "output" else "hidden" for _, _, role in self._layers]
-        self._groups = self._group_layers(keys)
-        self._is_output = [self._layers[g[0]][2] == "output" for g in self._groups]
+    def setup(self, device) -> None:
+        keys = ["output" if role == "output" else "hidden" for _, _, role in self.layers]
+        self._groups = self.group_layers(keys)
+        self._is_output = [self.layers[g[0]][2] == "output" for g in self._groups]
 
     def penalty(self) -> Tensor:
-        self._require_attached()
+        self.require_attached()
         hp = self.hparams
-        total = self._zero()
+        total = self.zero()
         for index, is_out in zip(self._groups, self._is_output):
             half = hp["half_space"] and not is_out
-            energy = hyperspherical_energy(self._stack(index), hp["power"], half).sum()
+            energy = hyperspherical_energy(self.stack(index), hp["power"], half).sum()
             total = total + (hp["output_strength"] if is_out else hp["strength"]) * energy
         return total
 

@@ -72,18 +72,18 @@ def srip_sigma(A: Tensor, v: Tensor, iters: int) -> tuple[Tensor, Tensor]:
 class _Orthogonality(Regularizer):
     HPARAMS = {"strength": HParam(1e-4, "float", 0.0, "weight of the summed per-layer term")}
 
-    def _setup(self, device) -> None:
+    def setup(self, device) -> None:
         # every conv/linear weight, whatever its role; one kernel call per distinct shape
-        self._groups = self._group_layers(["all"] * len(self._layers))
+        self._groups = self.group_layers(["all"] * len(self.layers))
 
     def _layer_terms(self, W: Tensor, gi: int) -> Tensor:  # (L, N, d) -> (L,)
         raise NotImplementedError
 
     def penalty(self) -> Tensor:
-        self._require_attached()
-        total = self._zero()
+        self.require_attached()
+        total = self.zero()
         for gi, index in enumerate(self._groups):
-            total = total + self._layer_terms(self._stack(index), gi).sum()
+            total = total + self._layer_terms(self.stack(index), gi).sum()
         return self.hparams["strength"] * total
 
 
@@ -95,8 +95,8 @@ class WeightDecay(Regularizer):
     HPARAMS = {}
 
     def penalty(self) -> Tensor:
-        self._require_attached()
-        return self._zero()
+        self.require_attached()
+        return self.zero()
 
 
 @register
@@ -192,14 +192,14 @@ class SRIP(_Orthogonality):
                            "(adjust_ortho_decay_rate) or 'constant'", choices=("released", "constant")),
     }
 
-    def _setup(self, device) -> None:
+    def setup(self, device) -> None:
         super()._setup(device)
-        p0 = self._layers[0][1]
+        p0 = self.layers[0][1]
         self._mult_host = srip_multiplier(self.epoch, self.hparams["schedule"])
         self.register_buffer("decay", torch.full((), self._mult_host, device=device, dtype=p0.dtype),
                              persistent=False)
         for gi, index in enumerate(self._groups):
-            p = self._layers[index[0]][1]
+            p = self.layers[index[0]][1]
             m = min(p.shape[0], p[0].numel())
             if self.hparams["persistent_vector"]:
                 v = torch.randn(len(index), m, generator=self.generator, device=device, dtype=p.dtype)
@@ -221,7 +221,7 @@ class SRIP(_Orthogonality):
         """Store the epoch and set the strength multiplier of the schedule (a device scalar,
         written only when it changes: five times in a released-schedule run)."""
         super().set_epoch(epoch)
-        if self._layers:
+        if self.layers:
             mult = srip_multiplier(self.epoch, self.hparams["schedule"])
             if mult != self._mult_host:
                 self.decay.fill_(mult)
@@ -242,9 +242,9 @@ class SRIP(_Orthogonality):
     def start_vectors(self) -> dict[str, Tensor]:
         """Layer name -> the start vector (m,) the next penalty uses: this step's torch.rand draw,
         or the kept unit vector of the persistent variant (views of the group buffers)."""
-        self._require_attached()
+        self.require_attached()
         key = "v" if self.hparams["persistent_vector"] else "b"
-        return {self._layers[i][0]: getattr(self, f"{key}{gi}")[pos]
+        return {self.layers[i][0]: getattr(self, f"{key}{gi}")[pos]
                 for gi, index in enumerate(self._groups) for pos, i in enumerate(index)}
 
     def _layer_terms(self, W, gi):

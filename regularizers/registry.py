@@ -21,7 +21,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from .base import Regularizer, close_matches_hint
+from .base import Regularizer
+from .hints import hint
 
 __all__ = ["ENTRY_POINT_GROUP", "register", "create", "available", "get", "load_plugin"]
 
@@ -83,7 +84,7 @@ def get(name: str) -> type[Regularizer]:
     _load_entry_points()
     if name not in _REGISTRY:
         raise ValueError(
-            f"unknown regularizer {name!r}{close_matches_hint(name, _REGISTRY)}"
+            f"unknown regularizer {name!r}{hint(name, _REGISTRY)}"
             f" (available: {', '.join(sorted(_REGISTRY))})"
         )
     return _REGISTRY[name]

@@ -235,5 +235,5 @@ def _check_reads_stand_ins(run: PackedRun) -> None:
         reg.load_state_dict(saved)
     if leaks:
         raise ConfigError(f"regularizer '{reg.name}' reads its attached parameters directly, so it "
-                          "cannot be packed; read weights through self._stack()/self._weight() "
+                          "cannot be packed; read weights through self.stack()/self.layer_weight() "
                           "(CONTRIBUTING.md), or run without --pack-seeds")

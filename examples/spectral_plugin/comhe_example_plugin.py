@@ -45,14 +45,14 @@ class CosineSpread(Regularizer):
     name = "cosine_spread"
     HPARAMS = {"strength": HParam(1.0, "float", 0.0, "weight of the summed per-layer term")}
 
-    def _setup(self, device) -> None:
+    def setup(self, device) -> None:
         # layers of equal shape are stacked and served by one batched call; the classifier is skipped
-        keys = [None if role == "output" else "spread" for _, _, role in self._layers]
-        self._groups = self._group_layers(keys)
+        keys = [None if role == "output" else "spread" for _, _, role in self.layers]
+        self._groups = self.group_layers(keys)
 
     def penalty(self) -> Tensor:
-        self._require_attached()
-        total = self._zero()
+        self.require_attached()
+        total = self.zero()
         for index in self._groups:
-            total = total + cosine_spread_terms(self._stack(index)).sum()
+            total = total + cosine_spread_terms(self.stack(index)).sum()
         return self.hparams["strength"] * total

@@ -1,7 +1,13 @@
 import pytest
 
-from benchmark.config import (ConfigError, RunSpec, available_protocols, load_protocol, parse_set,
-                              split_overrides)
+from benchmark.config import (
+    ConfigError,
+    RunSpec,
+    available_protocols,
+    load_protocol,
+    parse_set,
+    split_overrides,
+)
 
 
 def test_paper_protocols_spell_out_the_recipe():
@@ -80,7 +86,6 @@ def test_paper_protocols_run_fp32_with_tf32_unless_told_otherwise():
     CUDA; runtime_settings sets the process-wide switches for every run and the record reads
     them back (tf32_state). Checked with a CUDA device object: no GPU needed to set the flags."""
     import torch
-
     from benchmark.engine import runtime_settings, tf32_state
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

@@ -8,8 +8,8 @@ import torch
 from benchmark import datasets
 from benchmark.config import ConfigError, Data, RunSpec, load_protocol
 from benchmark.datasets import registry
-from benchmark.training import train
 from benchmark.suites import load_suite
+from benchmark.training import train
 
 
 @pytest.fixture

@@ -12,12 +12,15 @@ op. How, and what stands in for the autograd engine: ``tests/benchmark/_fake_cud
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
-                                           FakeTensorDeviceMismatchError)
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorDeviceMismatchError,
+)
 
 import regularizers
-from benchmark.training.capture import GraphedStep
 from benchmark.config import RunSpec, load_protocol
+from benchmark.training.capture import GraphedStep
 
 from ._fake_cuda import CaptureWatch, FakeCuda
 

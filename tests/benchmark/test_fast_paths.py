@@ -96,9 +96,9 @@ def test_whole_step_graph_body_matches_eager(regularizer, packed_seeds, over):
 
 def test_graph_batches_follow_the_stream_across_epochs():
     """The device-counter batches are the stream's batches, position by position."""
-    from benchmark.training.capture import StaticBatches
     from benchmark.data import BatchStream
     from benchmark.datasets import load as load_dataset
+    from benchmark.training.capture import StaticBatches
 
     proto = load_protocol("smoke", {"data.max_train": 200, "batch_size": 48})
     ds = load_dataset("digits", proto.data)

@@ -6,7 +6,6 @@ import json
 import os
 import textwrap
 
-
 from benchmark import records
 from benchmark.config import RunSpec, load_protocol
 from benchmark.sweep.status import format_status, suite_status

@@ -48,7 +48,7 @@ def check_finished(results: Path, log: Path) -> None:
     for spec in specs:
         record = load_record(record_path(results, spec.run_id))
         assert record is not None and record["status"] == "complete", spec.run_id
-    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(
+    assert sorted(p.name for p in results.glob("*.json")) == sorted(
         f"{s.run_id}.json" for s in specs)  # no temp files, nothing else
     assert list((results / "checkpoints").iterdir()) == []  # no checkpoint or temp left
     assert all(n == 1 for n in counts(log, "end").values())  # no run finished twice

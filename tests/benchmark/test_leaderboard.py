@@ -12,6 +12,7 @@ import pytest
 
 from benchmark import cells, report
 from benchmark.cli import main
+from benchmark.records import record_files
 from tests.benchmark.test_report import make_store
 
 QUICK = Path(__file__).resolve().parents[2] / "results" / "quick" / "runs"
@@ -63,19 +64,25 @@ def test_a_setup_mix_in_any_group_names_it_and_writes_nothing(tmp_path):
 
 # --- the CLI on the committed quick records ----------------------------------------------------
 
+def _copy_records(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in record_files(src):
+        shutil.copy(f, dst / f.name)
+
+
 @pytest.fixture
 def two_dirs(tmp_path):
-    if not (QUICK / "runs").is_dir():
+    if not record_files(QUICK):
         pytest.fail(f"committed records missing under {QUICK}")
     quick, other = tmp_path / "quick", tmp_path / "other"
-    shutil.copytree(QUICK / "runs", quick / "runs")
-    (other / "runs").mkdir(parents=True)
-    for src in sorted((quick / "runs").glob("*.json")):  # the same runs as another suite's cell
+    _copy_records(QUICK, quick)
+    other.mkdir(parents=True)
+    for src in sorted(quick.glob("*.json")):  # the same runs as another suite's cell
         rec = json.loads(src.read_text())
         rec["suite"] = "other"
         rec["config"]["model_kwargs"] = {"width": 0.5}
         rec["run_id"] = rec["run_id"][::-1]
-        (other / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+        (other / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     return quick, other
 
 
@@ -99,7 +106,7 @@ def test_cli_leaderboard_bad_input_is_one_line_and_writes_nothing(two_dirs, tmp_
     out = tmp_path / "lb.md"
     second = {"missing": tmp_path / "nope", "twice": Path(str(quick) + "/"),
               "empty": tmp_path / "empty"}[case]
-    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    (tmp_path / "empty").mkdir(parents=True)
     assert main(["leaderboard", "--results", str(quick), "--results", str(second),
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -111,7 +118,7 @@ def test_cli_leaderboard_bad_input_is_one_line_and_writes_nothing(two_dirs, tmp_
 
 def test_cli_leaderboard_refuses_a_pooled_setup_in_one_directory(two_dirs, tmp_path, capsys):
     quick, other = two_dirs
-    victim = sorted((other / "runs").glob("*.json"))[0]
+    victim = sorted(other.glob("*.json"))[0]
     rec = json.loads(victim.read_text())
     rec["config"]["protocol"]["iterations"] = 12
     victim.write_text(json.dumps(rec))

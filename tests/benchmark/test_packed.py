@@ -116,7 +116,7 @@ class _NanForSeed1(regularizers.Regularizer):
     HPARAMS = {}
 
     def penalty(self):
-        z = self._stack([0]).sum() * 0.0
+        z = self.stack([0]).sum() * 0.0
         return z + (float("nan") if self.seed == 1 else 0.0)
 
 
@@ -181,7 +181,7 @@ class _ReadsParametersDirectly(regularizers.Regularizer):
     HPARAMS = {}
 
     def penalty(self):
-        return sum(p.square().sum() for _, p, _ in self._layers)
+        return sum(p.square().sum() for _, p, _ in self.layers)
 
 
 def test_a_regularizer_that_bypasses_stand_ins_is_refused(monkeypatch):

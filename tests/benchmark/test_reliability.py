@@ -28,8 +28,8 @@ from benchmark import records
 from benchmark.cli import main
 from benchmark.config import ConfigError, RunSpec, load_protocol, parse_set
 from benchmark.records import checkpoint_path, load_record, lock_path, record_path
-from benchmark.sweep import run_suite, try_run
 from benchmark.stopping import DiskFull
+from benchmark.sweep import run_suite, try_run
 from tests.benchmark.test_runner import fake_train, make_specs, starts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def test_sigint_stops_at_once_with_one_line_and_resumes(tmp_path, jobs):
     assert last.startswith("interrupted (SIGINT)") and "resume with: python -m benchmark run" in last
     assert len(starts(log)) <= 2 * jobs  # nothing more was handed out after the signal
     assert held_locks(results) == []
-    assert all(load_record(p)["status"] == "complete" for p in (results / "runs").glob("*.json"))
+    assert all(load_record(p)["status"] == "complete" for p in results.glob("*.json"))
     args[args.index("--jobs") + 1] = "1"
     proc = cli_process(args, log, sleep=0.02)
     out, err = proc.communicate(timeout=120)
@@ -133,7 +133,7 @@ def test_sigterm_in_process_engine_checkpoints_and_exits_143(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, (out, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
-    assert len(list(ckpts.glob("*.pt"))) == 1 and not list((results / "runs").glob("*.json"))
+    assert len(list(ckpts.glob("*.pt"))) == 1 and not list(results.glob("*.json"))
     assert held_locks(results) == []
     assert main(args) == 0
     resumed = next(iter(records.iter_records(results)))[1]
@@ -171,7 +171,7 @@ def test_single_run_finished_is_skipped_and_exception_is_recorded(tmp_path, monk
     assert main(args) == 1
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "runner: RuntimeError: boom in the engine" in out.out
-    (path,) = (results / "runs").glob("*.json")
+    (path,) = results.glob("*.json")
     assert load_record(path)["status"] == "failed"
     assert main(args) == 1  # a failed run is not retried without --retry-failed
     assert "already recorded" in capsys.readouterr().out
@@ -476,7 +476,7 @@ def test_kill_minus_9_loop_with_packed_seeds_equals_undisturbed(tmp_path):
     for jobs in (1, 2, 1):
         proc = cli_process([str(results), str(jobs)], tmp_path / "unused.log", 0, script=PACKED_RUNNER)
         wait_for(lambda p=proc: p.poll() is not None or any((results / "checkpoints").glob("pack-*.pt"))
-                 or any((results / "runs").glob("*.json")), timeout=300)
+                 or any(results.glob("*.json")), timeout=300)
         time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -11,16 +11,23 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.records import record_files
 
 QUICK = Path(__file__).resolve().parents[2] / "results" / "quick" / "runs"
 
 
+def _copy_records(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in record_files(src):
+        shutil.copy(f, dst / f.name)
+
+
 @pytest.fixture
 def quick(tmp_path):
-    if not (QUICK / "runs").is_dir():
+    if not record_files(QUICK):
         pytest.fail(f"committed records missing under {QUICK}")
     res = tmp_path / "quick"
-    shutil.copytree(QUICK / "runs", res / "runs")
+    _copy_records(QUICK, res)
     return res
 
 
@@ -38,7 +45,8 @@ def test_report_on_the_committed_old_records(quick, capsys):
 
 def test_a_directory_with_only_a_store_is_not_destroyed(quick, capsys):
     assert main(["report", "--results", str(quick)]) == 0
-    shutil.rmtree(quick / "runs")
+    for f in record_files(quick):
+        f.unlink()
     shutil.rmtree(quick / "report")
     before = _files(quick / "store")
     assert main(["report", "--results", str(quick)]) == 0
@@ -57,7 +65,7 @@ def test_out_gets_the_store_and_results_stay_untouched(quick, tmp_path):
 def test_a_good_store_is_not_replaced_by_a_smaller_one(quick, capsys):
     assert main(["report", "--results", str(quick)]) == 0
     before = _files(quick / "store")
-    victim = sorted((quick / "runs").glob("*.json"))[0]
+    victim = sorted(quick.glob("*.json"))[0]
     victim.unlink()
     capsys.readouterr()
     assert main(["report", "--results", str(quick)]) == 0
@@ -66,19 +74,19 @@ def test_a_good_store_is_not_replaced_by_a_smaller_one(quick, capsys):
 
 
 def test_skipped_records_are_named(quick, capsys):
-    (quick / "runs" / "broken.json").write_text("{")
+    (quick / "broken.json").write_text("{")
     assert main(["report", "--results", str(quick), "--out", str(quick / "o")]) == 0
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.json: unreadable JSON" in err
 
 
 def test_a_pooled_setup_is_refused_before_anything_is_written(quick, capsys):
-    src = sorted((quick / "runs").glob("*.json"))[0]
+    src = sorted(quick.glob("*.json"))[0]
     rec = json.loads(src.read_text())
     rec["config"]["protocol"]["iterations"] = 12  # a smoke-like run in the same cell
     rec["config"]["protocol"]["name"] = "smoke"
     rec["run_id"] = "f" * 16
-    (quick / "runs" / f"{'f' * 16}.json").write_text(json.dumps(rec))
+    (quick / f"{'f' * 16}.json").write_text(json.dumps(rec))
     assert main(["report", "--results", str(quick)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "protocol_hash" in err[0] and "--protocol" in err[0]

@@ -17,9 +17,9 @@ import pytest
 
 from benchmark.compare import compare_dirs
 from benchmark.config import RunSpec, load_protocol
-from benchmark.sweep.slurm import SlurmOptions, submit_slurm
 from benchmark.records import checkpoint_path, load_record, record_path
 from benchmark.sweep import run_suite
+from benchmark.sweep.slurm import SlurmOptions, submit_slurm
 from benchmark.sweep.slurm_jobs import job_states, load_jobs
 from benchmark.sweep.status import suite_status
 from tests.benchmark.test_runner import fake_train, make_specs

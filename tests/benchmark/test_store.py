@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from benchmark.config import ConfigError
-from benchmark.sweep import run_suite
 from benchmark.store import (
     CURVES_SCHEMA,
     RUNS_SCHEMA,
@@ -18,6 +17,7 @@ from benchmark.store import (
     load_store,
     save_store,
 )
+from benchmark.sweep import run_suite
 from tests.benchmark.test_runner import fake_train, make_specs
 
 
@@ -30,7 +30,7 @@ def results(tmp_path, monkeypatch):
     run_suite(make_specs(suite="a"), res, train_fn=fake_train, progress=False)
     run_suite(make_specs(n_seeds=1, regularizers=("mhe", "boom"), suite="b"), res,
               train_fn=fake_train, progress=False)
-    (res / "runs" / "0000000000000000.json").write_text('{"half": ')  # not a valid record
+    (res / "0000000000000000.json").write_text('{"half": ')  # not a valid record
     return res
 
 

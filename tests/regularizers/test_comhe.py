@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import regularizers
-from regularizers import hyperspherical_energy, projected_energy, group_energy
+from regularizers import group_energy, hyperspherical_energy, projected_energy
 from regularizers.comhe import P_L2, adv_p_loss, ap_p_loss
 from regularizers.energy import neuron_cosines
 

@@ -39,7 +39,7 @@ class _AutogradGrad:
         for gi, (index, mode) in enumerate(zip(self._groups, self._modes)):
             if mode != "proj":
                 continue
-            W = self._stack(index).detach()
+            W = self.stack(index).detach()
             buf = getattr(self, f"P{gi}")
             for _ in range(self.hparams["inner_steps"]):
                 with torch.enable_grad():
@@ -140,7 +140,7 @@ def _check_pure_step(name, backend, inner_steps):
     reg = regularizers.create(name, proj_dim=10, inner_steps=inner_steps).attach(net, seed=0)
     gi = reg._modes.index("proj")
     P = getattr(reg, f"P{gi}")
-    W = reg._stack(reg._groups[gi])  # h1, h2 stacked: (2, 6, 50), differentiable
+    W = reg.stack(reg._groups[gi])  # h1, h2 stacked: (2, 6, 50), differentiable
     step, counter = _compiled(lambda W, P, lr: _pure_step(reg, W, P, lr), backend)
     for lr in (0.1, 0.3):  # lr as a tensor: a new value is not a new graph
         lr = torch.tensor(lr)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from regularizers import energy as energy_mod
-from regularizers import hyperspherical_energy, projected_energy, group_energy
+from regularizers import group_energy, hyperspherical_energy, projected_energy
 from regularizers.energy import neuron_cosines
 
 from . import _reference as ref

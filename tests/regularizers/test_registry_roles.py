@@ -67,7 +67,7 @@ def test_load_plugin_from_file_registers_a_regularizer(tmp_path):
             HPARAMS = {"strength": HParam(2.0, "float", 0.0)}
 
             def penalty(self):
-                return self.hparams["strength"] * sum(p.square().sum() for _, p, _ in self._layers)
+                return self.hparams["strength"] * sum(p.square().sum() for _, p, _ in self.layers)
     """))
     try:
         regularizers.load_plugin(str(f))
