@@ -105,14 +105,14 @@ def _suite_specs(args):
 
 
 def _cmd_run(args) -> int:
-    from . import training as engine
+    from . import training
     from .sweep.dispatch import execute
     from .sweep.slurm import SlurmOptions
 
     specs = _suite_specs(args) if args.suite else _single_spec(args)  # suites validate here
     if not args.suite:
         for spec in specs:  # every seed, before anything is created or runs
-            engine.validate(spec)
+            training.validate(spec)
     slurm = None
     if args.executor == "slurm":
         slurm = SlurmOptions(partition=args.slurm_partition, timeout_min=args.timeout_min,

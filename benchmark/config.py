@@ -13,7 +13,6 @@ Bad input fails here, before anything runs, with a single-line :class:`ConfigErr
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import inspect
@@ -28,6 +27,7 @@ from typing import Any, Literal
 import yaml
 
 import regularizers
+from regularizers.hints import hint as did_you_mean
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
@@ -85,7 +85,7 @@ class Runtime:
     # tensor cores allowed for matmuls and convolutions on CUDA (plain fp32 on the CPU): what the
     # paper protocols use (the authors trained in fp32). "fp32": strict fp32 (TF32 off on CUDA).
     # "fp64": weights, data and loss in float64, for checking a fast path against a reference
-    # (float32 noise is amplified by training). engine.runtime_settings applies it.
+    # (float32 noise is amplified by training). training.run.runtime_settings applies it.
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp64"] = "auto"
     # "auto": channels_last on CUDA only (it slows CNNs on the CPU).
     channels_last: Literal["auto", "on", "off"] = "auto"
@@ -96,7 +96,7 @@ class Runtime:
     # the GPU step is launch-bound), "off" on the CPU (compiling costs more than it saves in
     # a short CPU run). "off" is the plain eager path the fast ones are tested against.
     # "graph": the WHOLE step (batch, forward, backward, SGD) recorded as one CUDA graph per
-    # learning rate (benchmark/capture.py); on the CPU its body runs unrecorded.
+    # learning rate (benchmark/training/capture.py); on the CPU its body runs unrecorded.
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune", "graph"] = "auto"
     # torch intra-op threads of a run (set in the runner's process and in every worker). The
     # count changes CPU results (reductions split differently), so it is fixed here, not by
@@ -184,9 +184,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown field '{path}'{hint} (allowed: {', '.join(names)})")
+            raise ConfigError(f"unknown field '{path}'{did_you_mean(key, names)} "
+                              f"(allowed: {', '.join(names)})")
         kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)
@@ -262,9 +261,8 @@ def named_yaml(name_or_path: str | Path, directory: Path, kind: str) -> Path:
     path = directory / f"{name_or_path}.yaml"
     if not path.is_file():
         names = sorted(q.stem for q in directory.glob("*.yaml"))
-        close = difflib.get_close_matches(str(name_or_path), names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown {kind} '{name_or_path}'{hint} (available: {', '.join(names)})")
+        raise ConfigError(f"unknown {kind} '{name_or_path}'{did_you_mean(name_or_path, names)} "
+                          f"(available: {', '.join(names)})")
     return path
 
 

@@ -85,7 +85,7 @@ class StaticBatches:
 
 class GraphedStep:
     """``run.step(lr)`` through a recorded graph (see the module docstring). ``run`` is an
-    ``engine.Run`` or a ``packed.PackedRun``; ``capture=False`` runs the body without recording."""
+    ``run.Run`` or a ``packed.PackedRun``; ``capture=False`` runs the body without recording."""
 
     def __init__(self, run: Any, capture: bool, warmup: int = 2):
         self.run, self.capture, self.warmup = run, capture, warmup

@@ -54,7 +54,7 @@ def check_packable(specs: list[RunSpec]) -> None:
 
 @dataclass
 class PackedRun(Steps):
-    """What a packed training step needs; the S-seed counterpart of ``engine.Run``."""
+    """What a packed training step needs; the S-seed counterpart of ``run.Run``."""
 
     specs: list[RunSpec]
     device: torch.device
@@ -110,10 +110,10 @@ class PackedRun(Steps):
         pen = torch.stack([reg.penalty_for(w) for reg, w in zip(self.regs, self.seed_weights())])
         return ce + pen, ce, pen
 
-    # ----------------------------------------------------------------- the step (engine.Steps)
+    # ----------------------------------------------------------------- the step (steps.Steps)
     def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
-            reg.set_epoch(self.stream.epoch)  # as engine.Run.before_step
+            reg.set_epoch(self.stream.epoch)  # as run.Run.before_step
             reg.before_step_for(w, lr)
 
     # ----------------------------------------------------------------- diagnostics
@@ -184,7 +184,7 @@ class PackedRun(Steps):
 
 
 def setup_packed(specs: list[RunSpec]) -> PackedRun:
-    """The packed counterpart of ``engine.setup``: S seeded models stacked, S regularizers."""
+    """The packed counterpart of ``run.setup``: S seeded models stacked, S regularizers."""
     check_packable(specs)
     proto = specs[0].protocol
     device = resolve_device(proto.runtime.device)

@@ -37,5 +37,5 @@ def test_unknown_model_and_suite(tmp_path, capsys):
                  "--regularizer", "weight_decay", "--results", str(tmp_path / "r")]) == 2
     assert "resnet20" in capsys.readouterr().err
     assert main(["run", "--suite", "quik", "--results", str(tmp_path / "r")]) == 2
-    assert "did you mean quick" in capsys.readouterr().err
+    assert "did you mean 'quick'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -39,7 +39,7 @@ def test_every_shipped_protocol_loads(name):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"iterationz": 5}, "unknown field 'iterationz'; did you mean iterations"),
+    ({"iterationz": 5}, "unknown field 'iterationz'; did you mean 'iterations'"),
     ({"iterations": "many"}, "field 'iterations' must be an integer"),
     ({"iterations": 0}, "'iterations' must be >= 1"),
     ({"optimizer.lr": -1.0}, "'optimizer.lr' must be > 0"),
@@ -56,7 +56,7 @@ def test_bad_settings_fail_with_one_line_naming_the_field(overrides, message):
 
 
 def test_unknown_protocol_names_close_matches():
-    with pytest.raises(ConfigError, match="did you mean paper_cifar"):
+    with pytest.raises(ConfigError, match="did you mean 'paper_cifar'"):
         load_protocol("paper_cifra")
 
 
@@ -86,7 +86,7 @@ def test_paper_protocols_run_fp32_with_tf32_unless_told_otherwise():
     CUDA; runtime_settings sets the process-wide switches for every run and the record reads
     them back (tf32_state). Checked with a CUDA device object: no GPU needed to set the flags."""
     import torch
-    from benchmark.engine import runtime_settings, tf32_state
+    from benchmark.training.run import runtime_settings, tf32_state
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -92,7 +92,7 @@ def test_srip_schedule_follows_the_protocols_epochs_and_is_recorded(tmp_path):
     iteration // iterations per epoch); SRIP's released schedule drops x1e-3 at epoch 20. Here 2
     iterations per epoch (64 images, batch 32), so the drop comes at iteration 40; a run
     interrupted before it and resumed after it gives the uninterrupted record."""
-    from benchmark.engine import setup
+    from benchmark.training import setup
 
     over = {"iterations": 44, "eval_every": 11, "checkpoint_every": 100, "data.max_train": 64,
             "batch_size": 32, "schedule.milestones": []}

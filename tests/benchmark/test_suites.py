@@ -119,7 +119,7 @@ def test_bad_suites_fail_with_one_line(tmp_path, body, message):
 
 
 def test_unknown_suite_and_profile(tmp_path):
-    with pytest.raises(ConfigError, match="did you mean table2"):
+    with pytest.raises(ConfigError, match="did you mean 'table2'"):
         load_suite("tabel2", validate_fn=fake_validate)
     with pytest.raises(ConfigError, match="unknown profile"):
         load_suite("table2", profile="huge", validate_fn=fake_validate)
