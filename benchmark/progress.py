@@ -14,7 +14,31 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 
-class PlainProgress:
+class NullProgress:
+    """tqdm's small interface doing nothing (progress turned off)."""
+
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PlainProgress(NullProgress):
     """tqdm's small interface (update, set_postfix, set_postfix_str, close) as plain lines."""
 
     def __init__(self, total: int, desc: str, initial: int = 0, unit: str = "it",
@@ -52,9 +76,10 @@ class PlainProgress:
 
 def progress(total: int, desc: str, *, initial: int = 0, unit: str = "it", position: int = 0,
              enabled: bool = True, file: TextIO | None = None):
-    """A tqdm bar on a terminal, :class:`PlainProgress` elsewhere, None when disabled."""
+    """A tqdm bar on a terminal, :class:`PlainProgress` elsewhere, :class:`NullProgress` when
+    disabled."""
     if not enabled:
-        return None
+        return NullProgress()
     stream = file or sys.stderr
     if stream.isatty():
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, position=position,

@@ -33,6 +33,7 @@ import torch
 
 from benchmark import stopping
 from benchmark.config import ConfigError, RunSpec
+from benchmark.progress import progress as progress_bar
 from benchmark.records import (
     checkpoint_path,
     load_record,
@@ -283,8 +284,6 @@ def run_suite(
     ``stopping.DiskFull`` when a write fails for lack of space; ``benchmark.cli`` turns both into
     one line.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(pack_seeds, bool) or not isinstance(pack_seeds, int) or pack_seeds < 1:
         raise ConfigError(f"pack_seeds must be an integer >= 1, got {pack_seeds!r}")
     if pack_seeds > 1 and train_fn is not None:
@@ -309,8 +308,8 @@ def run_suite(
     dispatcher = (InProcess(train_fn, retry_failed, progress, pack_seeds) if jobs == 1
                   else Workers(jobs, train_fn, retry_failed, devices, pack_seeds))
     summary = RunSummary(total=len(specs))
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
-               desc=(specs[0].suite or "runs") if specs else "runs", disable=not progress)
+    bar = progress_bar(len(specs), (specs[0].suite or "runs") if specs else "runs",
+                       initial=len(specs) - len(todo), unit="run", enabled=progress)
 
     def dispatch(batch: list[RunSpec]) -> list[RunSpec]:
         """Run ``batch``; return the runs another process held (BUSY)."""

@@ -13,6 +13,7 @@ import filelock
 import pandas as pd
 
 from benchmark.config import ConfigError, RunSpec
+from benchmark.progress import progress as progress_bar
 from benchmark.records import checkpoint_path, iter_records, load_record, lock_path, record_path
 from benchmark.sweep.slurm_jobs import jobs_path, slurm_view
 
@@ -62,14 +63,12 @@ def suite_status(
     table = _status_table(specs, root)
     if not watch:
         return table
-    from tqdm.auto import tqdm
-
     idle = 0
-    with tqdm(total=len(specs), unit="run", desc=(specs[0].suite or "runs") if specs else "runs",
-              disable=not progress, file=file) as bar:
+    with progress_bar(len(specs), (specs[0].suite or "runs") if specs else "runs", unit="run",
+                      enabled=progress, file=file) as bar:
         while True:
             c = count_states(table)
-            bar.n = c["done"] + c["failed"]
+            bar.update(c["done"] + c["failed"] - bar.n)
             bar.set_postfix(running=c["running"], failed=c["failed"], pending=c["pending"])
             idle = idle + 1 if c["running"] == 0 else 0
             if c["running"] + c["pending"] == 0 or idle >= 2:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from benchmark import records, stopping
+from benchmark import records
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
+from benchmark.progress import progress as progress_bar
+from benchmark.progress import stopping
 from benchmark.training.metrics import device_name, environment
 from benchmark.training.packed import setup_packed
 from benchmark.training.run import resolve_threads, setup, tf32_state, validate
@@ -135,11 +137,10 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
     t_window = t0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         seeds = ",".join(str(s.seed) for s in specs)
-        bar = tqdm(total=proto.iterations, initial=start_it, desc=f"{specs[0].display_label} s{seeds}",
-                   dynamic_ncols=True, leave=False)
+        # line 1: under the suite's bar (line 0) on a terminal; plain lines in a log
+        bar = progress_bar(proto.iterations, f"{specs[0].display_label} s{seeds}",
+                           initial=start_it, position=1)
 
     def check_finite() -> bool:
         """Record newly diverged seeds; True when no seed is left training."""

@@ -2,7 +2,7 @@
 
 import io
 
-from benchmark.progress import PlainProgress, progress
+from benchmark.progress import NullProgress, PlainProgress, progress
 
 
 class _Tty(io.StringIO):
@@ -37,4 +37,5 @@ def test_on_a_terminal_a_tqdm_bar_and_disabled_is_none():
     bar = progress(5, "x", file=_Tty())
     assert type(bar).__name__ == "tqdm" or "tqdm" in type(bar).__module__
     bar.close()
-    assert progress(5, "x", enabled=False) is None
+    off = progress(5, "x", enabled=False)
+    assert isinstance(off, NullProgress) and not isinstance(off, PlainProgress)
