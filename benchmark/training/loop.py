@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from benchmark import records
+from benchmark import records, stopping
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
 from benchmark.progress import progress as progress_bar
-from benchmark.progress import stopping
 from benchmark.training.metrics import device_name, environment
 from benchmark.training.packed import setup_packed
 from benchmark.training.run import resolve_threads, setup, tf32_state, validate

@@ -151,9 +151,8 @@ def test_resumes_from_checkpoint_and_cleans_temporaries(tmp_path, fake_env):
     (spec,) = make_specs(n_seeds=1, regularizers=("mhe",))
     res = tmp_path / "res"
     atomic_write(checkpoint_path(res, spec.run_id), b"old")
-    stale = [res / "runs" / f".{spec.run_id}.json.x1.tmp", res / "checkpoints" / f".{spec.run_id}.pt.x2.tmp"]
-    other = res / "runs" / ".ffffffffffffffff.json.x3.tmp"  # another run's writer may be alive
-    (res / "runs").mkdir()
+    stale = [res / f".{spec.run_id}.json.x1.tmp", res / "checkpoints" / f".{spec.run_id}.pt.x2.tmp"]
+    other = res / ".ffffffffffffffff.json.x3.tmp"  # another run's writer may be alive
     for p in [*stale, other]:
         p.write_text("half")
     run_suite([spec], res, train_fn=fake_train, progress=False)
@@ -182,14 +181,14 @@ def test_status_of_untouched_results_dir_is_pending(tmp_path):
     assert not (tmp_path / "nothing-here").exists()
 
 
-@pytest.mark.parametrize("make_bad", ["file", "runs_is_file"])
+@pytest.mark.parametrize("make_bad", ["file", "checkpoints_is_file"])
 def test_unusable_results_dir_fails_before_running(tmp_path, fake_env, make_bad):
     res = tmp_path / "res"
     if make_bad == "file":
         res.write_text("not a directory")
     else:
         res.mkdir()
-        (res / "runs").write_text("not a directory")
+        (res / "checkpoints").write_text("not a directory")
     with pytest.raises(ConfigError) as err:
         run_suite(make_specs(), res, train_fn=fake_train, progress=False)
     assert "\n" not in str(err.value) and str(res) in str(err.value)
