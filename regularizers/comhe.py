@@ -199,7 +199,7 @@ class RPCoMHE(_CoMHEBase):
     def setup(self, device) -> None:
         self._shared: dict[int, str] = {}  # fan-in d -> buffer name (share_projections)
         self._group_c: dict[int, int] = {}  # projected group -> C
-        super()._setup(device)
+        super().setup(device)
         for name in self._shared.values():  # shared draws: one per fan-in, first-seen order
             self._draw_buffer(name)
 
@@ -383,7 +383,7 @@ class GCoMHE(_CoMHEBase):
             if self._mode(role, p) == "proj" and (d % G or d // G < 2):
                 raise ValueError(f"g_comhe: layer {name!r} has fan-in d={d}; groups={G} must divide d "
                                  f"with at least 2 coordinates per group")
-        super()._setup(device)
+        super().setup(device)
 
     def _projected(self, gi, W):
         return group_energy(W, self.hparams["groups"], 2, half_space=True)

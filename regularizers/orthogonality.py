@@ -193,7 +193,7 @@ class SRIP(_Orthogonality):
     }
 
     def setup(self, device) -> None:
-        super()._setup(device)
+        super().setup(device)
         p0 = self.layers[0][1]
         self._mult_host = srip_multiplier(self.epoch, self.hparams["schedule"])
         self.register_buffer("decay", torch.full((), self._mult_host, device=device, dtype=p0.dtype),
