@@ -360,7 +360,7 @@ def test_paper_comparison_pairs_only_runs_made_under_the_recorded_settings():
     comp = comp.set_index("label")
     assert comp.loc["mhe_s2", "n"] == 6  # logs + numbers; not the default, not the 75k runs
     assert comp.loc["hs_mhe_s2", "n"] == 3
-    assert comp.loc["mhe_s0", "n"] == 0 and comp.loc["mhe_s0", "verdict"] == "not reproduced (no runs)"
+    assert comp.loc["mhe_s0", "n"] == 0 and comp.loc["mhe_s0", "verdict"] == "no runs"
     assert logs.loc["rp_comhe", "n"] == 0
     # entries without recorded settings (unknown values) are still found by label
     assert comp.loc["mhe", "verdict"] == "unknown (no paper value)"
