@@ -56,6 +56,22 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
+def make_record(spec: Any, *, status: str, reason: str | None, **fields: Any) -> dict[str, Any]:
+    """THE record of one run, success or failure, built in one place: the run's identity
+    (``run_id, suite, label, config, seed``) from its spec, the outcome, then ``fields`` (what
+    the engine or the runner knows: environment, curves, final metrics, ...). A record missing
+    a field of :data:`REQUIRED_FIELDS` is a bug of its writer: ValueError, nothing written."""
+    if status not in STATUSES:
+        raise ValueError(f"record status must be one of {', '.join(STATUSES)}, got {status!r}")
+    record = {"schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "suite": spec.suite,
+              "label": spec.display_label, "config": spec.identity(), "seed": spec.seed,
+              **fields, "status": status, "reason": reason}
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"record of {spec.run_id} lacks {', '.join(missing)}")
+    return record
+
+
 def record_path(results_dir: str | Path, run_id: str) -> Path:
     """``DIR/<run_id>.json``: a results directory holds its records at the top level."""
     return Path(results_dir) / f"{run_id}.json"

@@ -27,12 +27,12 @@ import filelock
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.records import (
-    SCHEMA_VERSION,
     drop_claim,
     git_state,
     hold_claim,
     load_record,
     lock_path,
+    make_record,
     record_path,
     write_json_atomic,
 )
@@ -156,15 +156,12 @@ def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started:
     ``cause="input"``: a bad input met during set-up (rerun without --retry-failed)."""
     now = time.time()
     iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()  # noqa: E731
-    write_json_atomic(record_path(results_dir, spec.run_id), {
-        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "suite": spec.suite,
-        "label": spec.display_label, "status": "failed", "reason": reason,
-        "config": spec.identity(), "seed": spec.seed, "git": git_state(),
-        "versions": {"python": platform.python_version()}, "device": None,
-        "synthetic": spec.dataset.startswith("synthetic"), "notes": ["record written by the runner"],
-        "started_at": iso(started), "finished_at": iso(now), "wall_time_s": now - started,
-        "median_step_ms": None, "curves": {}, "final": {}, "cause": cause,
-    })
+    write_json_atomic(record_path(results_dir, spec.run_id), make_record(
+        spec, status="failed", reason=reason, git=git_state(),
+        versions={"python": platform.python_version()}, device=None,
+        synthetic=spec.dataset.startswith("synthetic"), notes=["record written by the runner"],
+        started_at=iso(started), finished_at=iso(now), wall_time_s=now - started,
+        median_step_ms=None, curves={}, final={}, cause=cause))
 
 
 def pack_flag(record: dict) -> int:

@@ -107,8 +107,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
         resumed_from = [*ck.get("resumed_from", []), start_it]  # the record says it resumed
 
-    base_record = {
-        "schema_version": records.SCHEMA_VERSION, "status": "failed", "reason": None,
+    base_record = {  # what every seed's record shares (records.make_record adds the rest)
         **environment(), "device": device_name(device), "synthetic": data.synthetic,
         "notes": list(getattr(run.models[0], "model_notes", [])),
         "regularizer_hparams_resolved": dict(run.regs[0].hparams),
@@ -155,18 +154,15 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         wall = elapsed_before + time.perf_counter() - t0
         for s, spec in enumerate(specs):
             it = last_it if diverged[s] is None else diverged[s]
-            record = {
-                **base_record, "run_id": spec.run_id, "suite": spec.suite,
-                "label": spec.display_label, "config": spec.identity(), "seed": spec.seed,
-                "status": "complete" if diverged[s] is None else "diverged",
-                "reason": None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
-                "curves": _truncate(curves[s], it), "final": _final(_truncate(curves[s], it), it,
-                                                                    data.test_y.shape[0]),
+            record = records.make_record(
+                spec, status="complete" if diverged[s] is None else "diverged",
+                reason=None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
+                **base_record, curves=_truncate(curves[s], it),
+                final=_final(_truncate(curves[s], it), it, data.test_y.shape[0]),
                 **_correct_of(run, s, diverged[s] is None and curves[s]["iteration"][-1:] == [it]),
-                "wall_time_s": wall, "resumed_from": resumed_from,
-                "median_step_ms": statistics.median(window_ms) if window_ms else float("nan"),
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
+                wall_time_s=wall, resumed_from=resumed_from,
+                median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
+                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             records.check_claim(results_dir, spec.run_id)  # a deleted lock file: see records
             records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
             out.append(record)

@@ -125,3 +125,19 @@ def test_input_scaling_reaches_the_network(mode, expect):
     run = setup(_spec(**{"data.input_scaling": mode}))
     batch = run.data.train_x[:4]
     torch.testing.assert_close(run.inputs(batch), expect(batch.float()), rtol=0, atol=0)
+
+
+def test_one_record_schema_for_success_and_failure(tmp_path):
+    """The engine's record and the runner's failure record come from records.make_record."""
+    from benchmark import records
+    from benchmark.sweep import write_failure_record
+
+    spec = _spec()
+    write_failure_record(spec, tmp_path, "runner: boom", 0.0)
+    failed = records.load_record(records.record_path(tmp_path, spec.run_id))
+    assert failed["status"] == "failed" and failed["config"] == spec.identity()
+    assert set(records.REQUIRED_FIELDS) <= set(failed)
+    with pytest.raises(ValueError, match="lacks"):
+        records.make_record(spec, status="complete", reason=None)
+    with pytest.raises(ValueError, match="status must be one of"):
+        records.make_record(spec, status="done", reason=None)
