@@ -251,7 +251,9 @@ def _cmd_leaderboard(args) -> int:
     groups = []
     for d in dirs:  # every directory is read and checked before the file is written
         skipped: list = []
-        runs, _ = build_store(d, skipped) if record_files(d) else load_store(d)
+        # the records; a store alone when there are none (a copied report); neither: no runs
+        from_store = not record_files(d) and (d / "store").is_dir()
+        runs, _ = load_store(d) if from_store else build_store(d, skipped)
         for path, why in skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         if runs.empty:
