@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FAKE = "tests.benchmark.test_runner:fake_train"
 # The command line with the fake engine behind every run (the runner, locks, workers are real).
 CLI_WITH_FAKE_ENGINE = f"""
-import functools, sys
+import sys
 from benchmark import cli
 from benchmark.sweep import dispatch
-dispatch.run_suite = functools.partial(dispatch.run_suite, train_fn="{FAKE}")
+real = dispatch.run_suite  # execute() passes train_fn=None: the default engine, replaced here
+dispatch.run_suite = lambda *a, train_fn=None, **k: real(*a, train_fn=train_fn or "{FAKE}", **k)
 sys.exit(cli.main(sys.argv[1:]))
 """
 SINGLE = ["run", "--protocol", "smoke", "--dataset", "digits", "--model", "cnn9",
