@@ -146,10 +146,11 @@ def test_plugin_file_to_leaderboard_row(tmp_path):
     _bench(*plugin, "report", "--results", str(runs), "--out", str(tmp_path / "report"),
            "--leaderboard", str(lb))
     rows = [line for line in lb.read_text().splitlines() if line.startswith("|")]
-    mine = [r for r in rows if f"`{NAME}`" in r]
-    base = [r for r in rows if "`Baseline`" in r]
+    name = NAME.replace("_", "\\_")  # labels are Markdown-escaped
+    mine = [r for r in rows if r.startswith(f"| {name} |")]
+    base = [r for r in rows if r.startswith("| Baseline |")]
     assert len(mine) == 1 and len(base) == 1, lb.read_text()
-    assert "| 2 |" in mine[0] and "(pairs=2)" in mine[0]  # n=2 seeds, paired with the baseline
+    assert "| 2 complete |" in mine[0] and "(pairs=2)" in mine[0]  # 2 seeds, paired with the baseline
     assert "| baseline |" in base[0]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmark import stopping
 from benchmark.config import Protocol, RunSpec, from_dict
+from benchmark.plugins import load_plugins
 from benchmark.stopping import DiskFull, Interrupted
 from benchmark.sweep.attempt import try_run, try_run_pack
 from benchmark.sweep.claims import BUSY, SKIPPED
@@ -47,6 +48,9 @@ def worker_main() -> int:
     """``python -m benchmark.sweep.worker`` with a JSON job on stdin: run it, exit with its outcome.
     SIGINT/SIGTERM: checkpoint, release the locks, exit 128 + signal number."""
     job = json.loads(sys.stdin.read())
+    # the parent's plugins (COMHE_PLUGINS) before any spec is rebuilt: a plugin regularizer's
+    # run id covers its resolved hyper-parameters and its source
+    load_plugins()
     with stopping.signals_request_stop():
         try:
             return worker_job(job)

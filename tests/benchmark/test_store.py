@@ -44,9 +44,9 @@ def test_build_store(results):
     row = runs[(runs["regularizer"] == "hs_mhe") & (runs["seed"] == 1)].iloc[0]
     assert row["test_acc"] == 61.0 and row["protocol"] == "fake" and row["iterations"] == 10
     assert row["git_commit"] == "def456" and row["torch_version"] == "2.14.1"
-    assert row["record_path"] == f"runs/{row['run_id']}.json"
+    assert row["record_path"] == f"{row['run_id']}.json"  # records at the top of DIR
     assert json.loads(row["hparams"]) == {"half_space": True, "output_strength": 10, "power": 2,
-                                          "strength": 1}  # resolved: defaults filled in
+                                          "strength": 1, "strengths": "code"}  # resolved: defaults filled in
 
 
 def test_round_trip_parquet_and_csv(results, tmp_path):
