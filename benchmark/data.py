@@ -80,7 +80,23 @@ def take_batch(stream: "BatchStream", perm: torch.Tensor, oy: torch.Tensor, ox: 
     return x.unflatten(0, idx.shape), stream.y[idx]
 
 
-class BatchStream:
+class _EpochBuffers:
+    """What both streams share: the epoch's order and augmentation, drawn once per epoch."""
+
+    epoch: int
+    epoch_loaded: int
+
+    def ensure_epoch(self) -> None:
+        """Draw the current epoch's order and augmentation if not drawn yet (public: the
+        whole-step CUDA graph copies them into its static buffers)."""
+        if self.epoch_loaded != self.epoch:
+            self.load_epoch()
+
+    def load_epoch(self) -> None:
+        raise NotImplementedError
+
+
+class BatchStream(_EpochBuffers):
     """The recipe's sampling: reshuffle every epoch, consecutive batches, last partial dropped.
 
     Each epoch's permutation and augmentation parameters come from a CPU generator seeded with
@@ -99,12 +115,6 @@ class BatchStream:
                              cfg.augmentation.pad_mode, self.x.device)
         self.epoch, self.position = 0, 0
         self.epoch_loaded = -1
-
-    def ensure_epoch(self) -> None:
-        """Draw the current epoch's order and augmentation if not drawn yet (public: the
-        whole-step CUDA graph copies them into its static buffers)."""
-        if self.epoch_loaded != self.epoch:
-            self.load_epoch()
 
     def load_epoch(self) -> None:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -140,7 +150,7 @@ class BatchStream:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-class PackedBatchStream:
+class PackedBatchStream(_EpochBuffers):
     """The batch streams of S seeds advanced together (packed seeds): (S, B, ...) per step.
 
     Every seed keeps its own epoch permutation and augmentation, drawn exactly as its own
@@ -156,12 +166,6 @@ class PackedBatchStream:
         self.streams = streams
         self.epoch, self.position = 0, 0
         self.epoch_loaded = -1
-
-    def ensure_epoch(self) -> None:
-        """Draw the current epoch's order and augmentation if not drawn yet (public: the
-        whole-step CUDA graph copies them into its static buffers)."""
-        if self.epoch_loaded != self.epoch:
-            self.load_epoch()
 
     def load_epoch(self) -> None:
         for s in self.streams:

@@ -134,13 +134,17 @@ def suggested_seeds(table: pd.DataFrame) -> int | None:
 
 # --- the comparison table -----------------------------------------------------------------------
 
+def _column_values(runs: pd.DataFrame, col: str) -> str | None:
+    """The distinct values of one column of ``runs``, sorted and joined; None if absent/empty."""
+    if col not in runs:
+        return None
+    vals = sorted(runs[col].dropna().astype(str).unique())
+    return ", ".join(vals) if vals else None
+
+
 def _setup_text(runs: pd.DataFrame) -> str:
     """The set-up of one column's runs (checked uniform by cells.check_setup)."""
-    def one(col: str) -> str | None:
-        if col not in runs:
-            return None
-        vals = sorted(runs[col].dropna().astype(str).unique())
-        return ", ".join(vals) if vals else None
+    one = functools.partial(_column_values, runs)
 
     parts = []
     if (proto := one("protocol")) is not None:
@@ -356,11 +360,7 @@ def _kwargs_text(runs: pd.DataFrame) -> str:
 
 def _section_setup(runs: pd.DataFrame) -> str:
     """Suite, protocol (content hash), seeds and code versions of one section's runs."""
-    def one(col: str) -> str | None:
-        if col not in runs:
-            return None
-        vals = sorted(runs[col].dropna().astype(str).unique())
-        return ", ".join(vals) if vals else None
+    one = functools.partial(_column_values, runs)
 
     parts = []
     if (suite := one("suite")) is not None:
