@@ -62,18 +62,30 @@ def _suite_args(session: nox.Session, prog: str) -> argparse.Namespace:
     return p.parse_args(session.posargs)
 
 
-def _train_and_report(session: nox.Session, a: argparse.Namespace, results: Path,
-                      leaderboard: Path | None) -> None:
-    plugins = [x for plugin in a.plugin for x in ("--plugin", plugin)]
-    run = [*plugins, "run", "--suite", a.suite, "--results", str(results / "runs"), "--jobs",
+def _plugins(a: argparse.Namespace) -> list[str]:
+    return [x for plugin in a.plugin for x in ("--plugin", plugin)]
+
+
+def _train(session: nox.Session, a: argparse.Namespace, results: Path) -> None:
+    run = [*_plugins(a), "run", "--suite", a.suite, "--results", str(results / "runs"), "--jobs",
            a.jobs, "--pack-seeds", a.pack_seeds]
     if a.profile:
         run += ["--profile", a.profile]
     for reg in a.regularizer:
         run += ["--regularizer", reg]
     _bench(session, *run)
-    _bench(session, *plugins, "report", "--results", str(results / "runs"), "--out",
+
+
+def _report(session: nox.Session, a: argparse.Namespace, results: Path,
+            leaderboard: Path | None) -> None:
+    _bench(session, *_plugins(a), "report", "--results", str(results / "runs"), "--out",
            str(results / "report"), *(["--leaderboard", str(leaderboard)] if leaderboard else []))
+
+
+def _train_and_report(session: nox.Session, a: argparse.Namespace, results: Path,
+                      leaderboard: Path | None) -> None:
+    _train(session, a, results)
+    _report(session, a, results, leaderboard)
 
 
 def _committed_leaderboard(session: nox.Session) -> None:
@@ -96,12 +108,15 @@ def benchmark(session: nox.Session) -> None:
     fresh = ROOT / "runs" / name
     if fresh.exists():  # this session's own scratch directory: a reproduction starts from nothing
         shutil.rmtree(fresh)
-    _train_and_report(session, a, fresh, fresh / "leaderboard.md")
+    _train(session, a, fresh)
+    # The verdicts first: they are per run, so they print even when the report refuses the
+    # fresh runs (for example a cell mixing code versions because the code changed mid-sweep).
     reference = ROOT / "results" / name / "runs"
     if reference.exists():
         _bench(session, "compare", "--results", str(fresh / "runs"), "--reference", str(reference))
     else:
         session.log(f"no committed reference at {reference.relative_to(ROOT)}: nothing to compare")
+    _report(session, a, fresh, fresh / "leaderboard.md")
     session.log(f"fresh runs, report and leaderboard: {fresh.relative_to(ROOT)}/")
 
 

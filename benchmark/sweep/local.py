@@ -112,7 +112,7 @@ class Workers:
         device = self.slots.get()
         try:
             with open(log, "ab") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "benchmark.sweep.worker"],
+                proc = subprocess.Popen([sys.executable, "-m", "benchmark.sweep"],
                                         stdin=subprocess.PIPE, stdout=out, stderr=out,
                                         env=self._env(device))
                 with self.procs_lock:

@@ -1,4 +1,4 @@
-"""A worker process: ``python -m benchmark.sweep.worker`` with a JSON job on stdin runs one run
+"""A worker process: ``python -m benchmark.sweep`` (``__main__.py``) with a JSON job on stdin runs one run
 (or one packed group) under its lock and exits with its outcome. Its output goes to
 ``logs/<run_id>.log``.
 """
@@ -45,7 +45,7 @@ def spec_from_dict(d: dict[str, Any]) -> RunSpec:
 
 
 def worker_main() -> int:
-    """``python -m benchmark.sweep.worker`` with a JSON job on stdin: run it, exit with its outcome.
+    """``python -m benchmark.sweep`` with a JSON job on stdin: run it, exit with its outcome.
     SIGINT/SIGTERM: checkpoint, release the locks, exit 128 + signal number."""
     job = json.loads(sys.stdin.read())
     # the parent's plugins (COMHE_PLUGINS) before any spec is rebuilt: a plugin regularizer's
@@ -81,6 +81,3 @@ def worker_job(job: dict) -> int:
     print(f"runner: {spec.run_id} -> {outcome}", file=sys.stderr)
     return {BUSY: EXIT_BUSY, SKIPPED: EXIT_SKIPPED}.get(outcome, 0)
 
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
