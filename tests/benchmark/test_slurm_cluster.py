@@ -38,16 +38,19 @@ def cluster():
     if up.returncode == 77:
         pytest.skip(f"no local Slurm here: {up.stderr.strip()}")
     assert up.returncode == 0, up.stderr
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
+    # sbatch exports this process's environment to the tasks: SLURM_CONF for submitit's
+    # commands, PYTHONFAULTHANDLER so a task hit by SIGABRT prints its stacks (_diagnose)
+    old = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONFAULTHANDLER")}
+    os.environ.update(SLURM_CONF=str(state / "etc" / "slurm.conf"), PYTHONFAULTHANDLER="1")
     try:
         yield state
     finally:
         subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _options(**kw) -> SlurmOptions:
@@ -55,14 +58,30 @@ def _options(**kw) -> SlurmOptions:
     return SlurmOptions(**{"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10, **kw})
 
 
-def _wait(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 1.0, jobs=(), logs: Path | None = None):
+    """Poll ``predicate`` until it is true. On a time-out, ``jobs`` still running are sent SIGABRT
+    (with PYTHONFAULTHANDLER set by the fixture, Python prints every thread's stack to the
+    task's stderr) and the failure message carries Slurm's states and the tail of every task
+    log under ``logs``: a task that hangs says where."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{_diagnose(jobs, logs)}")
+
+
+def _diagnose(jobs, logs: Path | None) -> str:
+    ids = [j.job_id for j in jobs]
+    states = job_states(ids) if ids else {}
+    for job_id, state in states.items():
+        if state in ("RUNNING", "COMPLETING"):
+            subprocess.run(["scancel", "--signal=ABRT", job_id], check=False)
+    time.sleep(3)  # the dump reaches the log
+    tails = [f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-40:])
+             for f in sorted((logs or Path("/nonexistent")).rglob("*_log.*"))]
+    return f"Slurm states: {states}\n" + "\n".join(tails)
 
 
 def _final(results: Path, specs) -> bool:
@@ -101,16 +120,19 @@ def _real_specs(n_seeds=2, **over):
             for seed in range(n_seeds) for reg in ("weight_decay", "rp_comhe")]
 
 
-@pytest.mark.skip(reason="in the CI run of 2026-11-30 one of the 4 array tasks hung after "
-                         "loading its pickle (no record within 600 s); it passed before the sweep "
-                         "split. Open: see the session note")
+# The CI run of 2026-11-30 was cut by pytest's 600 s time-out (then the default) while this wait
+# still polled: one of the 4 tasks had started without writing a record. Not reproduced since
+# (4 passes of 4 at load averages 5-10 on 2 cores); if it comes back, _diagnose says where the
+# task stood.
+@pytest.mark.timeout(1200)
 def test_suite_as_one_job_array_equals_a_local_run(cluster, tmp_path):
     specs = _real_specs()
     jobs = submit_slurm(specs, tmp_path / "slurm", options=_options())
     assert len(jobs) == len(specs) and len({j.job_id.split("_")[0] for j in jobs}) == 1  # one array
     assert load_jobs(tmp_path / "slurm") == {s.run_id: j.job_id for s, j in zip(specs, jobs)}
     run_suite(specs, tmp_path / "local", progress=False)
-    _wait(lambda: _final(tmp_path / "slurm", specs), 600, "the job array's records")
+    _wait(lambda: _final(tmp_path / "slurm", specs), 900, "the job array's records", jobs=jobs,
+          logs=tmp_path / "slurm" / "slurm")
     rows = compare_dirs(tmp_path / "slurm", tmp_path / "local")
     assert [r.verdict for r in rows] == ["identical"] * len(specs), [(r.verdict, r.note) for r in rows]
     # nothing left to submit on a second call
@@ -169,3 +191,15 @@ def test_cancelled_task_fails_with_slurms_state_and_rerun_submits_only_the_missi
     failed = load_record(record_path(res, slow.run_id))
     assert failed["status"] == "failed" and f"job {job.job_id} ended CANCELLED" in failed["reason"]
     _wait(lambda: _final(res, [new]), 300, "the new run's record")
+
+
+def test_a_stuck_task_is_diagnosed_with_its_stacks(cluster, tmp_path, monkeypatch):
+    """What _wait reports on a time-out: Slurm's state, and the Python stacks of a running task."""
+    monkeypatch.setenv("SLOW_TRAIN_S", "600")
+    (spec,) = make_specs(n_seeds=1, regularizers=("weight_decay",), suite="stuck")
+    (job,) = submit_slurm([spec], tmp_path / "res", train_fn=SLOW, options=_options())
+    _wait(lambda: checkpoint_path(tmp_path / "res", spec.run_id).exists(), 300, "a first step")
+    report = _diagnose([job], tmp_path / "res" / "slurm")
+    assert "RUNNING" in report and "in slow_train" in report, report
+    _wait(lambda: job_states([job.job_id]).get(job.job_id) not in ("RUNNING", "COMPLETING"), 120,
+          "the aborted task to end")
