@@ -126,6 +126,8 @@ def _cmd_run(args) -> int:
     summary = execute(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
                       slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
                       pack_seeds=args.pack_seeds)
+    if not summary.reporting:  # a rank > 0 under torchrun / Slurm: rank 0 reports
+        return 0
     if args.suite or summary.jobs:
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
