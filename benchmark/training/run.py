@@ -24,6 +24,7 @@ from benchmark import datasets
 from benchmark.config import ConfigError, RunSpec
 from benchmark.data import BatchStream, scale_input
 from benchmark.datasets import Dataset
+from benchmark.file_stream import FileBatchStream, eval_batches
 from benchmark.plugins import load_plugins
 from benchmark.training.distributed import (
     ShardedBatchStream,
@@ -290,12 +291,23 @@ def setup(spec: RunSpec) -> Run:
     # weight_decay on every parameter, BN gamma/beta included, as the recipe.
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay)
-    if info is None:
+    if getattr(data, "files", False):  # file-backed (imagenet): a DataLoader stream, sharded
+        if mode == "graph":
+            raise ConfigError(f"runtime.compile 'graph' needs a tensor dataset; {spec.dataset} is "
+                              "read from files (allowed: off, auto, default, reduce-overhead)")
+        rank, world = (0, 1) if info is None else (info.rank, info.world_size)
+        workers = proto.runtime.loader_workers
+        stream = FileBatchStream(data, proto.batch_size, spec.seed, proto.data, device, rank,
+                                 world, workers)
+        data.test_batches = eval_batches(data, proto.data, device, workers)
+    elif info is None:
         stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+    else:
+        stream = ShardedBatchStream(data, proto.batch_size, spec.seed, proto.data, info.rank,
+                                    info.world_size)
+    if info is None:
         return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode,
                    dtype)
-    stream = ShardedBatchStream(data, proto.batch_size, spec.seed, proto.data, info.rank,
-                                info.world_size)
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype,
