@@ -56,6 +56,9 @@ class Schedule:
     type: Literal["step", "constant"] = "step"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    # Linear warm-up: the first W updates use lr_at(i) * (i + 1) / W (Goyal et al. 2017's gradual
+    # warm-up, section 2.2). 0 = none; left out of a run's identity at 0 (LATER_DEFAULTS).
+    warmup_iterations: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,11 @@ class Protocol:
                  "must be null or in (0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _require(0 < self.schedule.gamma <= 1, "schedule.gamma", "must be in (0, 1]")
+        _require(0 <= self.schedule.warmup_iterations < self.iterations,
+                 "schedule.warmup_iterations", f"must be in [0, {self.iterations}) (0 = none)")
+        _require(self.schedule.warmup_iterations == 0 or self.runtime.compile != "graph",
+                 "schedule.warmup_iterations", "needs runtime.compile other than 'graph' (the "
+                 "whole-step graph is recorded once per learning rate)")
         ms = self.schedule.milestones
         _require(
             list(ms) == sorted(set(ms)) and all(0 < m < self.iterations for m in ms),
@@ -168,10 +176,13 @@ class Protocol:
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate used for the update at 0-based ``iteration``."""
+        warm = self.schedule.warmup_iterations
+        ramp = (iteration + 1) / warm if iteration < warm else 1.0
         if self.schedule.type == "constant":
-            return self.optimizer.lr
+            return self.optimizer.lr * ramp if warm else self.optimizer.lr
         drops = sum(iteration >= m for m in self.schedule.milestones)
-        return self.optimizer.lr * self.schedule.gamma**drops
+        lr = self.optimizer.lr * self.schedule.gamma**drops
+        return lr * ramp if warm else lr
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -424,7 +435,8 @@ class RunSpec:
 
 # Protocol fields added after records existed, left out of a run's identity at these values:
 # run ids (and committed results) from before the field stay valid.
-LATER_DEFAULTS = {("runtime", "sync_bn"): False, ("runtime", "loader_workers"): 0}
+LATER_DEFAULTS = {("runtime", "sync_bn"): False, ("runtime", "loader_workers"): 0,
+                  ("schedule", "warmup_iterations"): 0}
 
 
 def _identity_protocol(proto: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ One spawn runs three regularizers (torch's import is most of the cost):
   weight_decay: 2 ranks, stopped at a checkpoint, resumed by 2 ranks;
   rp_comhe:     1 process stops at a checkpoint, 2 ranks resume it (world size 1 -> 2);
   ap_comhe:     2 ranks stop at a checkpoint, 1 process resumes it (world size 2 -> 1);
-each compared with an uninterrupted one-process run. Rank 1 may not write a file or a line.
+each compared with an uninterrupted one-process run; and one imagenet run (the DataLoader stream
+of a generated ImageFolder of JPEGs, weight_decay). Rank 1 may not write a file or a line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.training import train, validate
 from benchmark.training.distributed import sync_batchnorm
+from tests.benchmark.test_imagenet import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 REGS = ("weight_decay", "rp_comhe", "ap_comhe")
@@ -49,6 +51,16 @@ def spec(regularizer: str, **over) -> RunSpec:
         {"proj_dim": 8} if regularizer == "ap_comhe" else {})
     return RunSpec(load_protocol("smoke", proto), "digits", "cnn9", regularizer, 5,
                    model_kwargs={"width": 0.125}, regularizer_hparams=hp)
+
+
+def imagenet_spec() -> RunSpec:
+    """A run of the file-backed stream (a generated ImageFolder of JPEGs), batch 4 = 2 x 2."""
+    proto = load_protocol("imagenet_resnet", {
+        "iterations": 4, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2,
+        "schedule.milestones": [3], "data.image_size": 32, "runtime.device": "cpu",
+        "runtime.threads": 1, "runtime.loader_workers": 1, "runtime.precision": "fp64",
+        "runtime.sync_bn": True})
+    return RunSpec(proto, "imagenet", "cnn9", "weight_decay", 5, model_kwargs={"width": 0.125})
 
 
 def _rank_main(rank: int, store: str, results: str, errors: str) -> None:
@@ -71,6 +83,8 @@ def _rank_main(rank: int, store: str, results: str, errors: str) -> None:
                     continue
                 rec = train(s, results, progress=True)
                 assert rec["distributed"]["world_size"] == 2
+            rec = train(imagenet_spec(), results, progress=True)
+            assert rec["distributed"]["world_size"] == 2
         if rank != 0:
             assert out.getvalue() == "", f"rank 1 printed: {out.getvalue()[:200]!r}"
         dist.barrier()
@@ -88,8 +102,10 @@ def _close(a, b, what, rel=1e-10):
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_checkpoints_and_resumes(tmp_path):
+def test_two_ranks_equal_one_process_with_checkpoints_and_resumes(tmp_path, monkeypatch):
     ddp_dir, ref_dir = tmp_path / "ddp", tmp_path / "ref"
+    make_image_folder(tmp_path / "data")
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))  # the ranks inherit it
     # world 1 -> 2: one process writes rp_comhe's checkpoint first
     assert train(spec("rp_comhe"), ddp_dir, progress=False, stop_after=STOP["rp_comhe"]) == {}
     errors = str(tmp_path / "errors")
@@ -123,6 +139,14 @@ def test_two_ranks_equal_one_process_with_checkpoints_and_resumes(tmp_path):
             assert (d["world_size"], d["nodes"], d["backend"], d["per_rank_batch"]) == (2, 1, "gloo", 8)
         assert ref["distributed"] == {"world_size": 1, "nodes": 1, "backend": None,
                                       "per_rank_batch": 16, "world_sizes": [1]}
+    # the DataLoader stream of an ImageFolder: each rank decodes its half of every batch
+    s = imagenet_spec()
+    ref = train(s, ref_dir, progress=False)
+    got = json.loads(records.record_path(ddp_dir, s.run_id).read_text())
+    assert got["distributed"]["per_rank_batch"] == 2 and got["final"]["n_test"] == 9
+    _close(got["curves"]["train_loss"], ref["curves"]["train_loss"], "imagenet loss", rel=1e-6)
+    _close(got["curves"]["energy_total"], ref["curves"]["energy_total"], "imagenet energy")
+    assert got["final_correct"] == ref["final_correct"]
     assert not list((ddp_dir / "checkpoints").glob("*.pt"))
 
 
@@ -184,3 +208,16 @@ def test_torchrun_cli_trains_one_run_with_two_processes(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["distributed"] == {"world_size": 2, "nodes": 1, "backend": "gloo",
                                   "per_rank_batch": 16, "world_sizes": [2]}
+
+
+def test_warmup_is_an_option_that_leaves_old_run_ids_alone():
+    p = load_protocol("imagenet_resnet", {"schedule.warmup_iterations": 4, "iterations": 20,
+                                          "schedule.milestones": [10]})
+    assert [p.lr_at(i) for i in (0, 1, 3, 4, 9)] == [0.025, 0.05, 0.1, 0.1, 0.1]
+    assert p.lr_at(10) == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="schedule.warmup_iterations"):
+        load_protocol("smoke", {"schedule.warmup_iterations": 12})
+    with pytest.raises(ConfigError, match="needs runtime.compile other than 'graph'"):
+        load_protocol("smoke", {"schedule.warmup_iterations": 2, "runtime.compile": "graph"})
+    plain = RunSpec(load_protocol("smoke"), "digits", "cnn9", "weight_decay", 0)
+    assert "warmup_iterations" not in plain.identity()["protocol"]["schedule"]
