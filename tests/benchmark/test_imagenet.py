@@ -12,6 +12,7 @@ from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.data import scale_input
 from benchmark.datasets.folders import even_subset
 from benchmark.file_stream import FileBatchStream, eval_batches
+from benchmark.suites import load_suite
 from benchmark.training import train, validate
 
 CLASSES = ("n01", "n02", "n03")
@@ -127,3 +128,14 @@ def test_a_run_on_the_generated_folder_completes_and_resumes(folder, tmp_path):
     assert resumed["curves"]["train_loss"] == full["curves"]["train_loss"]
     assert resumed["curves"]["energy_total"] == full["curves"]["energy_total"]
     assert resumed["final"] == full["final"]
+
+
+def test_suite_imagenet_checks_before_any_run(folder):
+    specs = load_suite("imagenet").expand()  # every run validated (meta-device forward at 224)
+    assert len(specs) == 36 and {s.protocol.name for s in specs} == {"imagenet_resnet"}
+    assert {s.model for s in specs} == {"timm:resnet18", "timm:resnet34", "timm:resnet50"}
+    assert {s.regularizer for s in specs} == {"weight_decay", "so", "mhe", "hs_mhe", "rp_comhe",
+                                              "ap_comhe"}
+    assert all(s.model_kwargs == {"cifar_stem": False, "zero_init_last": False} for s in specs)
+    smoke = load_suite("imagenet", profile="smoke").expand()
+    assert {s.dataset for s in smoke} == {"synthetic:1000"}
