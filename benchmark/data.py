@@ -6,7 +6,9 @@ Why tensors and not a DataLoader: at batch 128 a GPU step takes ~2 ms, less than
 needs to collate a batch. The whole training set (CIFAR: 150 MB as uint8) lives on the device;
 each epoch's order, crop offsets and flips are drawn at once from a generator seeded by
 (run seed, epoch) on the CPU, so every device and every regularizer sees the same stream for the
-same seed (runs pair by seed) and a resumed run needs only (epoch, position) to continue.
+same seed (runs pair by seed) and a resumed run needs only (epoch, position) to continue. A
+dataset too large for the device (ImageNet) is file-backed instead: ``benchmark.file_stream``
+decodes it with a DataLoader under the same sampling contract.
 """
 
 from __future__ import annotations
