@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from submitit.helpers import DelayedSubmission
 
+from benchmark import cli
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.sweep import slurm
+from benchmark.sweep import dispatch, slurm
 from benchmark.sweep.slurm import RunTask, SlurmOptions, submit_slurm
 
 
@@ -105,3 +106,19 @@ def test_a_task_exports_the_distributed_environment_and_trains_with_the_others(m
     out = RunTask(tmp_path, retry_failed=True, distributed=True)(s)
     assert seen == {"exported": True, "runs": [s.run_id], "retry": True}
     assert out["run_id"] == s.run_id and out["ran_here"] is True
+
+
+def test_cli_passes_nodes_and_gpus_to_the_slurm_options(monkeypatch, tmp_path):
+    got = {}
+
+    def fake_execute(specs, results, **kw):
+        got.update(kw)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(dispatch, "execute", fake_execute)
+    code = cli.main(["run", "--protocol", "smoke", "--dataset", "digits", "--model", "cnn9",
+                     "--regularizer", "weight_decay", "--results", str(tmp_path), "--executor",
+                     "slurm", "--nodes", "2", "--gpus-per-node", "4"])
+    assert code == 2 and got["executor"] == "slurm"
+    opts = got["slurm"]
+    assert (opts.nodes, opts.gpus_per_node, opts.world_size, opts.distributed) == (2, 4, 8, True)
