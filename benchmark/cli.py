@@ -116,7 +116,8 @@ def _cmd_run(args) -> int:
     slurm = None
     if args.executor == "slurm":
         slurm = SlurmOptions(partition=args.slurm_partition, timeout_min=args.timeout_min,
-                             gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                             gpus_per_node=args.gpus_per_node, nodes=args.nodes,
+                             cpus_per_task=args.cpus_per_task,
                              mem_gb=args.mem_gb, account=args.slurm_account, qos=args.slurm_qos,
                              constraint=args.slurm_constraint,
                              array_parallelism=args.array_parallelism,
@@ -126,6 +127,8 @@ def _cmd_run(args) -> int:
     summary = execute(specs, Path(args.results), jobs=args.jobs, executor=args.executor,
                       slurm=slurm, retry_failed=args.retry_failed, progress=not args.no_progress,
                       pack_seeds=args.pack_seeds)
+    if not summary.reporting:  # a rank > 0 under torchrun / Slurm: rank 0 reports
+        return 0
     if args.suite or summary.jobs:
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
@@ -362,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds before the limit at which a task checkpoints and requeues")
     slurm.add_argument("--slurm-max-timeouts", type=int, default=3,
                        help="requeues after time-outs before a run is recorded as failed")
-    slurm.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per task (0: CPU only)")
+    slurm.add_argument("--gpus-per-node", type=int, default=1,
+                       help="GPUs per node of a run's job (0: CPU only); above 1 (or with --nodes "
+                            "above 1) one task per GPU trains the run with DDP")
+    slurm.add_argument("--nodes", type=int, default=1,
+                       help="nodes per run: one job of nodes x gpus-per-node tasks (DDP)")
     slurm.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task")
     slurm.add_argument("--mem-gb", type=float, help="memory per task (default: the cluster's)")
     slurm.add_argument("--array-parallelism", type=int, default=64,

@@ -56,6 +56,9 @@ class Schedule:
     type: Literal["step", "constant"] = "step"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    # Linear warm-up: the first W updates use lr_at(i) * (i + 1) / W (Goyal et al. 2017's gradual
+    # warm-up, section 2.2). 0 = none; left out of a run's identity at 0 (LATER_DEFAULTS).
+    warmup_iterations: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class Data:
-    # "tf": (x - 127.5) / 128 on raw 0..255 pixels, as the authors' TF code; "unit": x / 255.
-    input_scaling: Literal["tf", "unit"] = "tf"
+    # "tf": (x - 127.5) / 128 on raw 0..255 pixels, as the authors' TF code; "unit": x / 255;
+    # "imagenet": (x / 255 - mean) / std with the ImageNet channel statistics (torchvision's).
+    input_scaling: Literal["tf", "unit", "imagenet"] = "tf"
     image_size: int = 32
     augmentation: Augmentation = field(default_factory=Augmentation)
     # Reshuffle every epoch and drop the last partial batch (390 iterations of 128 on CIFAR).
@@ -102,9 +106,19 @@ class Runtime:
     # count changes CPU results (reductions split differently), so it is fixed here, not by
     # ``--jobs``: 0 = the cores this process may use, the same under every --jobs on one machine.
     threads: int = 0
+    # Under torchrun / Slurm multi-task (DDP, benchmark/training/distributed.py): BatchNorm
+    # statistics over the whole global batch (SyncBatchNorm) instead of each rank's shard. One
+    # process: no effect. Left out of a run's identity when false (run ids from before it stand).
+    sync_bn: bool = False
+    # DataLoader worker processes of a file-backed dataset (imagenet), per rank; 0 = min(8, the
+    # cores this process may use). Augmentation is seeded per image, so the count never changes
+    # the result; left out of a run's identity at its default.
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
         _require(self.threads >= 0, "runtime.threads", "must be >= 0 (0 = the cores available)")
+        _require(self.loader_workers >= 0, "runtime.loader_workers",
+                 "must be >= 0 (0 = min(8, the cores available))")
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,11 @@ class Protocol:
                  "must be null or in (0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _require(0 < self.schedule.gamma <= 1, "schedule.gamma", "must be in (0, 1]")
+        _require(0 <= self.schedule.warmup_iterations < self.iterations,
+                 "schedule.warmup_iterations", f"must be in [0, {self.iterations}) (0 = none)")
+        _require(self.schedule.warmup_iterations == 0 or self.runtime.compile != "graph",
+                 "schedule.warmup_iterations", "needs runtime.compile other than 'graph' (the "
+                 "whole-step graph is recorded once per learning rate)")
         ms = self.schedule.milestones
         _require(
             list(ms) == sorted(set(ms)) and all(0 < m < self.iterations for m in ms),
@@ -157,10 +176,13 @@ class Protocol:
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate used for the update at 0-based ``iteration``."""
+        warm = self.schedule.warmup_iterations
+        ramp = (iteration + 1) / warm if iteration < warm else 1.0
         if self.schedule.type == "constant":
-            return self.optimizer.lr
+            return self.optimizer.lr * ramp if warm else self.optimizer.lr
         drops = sum(iteration >= m for m in self.schedule.milestones)
-        return self.optimizer.lr * self.schedule.gamma**drops
+        lr = self.optimizer.lr * self.schedule.gamma**drops
+        return lr * ramp if warm else lr
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -390,7 +412,7 @@ class RunSpec:
         a sweep resumed after a commit goes on (reports keep commits apart, docs/statistics.md).
         """
         ident = {
-            "protocol": self.protocol.to_dict(),
+            "protocol": _identity_protocol(self.protocol.to_dict()),
             "dataset": self.dataset,
             "model": self.model,
             "model_kwargs": _jsonable(dict(sorted(self.model_kwargs.items()))),
@@ -409,6 +431,21 @@ class RunSpec:
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Protocol fields added after records existed, left out of a run's identity at these values:
+# run ids (and committed results) from before the field stay valid.
+LATER_DEFAULTS = {("runtime", "sync_bn"): False, ("runtime", "loader_workers"): 0,
+                  ("schedule", "warmup_iterations"): 0}
+
+
+def _identity_protocol(proto: dict[str, Any]) -> dict[str, Any]:
+    """The protocol as it enters a run id: ``LATER_DEFAULTS`` dropped where they hold."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in proto.items()}
+    for (section, key), default in LATER_DEFAULTS.items():
+        if section in out and out[section].get(key, default) == default:
+            out[section].pop(key, None)
+    return out
 
 
 def _canonical(value: Any) -> Any:

@@ -6,7 +6,9 @@ Why tensors and not a DataLoader: at batch 128 a GPU step takes ~2 ms, less than
 needs to collate a batch. The whole training set (CIFAR: 150 MB as uint8) lives on the device;
 each epoch's order, crop offsets and flips are drawn at once from a generator seeded by
 (run seed, epoch) on the CPU, so every device and every regularizer sees the same stream for the
-same seed (runs pair by seed) and a resumed run needs only (epoch, position) to continue.
+same seed (runs pair by seed) and a resumed run needs only (epoch, position) to continue. A
+dataset too large for the device (ImageNet) is file-backed instead: ``benchmark.file_stream``
+decodes it with a DataLoader under the same sampling contract.
 """
 
 from __future__ import annotations
@@ -201,7 +203,17 @@ class PackedBatchStream(_EpochBuffers):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+# torchvision's ImageNet channel statistics (references/classification/presets.py), on 0..1.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def scale_input(x: torch.Tensor, mode: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 -> float: "tf" is (x - 127.5) / 128 as the authors' code; "unit" is x / 255."""
+    """uint8 -> float: "tf" is (x - 127.5) / 128 as the authors' code; "unit" is x / 255;
+    "imagenet" is (x / 255 - mean) / std per channel (x: (..., 3, H, W))."""
     x = x.to(dtype)
+    if mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(3, 1, 1) * 255.0
+        std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(3, 1, 1) * 255.0
+        return (x - mean) / std
     return (x - 127.5) / 128.0 if mode == "tf" else x / 255.0

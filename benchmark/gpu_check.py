@@ -8,7 +8,8 @@ What it measures, most important first: the CUDA-only tests; the step of each co
 mode (``reduce-overhead``, the whole-step ``graph``; ``--eager`` adds the plain path for every
 regularizer); AP/Adv with their inner steps recorded; the per-seed step of 16 packed seeds; then
 real Fashion-MNIST runs in the ``graph`` mode (``--paper-run``: the whole 75,000-step paper
-schedule with RP-CoMHE, timed against the target in docs/performance.md).
+schedule with RP-CoMHE, timed against the target in docs/performance.md); last, with 2 or more
+GPUs, one run under torchrun over NCCL (DDP, SyncBatchNorm) against the same run in one process.
 
 GPU time may be short (minutes), so the check is built to lose nothing to a time-out:
 
@@ -173,6 +174,46 @@ def main(argv: list[str] | None = None) -> int:
         cost = proto.iterations * 0.005 + 2 * COMPILE_S
         report.section(f"fashion_mnist cnn9 {reg} seed 0, {proto.iterations} it", cost,
                        real_run(proto, reg))
+
+    # 4. DDP over NCCL on this node (benchmark/training/distributed.py): torchrun with every GPU
+    #    (at most 8) against one process, the same run (strict fp32, SyncBatchNorm).
+    gpus = min(torch.cuda.device_count(), 8)
+    world = 1 << (gpus.bit_length() - 1) if gpus else 0  # a power of two divides the batch
+
+    def ddp_run():
+        results = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
+        sets = ["model.width=0.25", "iterations=200", "eval_every=100", "checkpoint_every=100",
+                "schedule.milestones=[150]", "batch_size=64", "runtime.device=cuda",
+                "runtime.precision=fp32", "runtime.compile=off", "runtime.sync_bn=true"]
+        args = ["-m", "benchmark", "run", "--protocol", "smoke", "--dataset", "synthetic:10",
+                "--model", "cnn9", "--regularizer", "rp_comhe", "--no-progress",
+                *[x for kv in sets for x in ("--set", kv)]]
+        recs = {}
+        for name, launch in (("one", [sys.executable]),
+                             ("ddp", [sys.executable, "-m", "torch.distributed.run",
+                                      "--nproc-per-node", str(world)])):
+            t = time.time()
+            r = subprocess.run([*launch, *args, "--results", str(results / name)],
+                               capture_output=True, text=True, check=False)
+            (out / f"ddp_{name}.log").write_text(r.stdout + r.stderr)
+            files = sorted((results / name).glob("*.json"))
+            recs[name] = json.loads(files[0].read_text()) if files else None
+            if r.returncode or not files:
+                return f"{name}: exit {r.returncode}, see ddp_{name}.log", recs
+            recs[name]["wall_s"] = time.time() - t
+        one, ddp = recs["one"], recs["ddp"]
+        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in
+                   zip(ddp["curves"]["energy_total"], one["curves"]["energy_total"]))
+        return (f"{world} ranks ({ddp['distributed']['backend']}, per-rank batch "
+                f"{ddp['distributed']['per_rank_batch']}): test acc {ddp['final']['test_acc']:.2f}% "
+                f"vs one process {one['final']['test_acc']:.2f}%, max relative energy difference "
+                f"{diff:.2e}, median step {ddp['median_step_ms']:.1f} ms vs "
+                f"{one['median_step_ms']:.1f} ms"), recs
+
+    if world >= 2:
+        report.section(f"DDP nccl {world} GPUs vs 1 process (rp_comhe, 200 it)", 120, ddp_run)
+    else:
+        report._add("DDP nccl", f"SKIPPED: {gpus} GPU(s); NCCL DDP needs 2 or more", None)
 
     print(f"total {time.time() - report.t0:.0f}s; results in {out}/summary.md and gpu_check.json")
     return 0

@@ -4,6 +4,7 @@ Images come as uint8 (N, C, H, W) tensors on the CPU; ``benchmark.data`` turns t
 recipe's batches. A new dataset is one file here (or in a plugin) with one decorator.
 """
 
+from .folders import FileDataset
 from .registry import (
     Dataset,
     DatasetInfo,
@@ -20,6 +21,7 @@ from .registry import (
 
 # Importing the family modules runs their @register_dataset.
 from . import cifar, digits, fashion_mnist, synthetic  # noqa: E402,F401  isort: skip
+from . import imagenet  # noqa: E402,F401  isort: skip
 
-__all__ = ["Dataset", "DatasetInfo", "available", "check_name", "data_dir", "download_allowed",
+__all__ = ["Dataset", "DatasetInfo", "FileDataset", "available", "check_name", "data_dir", "download_allowed",
            "info", "load", "offline_stand_in", "preflight", "register_dataset"]

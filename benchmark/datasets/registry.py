@@ -168,6 +168,8 @@ def load(name: str, cfg: Data) -> Dataset:
     arg = name.partition(":")[2] or None
     ds = entry.loader(arg, cfg)
     ds.name = name
+    if getattr(ds, "files", False):  # file-backed (datasets.folders): sizes and caps are its own
+        return ds
     ds.train_x, ds.test_x = (_fit_size(x, cfg.image_size) for x in (ds.train_x, ds.test_x))
     if cfg.max_train:
         ds.train_x, ds.train_y = ds.train_x[: cfg.max_train], ds.train_y[: cfg.max_train]

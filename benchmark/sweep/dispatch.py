@@ -8,6 +8,7 @@ from typing import Iterable
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.sweep.claims import TrainFn
+from benchmark.sweep.ddp import launched, run_distributed
 from benchmark.sweep.local import RunSummary, run_suite
 from benchmark.sweep.slurm import SlurmOptions, submit_slurm
 from benchmark.sweep.status import suite_status
@@ -28,10 +29,16 @@ def execute(
     pack_seeds: int = 1,
 ) -> RunSummary:
     """``local``: run now; the RunSummary is final when the suite is as done as it can be.
-    ``slurm``: submit the runs that need it as one job array and return at once
+    Under torchrun (``WORLD_SIZE`` > 1) ``local`` trains each run with all the processes
+    (``sweep.ddp``). ``slurm``: submit the runs that need it as one job array and return at once
     (``summary.jobs``; follow with ``python -m benchmark status --watch``)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}' (available: {', '.join(EXECUTORS)})")
+    if executor == "local" and launched():  # under torchrun: every run over all its processes
+        if jobs != 1 or pack_seeds != 1 or train_fn is not None:
+            raise ConfigError("under torchrun (WORLD_SIZE > 1) each run uses every process: "
+                              "give --jobs 1 and --pack-seeds 1")
+        return run_distributed(specs, results_dir, retry_failed=retry_failed, progress=progress)
     if executor == "local":
         return run_suite(specs, results_dir, jobs=jobs, retry_failed=retry_failed,
                          train_fn=train_fn, progress=progress, pack_seeds=pack_seeds)

@@ -237,6 +237,7 @@ class RunSummary:
     executed: dict[str, str] = field(default_factory=dict)  # run_id -> status, run by this call
     table: Any = None  # suite_status() at the end (pandas DataFrame)
     jobs: list = field(default_factory=list)  # submitit jobs (executor="slurm")
+    reporting: bool = True  # False on the ranks > 0 of a distributed job (sweep.ddp)
 
     def counts(self) -> dict[str, int]:
         return count_states(self.table)

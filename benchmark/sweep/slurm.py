@@ -8,6 +8,12 @@ writes the record, exactly like the local runner. Each task is a
 ``checkpoint()``, which requeues the same task; the requeued task resumes from the engine's
 latest ``checkpoints/<run_id>.pt`` (work since that checkpoint is redone).
 
+Multi-GPU / multi-node runs (``gpus_per_node`` > 1 or ``nodes`` > 1): each run is one job of
+``nodes`` x ``gpus_per_node`` tasks (one per GPU); every task exports submitit's
+``TorchDistributedEnvironment`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and the tasks
+train the run together with DDP (``sweep.ddp``: rank 0 takes the lock and writes the files).
+The results directory must be on a file system every node sees.
+
 The same code path runs under submitit's ``local`` and ``debug`` executors (``cluster=...``),
 which is how it is tested without a cluster.
 """
@@ -20,11 +26,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.helpers import Checkpointable, DelayedSubmission, TorchDistributedEnvironment
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.records import load_record, record_path
 from benchmark.sweep.attempt import try_run
+from benchmark.sweep.ddp import run_distributed
 from benchmark.sweep.claims import (
     SKIPPED,
     TrainFn,
@@ -34,6 +41,7 @@ from benchmark.sweep.claims import (
     write_failure_record,
 )
 from benchmark.sweep.slurm_jobs import note_jobs, reconcile
+from benchmark.training.distributed import check as check_distributed
 
 
 @dataclass
@@ -43,6 +51,7 @@ class SlurmOptions:
     partition: str | None = None
     timeout_min: int = 4 * 60
     gpus_per_node: int = 1
+    nodes: int = 1  # > 1, or gpus_per_node > 1: one task per GPU, each run over all (DDP)
     cpus_per_task: int = 8
     mem_gb: float | None = None
     array_parallelism: int = 64
@@ -58,11 +67,28 @@ class SlurmOptions:
     folder: str | Path | None = None  # submitit logs; default <results>/slurm/%j
     cluster: str = "slurm"            # "local" / "debug": same code path without a cluster
 
+    @property
+    def distributed(self) -> bool:
+        """Whether each run spans several tasks (DDP): more than one GPU or node per job."""
+        return self.nodes > 1 or self.gpus_per_node > 1
+
+    @property
+    def world_size(self) -> int:
+        """Tasks (processes) per run: one per GPU (one per node without GPUs)."""
+        return self.nodes * max(1, self.gpus_per_node) if self.distributed else 1
+
+    def check(self) -> None:
+        """One-line ConfigError for settings Slurm or the engine cannot use."""
+        if self.nodes < 1 or self.gpus_per_node < 0:
+            raise ConfigError(f"--nodes must be >= 1 and --gpus-per-node >= 0, got "
+                              f"{self.nodes} and {self.gpus_per_node}")
+
     def parameters(self) -> dict[str, Any]:
+        tasks = max(1, self.gpus_per_node) if self.distributed else 1
         p: dict[str, Any] = {
             "name": "comhe-bench", "timeout_min": int(self.timeout_min),
             "gpus_per_node": int(self.gpus_per_node), "cpus_per_task": int(self.cpus_per_task),
-            "tasks_per_node": 1, "nodes": 1,
+            "tasks_per_node": tasks, "nodes": int(self.nodes),
             "slurm_array_parallelism": int(self.array_parallelism),
             "slurm_signal_delay_s": int(self.signal_delay_s),
         }
@@ -84,12 +110,20 @@ class RunTask(Checkpointable):
     """One run as a Slurm task: lock, resume, record. Requeued (same object) on preemption."""
 
     def __init__(self, results_dir: str | Path, train_fn: TrainFn | str | None = None,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, distributed: bool = False):
         self.results_dir = str(results_dir)
         self.train_fn = train_fn
         self.retry_failed = retry_failed
+        self.distributed = distributed  # one of the job's tasks: the run over all of them (DDP)
 
     def __call__(self, spec: RunSpec, seen: Any = None) -> dict[str, Any]:
+        if self.distributed:
+            TorchDistributedEnvironment().export(overwrite=True)
+            summary = run_distributed([spec], Path(self.results_dir),
+                                      retry_failed=self.retry_failed, progress=False)
+            record = load_record(record_path(self.results_dir, spec.run_id)) or {}
+            return {"run_id": spec.run_id, "status": record.get("status"),
+                    "reason": record.get("reason"), "ran_here": spec.run_id in summary.executed}
         outcome = try_run(spec, Path(self.results_dir), self.train_fn,
                           retry_failed=self.retry_failed, seen=seen, progress=False, wait=True,
                           poll_s=10.0)
@@ -113,6 +147,14 @@ def submit_slurm(
     """Submit the runs that still need running as one job array; returns the submitit jobs
     (``job.job_id``, ``job.result()``). Runs with a final record are not submitted."""
     options = options or SlurmOptions()
+    options.check()
+    specs = list(specs)
+    if options.distributed:
+        if train_fn is not None:
+            raise ConfigError("a custom train_fn runs one process per run; give --nodes 1 and "
+                              "--gpus-per-node 1 (or 0)")
+        for spec in specs:  # every rank's batch slice must be whole
+            check_distributed(spec.protocol, options.world_size)
     root = Path(results_dir).resolve()
     folder = Path(options.folder) if options.folder else root / "slurm" / "%j"
     # Before anything is created: no cluster here is a one-line error and an untouched disk.
@@ -132,7 +174,7 @@ def submit_slurm(
     if not todo:
         return []
     executor.update_parameters(**options.parameters())
-    task = RunTask(results_dir, train_fn, retry_failed)
+    task = RunTask(results_dir, train_fn, retry_failed, distributed=options.distributed)
     seen = [signature(record_path(results_dir, s.run_id)) for s in todo]
     jobs = executor.map_array(task, todo, seen)
     note_jobs(results_dir, [s.run_id for s in todo], [j.job_id for j in jobs])

@@ -13,6 +13,11 @@ from benchmark.training.loop import (
     train,
     train_packed,
 )
+from benchmark.training.distributed import (
+    DistInfo,
+    env_world_size,
+    init_from_env as init_distributed,
+)
 from benchmark.training.metrics import (
     device_name,
     environment,
@@ -34,7 +39,7 @@ from benchmark.training.run import (
 )
 from benchmark.training.steps import Steps
 
-__all__ = ["MAX_SEED", "PackedRun", "Run", "checkpoint_run_ids", "load_checkpoint", "resolve_threads", "Steps", "build_model", "check_packable", "device_name", "environment", "evaluate",
+__all__ = ["DistInfo", "env_world_size", "init_distributed", "MAX_SEED", "PackedRun", "Run", "checkpoint_run_ids", "load_checkpoint", "resolve_threads", "Steps", "build_model", "check_packable", "device_name", "environment", "evaluate",
            "layer_energies", "pack_id", "resolve_device", "runtime_settings", "setup",
            "setup_packed", "smoothed_cross_entropy", "train", "train_packed", "validate",
            "weight_decay_term"]

@@ -6,6 +6,10 @@
 Evaluation uses running BN statistics on the whole test set; the reported metric is the one
 at the final iteration. A run resumes from its checkpoint exactly (model, optimiser,
 regularizer, batch stream, RNG states, curves).
+
+Under DDP (``training.distributed``) every rank runs this loop in lockstep; only rank 0 writes
+the checkpoint, the record and the progress lines, and the ranks agree (collectively) on
+divergence and on stopping.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from benchmark import records, stopping
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
 from benchmark.progress import progress as progress_bar
+from benchmark.training.distributed import (
+    all_mean,
+    broadcast_flag,
+    check as check_distributed,
+    env_world_size,
+    is_main,
+    min_over_ranks,
+)
 from benchmark.training.metrics import device_name, environment
 from benchmark.training.packed import setup_packed
 from benchmark.training.run import resolve_threads, setup, tf32_state, validate
@@ -70,6 +82,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     """
     for spec in specs:
         validate(spec)
+    check_distributed(specs[0].protocol, env_world_size(), packed=len(specs) > 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(specs[0].protocol.runtime.threads))
     try:  # the caller's thread count is its own (tests, a notebook): put it back
@@ -90,6 +103,9 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         run = setup_packed(specs)
     device, data = run.device, run.data
     cuda = device.type == "cuda"
+    dist_info = getattr(run, "dist_info", None)
+    main = is_main()  # rank 0 (or the only process): files and log lines
+    world_sizes = [1 if dist_info is None else dist_info.world_size]
     opt_cfg = proto.optimizer
 
     curves, window_ms, start_it, elapsed_before = [_new_curves() for _ in specs], [], 0, 0.0
@@ -97,7 +113,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
     window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0}
     diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
     resumed_from: list[int] = []
-    if ckpt_path.exists():
+    if broadcast_flag(ckpt_path.exists(), device):  # every rank resumes, or none
         ck = load_checkpoint(ckpt_path, specs, device)
         run.load_state_dict(ck["run"])
         torch.set_rng_state(ck["rng_cpu"])
@@ -106,6 +122,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         curves, window_ms, diverged = ck["curves"], ck["window_ms"], ck["diverged"]
         start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
         resumed_from = [*ck.get("resumed_from", []), start_it]  # the record says it resumed
+        world_sizes = [*ck.get("world_sizes", [1]), world_sizes[0]]  # per segment of the run
 
     base_record = {  # what every seed's record shares (records.make_record adds the rest)
         **environment(), "device": device_name(device), "synthetic": data.synthetic,
@@ -120,12 +137,18 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
             getattr(run.stream, "per_epoch", None) or run.stream.streams[0].per_epoch,
             proto.iterations),
         "started_at": started,
+        # how it ran: processes (and the world size of every resumed segment), per-rank batch
+        "distributed": {"world_size": world_sizes[-1], "nodes": 1, "backend": None,
+                        "per_rank_batch": proto.batch_size,
+                        **(dist_info.record(proto.batch_size) if dist_info else {}),
+                        "world_sizes": world_sizes},
     }
 
     if start_it == 0:
         for spec, (ce0, wd0, pen0) in zip(specs, run.iteration0(opt_cfg.weight_decay)):
-            print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term {wd0:.4f}, "
-                  f"penalty {pen0:.4f}", flush=True)
+            if main:
+                print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term {wd0:.4f}, "
+                      f"penalty {pen0:.4f}", flush=True)
 
     loss_sum = torch.tensor(window["loss_sum"], device=device)
     pen_sum = torch.tensor(window["pen_sum"], device=device)
@@ -134,7 +157,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
     t0 = time.perf_counter()
     t_window = t0
     bar = None
-    if progress:
+    if progress and main:
         seeds = ",".join(str(s.seed) for s in specs)
         # line 1: under the suite's bar (line 0) on a terminal; plain lines in a log
         bar = progress_bar(proto.iterations, f"{specs[0].display_label} s{seeds}",
@@ -142,7 +165,12 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
 
     def check_finite() -> bool:
         """Record newly diverged seeds; True when no seed is left training."""
-        for s, it_bad in enumerate(first_bad.tolist()):
+        bad = first_bad
+        if dist_info is not None:  # the first iteration any rank saw a non-finite loss
+            never = torch.iinfo(torch.long).max
+            bad = min_over_ranks(torch.where(first_bad < 0, never, first_bad))
+            bad = torch.where(bad == never, -1, bad)
+        for s, it_bad in enumerate(bad.tolist()):
             if it_bad >= 0 and diverged[s] is None:
                 diverged[s] = it_bad
         return all(d is not None for d in diverged)
@@ -163,10 +191,13 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
                 wall_time_s=wall, resumed_from=resumed_from,
                 median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            out.append(record)
+            if not main:
+                continue
             records.check_claim(results_dir, spec.run_id)  # a deleted lock file: see records
             records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
-            out.append(record)
-        ckpt_path.unlink(missing_ok=True)
+        if main:
+            ckpt_path.unlink(missing_ok=True)
         return out
 
     for it in range(start_it, proto.iterations):
@@ -187,7 +218,9 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
                 torch.cuda.synchronize()
             window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
             evals, energies = run.evaluate(), run.layer_energies()
-            losses, pens = (loss_sum / steps_in_window).tolist(), (pen_sum / steps_in_window).tolist()
+            # the CE of this rank's shard: the mean over ranks is the global batch's
+            losses = all_mean(loss_sum / steps_in_window).tolist()
+            pens = (pen_sum / steps_in_window).tolist()
             for c, (acc, _), e, lo, pe in zip(curves, evals, energies, losses, pens):
                 c["iteration"].append(done)
                 c["test_acc"].append(acc)
@@ -206,12 +239,17 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         if bar is not None:
             bar.update(1)
         leaving = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
-        interrupted = stopping.requested() and done < proto.iterations
+        # a signal may reach the ranks at different steps: they leave together
+        interrupted = (broadcast_flag(stopping.requested(), device) if dist_info is not None
+                       else stopping.requested()) and done < proto.iterations
         if done < proto.iterations and (done % proto.checkpoint_every == 0 or leaving or interrupted):
             check_finite()
-            window = {"loss_sum": loss_sum.tolist(), "pen_sum": pen_sum.tolist(), "steps": steps_in_window}
-            _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
-                             elapsed_before + time.perf_counter() - t0, cuda, specs, resumed_from)
+            window = {"loss_sum": all_mean(loss_sum).tolist(), "pen_sum": pen_sum.tolist(),
+                      "steps": steps_in_window}
+            if main:
+                _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
+                                 elapsed_before + time.perf_counter() - t0, cuda, specs,
+                                 resumed_from, world_sizes)
         if leaving or interrupted:
             if bar is not None:
                 bar.close()
@@ -278,7 +316,7 @@ def load_checkpoint(path: Path, specs: list[RunSpec], device: torch.device) -> d
 
 
 def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, elapsed, cuda, specs,
-                     resumed_from):
+                     resumed_from, world_sizes=(1,)):
     state = {
         "run_ids": [s.run_id for s in specs],
         "run": run.state_dict(),
@@ -286,6 +324,7 @@ def _save_checkpoint(path, run, curves, window_ms, window, diverged, iteration, 
         "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
         "curves": curves, "window_ms": window_ms, "window": window, "diverged": diverged,
         "iteration": iteration, "elapsed_s": elapsed, "resumed_from": resumed_from,
+        "world_sizes": list(world_sizes),
     }
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -32,28 +32,39 @@ def layer_energies(model: torch.nn.Module, roles: dict[str, str]) -> dict[str, f
         }
 
 
-@torch.no_grad()
 def evaluate(run: Any, x_all, y_all, batch=1000, per_image: list | None = None
              ) -> tuple[float, float]:
     """(accuracy %, mean CE) on a test set with running BN statistics; ``per_image``, when
     given, receives the (n,) bool tensor of which images were classified correctly."""
+    n = x_all.shape[0]
+    batches = ((x_all[lo : lo + batch], y_all[lo : lo + batch]) for lo in range(0, n, batch))
+    correct, loss_sum, hits = eval_sums(run, batches)
+    if per_image is not None:
+        per_image.append(hits)
+    return float(correct) * 100.0 / n, float(loss_sum) / n
+
+
+@torch.no_grad()
+def eval_sums(run: Any, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(number correct, summed CE, per-image correctness (n,) bool) over ``batches`` of (uint8
+    images, labels), in evaluation mode (running BN statistics) on ``run.model``; tensors on
+    ``run.device``, not synced."""
     model = run.model
     model.eval()
-    correct, loss_sum = torch.zeros((), device=x_all.device), torch.zeros((), device=x_all.device)
+    correct = torch.zeros((), device=run.device)
+    loss_sum = torch.zeros((), device=run.device)
     hits = []
-    for lo in range(0, x_all.shape[0], batch):
-        x = run.inputs(x_all[lo : lo + batch])
-        y = y_all[lo : lo + batch]
+    for x, y in batches:
+        x = run.inputs(x.to(run.device, non_blocking=True))
+        y = y.to(run.device, non_blocking=True)
         with run.autocast():
             logits = model(x).to(run.dtype)
         hits.append(logits.argmax(1) == y)
         correct += hits[-1].sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
     model.train()
-    if per_image is not None:
-        per_image.append(torch.cat(hits))
-    n = x_all.shape[0]
-    return float(correct) * 100.0 / n, float(loss_sum) / n
+    return correct, loss_sum, (torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool,
+                                                                         device=run.device))
 
 
 def environment() -> dict:

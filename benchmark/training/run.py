@@ -1,6 +1,9 @@
 """One run's training state, built from a spec: data on the device, the seeded model, the
 regularizer attached, the optimiser and the batch stream; and the checks made before any run.
 
+Under torchrun or Slurm multi-task (an initialised process group of more than one process) the
+run is data-parallel: ``benchmark.training.distributed`` says what changes.
+
 GPU: the protocol's ``runtime.precision`` (the paper protocols: fp32 with TF32 tensor cores;
 "auto": bf16 autocast) and channels_last. CPU: fp32. The code path is the same.
 """
@@ -21,7 +24,17 @@ from benchmark import datasets
 from benchmark.config import ConfigError, RunSpec
 from benchmark.data import BatchStream, scale_input
 from benchmark.datasets import Dataset
+from benchmark.file_stream import FileBatchStream, eval_batches
 from benchmark.plugins import load_plugins
+from benchmark.training.distributed import (
+    ShardedBatchStream,
+    all_mean,
+    check as check_distributed,
+    current as current_distribution,
+    env_world_size,
+    evaluate_sharded,
+    sync_batchnorm,
+)
 from benchmark.training.metrics import (
     evaluate,
     layer_energies,
@@ -48,6 +61,7 @@ def validate(spec: RunSpec) -> None:
         regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    check_distributed(spec.protocol, env_world_size())  # torchrun / Slurm: the batch divides
     datasets.preflight(spec.dataset, spec.protocol.data, spec.protocol.batch_size)
     entry = datasets.info(spec.dataset)
     chans = entry.channels or 3
@@ -120,13 +134,17 @@ class Run(Steps):
     memory_format: torch.memory_format
     compile_mode: str = "off"
     dtype: torch.dtype = torch.float32  # of weights, inputs and loss (autocast aside)
+    # DDP (training.distributed): the wrapped model the step's forward goes through, and the
+    # distribution (None: one process). ``model`` stays the plain module everywhere else.
+    ddp: Any = None
+    dist_info: Any = None
 
     def __post_init__(self) -> None:
         self._init_step()
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
         with self.autocast():
-            logits = self.model(x)
+            logits = (self.model if self.ddp is None else self.ddp)(x)
         p = self.spec.protocol
         ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         pen = self.reg.penalty()
@@ -161,11 +179,19 @@ class Run(Steps):
             for b, v in zip(self.model.buffers(), saved):
                 b.copy_(v)
         pen = self.reg.penalty()
+        if self.dist_info is not None:  # this rank's shard: the mean over ranks is the batch's
+            ce = all_mean(ce)
         return [(float(ce), weight_decay_term(self.model, weight_decay), float(pen.detach()))]
 
     def evaluate(self) -> list[tuple[float, float]]:
         self.last_correct: list = []  # per-image correctness of this evaluation, for the record
-        return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
+        batches_of = getattr(self.data, "test_batches", None)  # a file-backed dataset's loader
+        if batches_of is None and self.dist_info is None:
+            return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
+        if batches_of is None:
+            x, y = self.data.test_x, self.data.test_y
+            batches_of = functools.partial(_tensor_batches, x, y)
+        return [evaluate_sharded(self, batches_of, self.data.test_y.shape[0], self.last_correct)]
 
     def layer_energies(self) -> list[dict[str, float]]:
         return [layer_energies(self.model, self.roles)]
@@ -191,6 +217,12 @@ class Run(Steps):
         self.opt.load_state_dict(state["optimizer"])
         self.reg.load_state_dict(state["regularizer"])
         self.stream.load_state_dict(state["stream"])
+
+
+def _tensor_batches(x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, batch: int = 1000):
+    """Test images lo..hi of device tensors, in batches (one rank's part of a sharded evaluation)."""
+    for i in range(lo, hi, batch):
+        yield x[i : min(i + batch, hi)], y[i : min(i + batch, hi)]
 
 
 def runtime_settings(proto, device: torch.device) -> tuple[bool, torch.memory_format, str, torch.dtype]:
@@ -239,11 +271,19 @@ def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
 def setup(spec: RunSpec) -> Run:
     """Data on the device, model (seeded init), regularizer attached, optimiser, batch stream."""
     proto = spec.protocol
+    info = current_distribution()  # a process group of > 1 (sweep.ddp, or a test): DDP
     device = resolve_device(proto.runtime.device)
+    if info is not None and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
+    if info is not None:
+        check_distributed(proto, info.world_size)
+        mode = "off"  # compile "auto" under DDP: the eager step (distributed.check)
     data = datasets.load(spec.dataset, proto.data).to(device)
     torch.manual_seed(spec.seed)  # model init
     model = build_model(spec, data).to(device=device, dtype=dtype, memory_format=memory_format)
+    if info is not None and proto.runtime.sync_bn:
+        model = sync_batchnorm(model, cuda=device.type == "cuda")
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
@@ -251,5 +291,24 @@ def setup(spec: RunSpec) -> Run:
     # weight_decay on every parameter, BN gamma/beta included, as the recipe.
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay)
-    stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
-    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype)
+    if getattr(data, "files", False):  # file-backed (imagenet): a DataLoader stream, sharded
+        if mode == "graph":
+            raise ConfigError(f"runtime.compile 'graph' needs a tensor dataset; {spec.dataset} is "
+                              "read from files (allowed: off, auto, default, reduce-overhead)")
+        rank, world = (0, 1) if info is None else (info.rank, info.world_size)
+        workers = proto.runtime.loader_workers
+        stream = FileBatchStream(data, proto.batch_size, spec.seed, proto.data, device, rank,
+                                 world, workers)
+        data.test_batches = eval_batches(data, proto.data, device, workers)
+    elif info is None:
+        stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+    else:
+        stream = ShardedBatchStream(data, proto.batch_size, spec.seed, proto.data, info.rank,
+                                    info.world_size)
+    if info is None:
+        return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode,
+                   dtype)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype,
+               ddp=ddp, dist_info=info)

@@ -40,6 +40,6 @@ def test_script_with_no_budget_skips_everything_and_says_so(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = (tmp_path / "summary.md").read_text()
     sections = [ln for ln in summary.splitlines() if ln.startswith("## ")]
-    # tests, 4 perf plans, 2 shortened runs and the whole paper run
-    assert len(sections) == 8 and summary.count("SKIPPED") == 8, summary
-    assert "75000 it" in sections[-1]
+    # tests, 4 perf plans, 2 shortened runs, the whole paper run and DDP over NCCL
+    assert len(sections) == 9 and summary.count("SKIPPED") == 9, summary
+    assert "75000 it" in sections[-2] and "DDP nccl" in sections[-1]
