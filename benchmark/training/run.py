@@ -22,6 +22,7 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.data import BatchStream, scale_input
 from benchmark.datasets import Dataset
 from benchmark.plugins import load_plugins
+from benchmark.point_data import PointStream, points_input, stream_for
 from benchmark.training.metrics import (
     evaluate,
     layer_energies,
@@ -52,8 +53,59 @@ def validate(spec: RunSpec) -> None:
     entry = datasets.info(spec.dataset)
     chans = entry.channels or 3
     classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
-    _check_model_input(spec.model, json.dumps(spec.model_kwargs, sort_keys=True), chans, classes,
-                       spec.protocol.data.image_size)
+    kwargs_json = json.dumps(spec.model_kwargs, sort_keys=True)
+    if entry.kind == "points":
+        _check_model_points(spec.model, kwargs_json, chans, classes, spec.protocol.data.points.num_points)
+    else:
+        _check_model_input(spec.model, kwargs_json, chans, classes, spec.protocol.data.image_size)
+    check_engine_support(spec, entry.kind, has_aux_losses(spec.model, spec.model_kwargs))
+
+
+def check_engine_support(spec: RunSpec, kind: str, aux: bool) -> None:
+    """One-line ConfigError for a combination the fast paths cannot run. The whole-step CUDA
+    graph (runtime.compile=graph) gathers image batches by a device counter, steps SGD with the
+    rate as a constant and reads nothing but (loss, CE, penalty): it takes no point clouds, no
+    Adam, no BN-momentum schedule and no model auxiliary losses."""
+    p = spec.protocol
+    if p.runtime.compile == "graph":
+        why = ("point-cloud datasets" if kind == "points" else "optimizer.name=adam"
+               if p.optimizer.name == "adam" else "bn_momentum_schedule"
+               if p.bn_momentum_schedule is not None else
+               f"models with auxiliary losses ({spec.model})" if aux else None)
+        if why:
+            raise ConfigError(f"runtime.compile=graph does not support {why}; use "
+                              "runtime.compile=reduce-overhead, default or off")
+
+
+def has_aux_losses(name: str, model_kwargs: dict) -> bool:
+    """Whether the model offers auxiliary losses (``forward_with_aux``, docs/internals.md)."""
+    return _has_aux(name, json.dumps(model_kwargs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _has_aux(name: str, kwargs_json: str) -> bool:
+    with torch.device("meta"):
+        model = models.create(name, num_classes=10, **json.loads(kwargs_json))
+    return callable(getattr(model, "forward_with_aux", None))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model_points(name: str, kwargs_json: str, chans: int, classes: int, points: int) -> None:
+    """One forward pass on the meta device with point clouds (2, points, chans): an image model
+    given point clouds fails here, before any data loads."""
+    try:
+        with torch.device("meta"):
+            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
+            model.eval()
+            out = model(torch.empty(2, points, chans))
+    except NotImplementedError:
+        return
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise ConfigError(f"model '{name}' cannot take point clouds of shape ({points}, {chans}): "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if tuple(out.shape) != (2, classes):
+        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for point "
+                          f"clouds; expected ({classes},)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,7 +167,7 @@ class Run(Steps):
     roles: dict[str, str]
     reg: Any  # a regularizers.Regularizer
     opt: torch.optim.Optimizer
-    stream: BatchStream
+    stream: BatchStream | PointStream
     bf16: bool
     memory_format: torch.memory_format
     compile_mode: str = "off"
@@ -125,16 +177,27 @@ class Run(Steps):
         self._init_step()
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
+        """(loss, CE, penalty, {name: auxiliary loss}): the model's auxiliary losses (the hook:
+        ``forward_with_aux``) are part of the loss and reported by name."""
         with self.autocast():
-            logits = self.model(x)
+            logits, aux = model_outputs(self.model, x)
         p = self.spec.protocol
         ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         pen = self.reg.penalty()
-        return ce + pen, ce, pen
+        loss = ce + pen
+        for term in aux.values():
+            loss = loss + term.to(loss.dtype)
+        return loss, ce, pen, aux
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data.kind == "points":
+            return points_input(x, self.spec.protocol.data.points, self.dtype)
         x = scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
         return x.contiguous(memory_format=self.memory_format)
+
+    def set_bn_momentum(self, momentum: float) -> None:
+        """Every BatchNorm's momentum (the protocol's bn_momentum_schedule, set before a step)."""
+        set_bn_momentum(self.model, momentum)
 
     @property
     def seeds(self) -> int:
@@ -155,7 +218,7 @@ class Run(Steps):
         with torch.no_grad(), self.autocast():
             x, y = self.stream.next()
             self.stream.load_state_dict({"epoch": 0, "position": 0})
-            logits = self.model(self.inputs(x))
+            logits, _ = model_outputs(self.model, self.inputs(x))
             ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         with torch.no_grad():
             for b, v in zip(self.model.buffers(), saved):
@@ -165,7 +228,10 @@ class Run(Steps):
 
     def evaluate(self) -> list[tuple[float, float]]:
         self.last_correct: list = []  # per-image correctness of this evaluation, for the record
-        return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
+        # point clouds: (batch, 1024 channels, points) activations; 1,000 shapes would be 4 GB
+        batch = 64 if self.data.kind == "points" else 1000
+        return [evaluate(self, self.data.test_x, self.data.test_y, batch=batch,
+                         per_image=self.last_correct)]
 
     def layer_energies(self) -> list[dict[str, float]]:
         return [layer_energies(self.model, self.roles)]
@@ -224,15 +290,42 @@ def tf32_state(device: torch.device) -> dict[str, bool]:
             "tf32_cudnn": cuda and bool(torch.backends.cudnn.allow_tf32)}
 
 
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(logits, {name: 0-dim auxiliary loss}) of a training forward. The engine's hook for
+    model-side losses (docs/internals.md): a model that defines ``forward_with_aux(x)`` returning
+    (logits, dict) has every term added to the training loss and recorded by name in the curves
+    (``aux``); other models give an empty dict. Evaluation calls ``model(x)`` (logits only)."""
+    fwd = getattr(model, "forward_with_aux", None)
+    if fwd is None:
+        return model(x), {}
+    return fwd(x)
+
+
+def set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def make_optimizer(params, o) -> torch.optim.Optimizer:
+    """The protocol's optimiser (``optimizer.name``) over ``params``; weight decay on all of them."""
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay)
+
+
 def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
     """The spec's model for this data (initialised from the global seed, on the current default
     device), with the protocol's BatchNorm momentum."""
     model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **spec.model_kwargs)
-    if spec.protocol.bn_momentum is not None:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = spec.protocol.bn_momentum
+    momentum = spec.protocol.bn_momentum
+    if spec.protocol.bn_momentum_schedule is not None:
+        momentum = spec.protocol.bn_momentum_at(0)
+    if momentum is not None:
+        set_bn_momentum(model, momentum)
     return model
 
 
@@ -247,9 +340,7 @@ def setup(spec: RunSpec) -> Run:
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
-    o = proto.optimizer
     # weight_decay on every parameter, BN gamma/beta included, as the recipe.
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          weight_decay=o.weight_decay)
-    stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
+    opt = make_optimizer(model.parameters(), proto.optimizer)
+    stream = stream_for(data, proto.batch_size, spec.seed, proto.data)
     return Run(spec, device, data, model, roles, reg, opt, stream, bf16, memory_format, mode, dtype)

@@ -50,7 +50,7 @@ def test_mhe_penalty_on_pointnet_equals_the_reference_sum(name, half):
     reg = regularizers.create(name).attach(model)
     hp = reg.hparams
     want = 0.0
-    for pname, p, role in reg.layers:
+    for _, p, role in reg.layers:
         rows = p.detach().reshape(p.shape[0], -1).tolist()
         e = reference_energy(rows, hp["power"], half and role != "output")
         want += (hp["output_strength"] if role == "output" else hp["strength"]) * e
