@@ -39,7 +39,9 @@ def _write_dataset_file(path, name="stripes", offline=True, classes=3):
 
 
 def test_builtin_datasets_and_their_offline_stand_ins():
-    assert datasets.available() == ["cifar10", "cifar100", "digits", "fashion_mnist", "synthetic"]
+    assert datasets.available() == ["cifar10", "cifar100", "digits", "fashion_mnist", "modelnet40",
+                                    "synthetic", "synthetic_shapes"]
+    assert datasets.offline_stand_in("modelnet40") == "synthetic_shapes"  # point clouds for points
     assert datasets.offline_stand_in("cifar100") == "synthetic:100"
     assert datasets.offline_stand_in("cifar10") == "synthetic:10"
     assert datasets.offline_stand_in("fashion_mnist") == "synthetic:10"
