@@ -109,7 +109,7 @@ def test_point_stream_is_deterministic_resumable_and_augmented_as_defined():
     c.load_state_dict(a.state_dict())
     assert all(torch.equal(u, v) for u, v in zip(a.next(), c.next()))
     other = PointStream(ds, 32, 8, cfg).next()[0]
-    assert xa.shape == (32, 256, 3) and not torch.equal(other, xa)
+    assert xa.shape == (32, cfg.points.num_points, 3) and not torch.equal(other, xa)
     # augmentation against its definition, in float64: p @ R_y(t) * s + shift + clip(noise)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
@@ -136,7 +136,8 @@ def test_random_sampling_takes_a_new_subset_each_epoch():
     st = PointStream(ds, 2000, 0, cfg)  # one batch per epoch: every shape, in epoch order
     x0, _ = st.next()
     x1, _ = st.next()
-    assert st.epoch == 2 and x0.shape == (2000, 256, 3)
+    P = cfg.points.num_points
+    assert st.epoch == 2 and x0.shape == (2000, P, 3)
     # each row is a subset of its shape's points (no augmentation), and the subsets differ
     shape0 = ds.train_x[st.perm[0]] if st.epoch_loaded == 1 else None
     assert shape0 is not None
@@ -145,7 +146,7 @@ def test_random_sampling_takes_a_new_subset_each_epoch():
     first = PointStream(ds, 2000, 0, load_protocol("pointnet_cpu", {"data.points.rotate": False,
                                                                     "data.points.jitter_sigma": 0.0}).data)
     xf, _ = first.next()
-    assert torch.equal(xf, ds.train_x[first.perm][:, :256])
+    assert torch.equal(xf, ds.train_x[first.perm][:, :P])
 
 
 def test_protocol_schedules_follow_the_tf_formulas():
@@ -240,7 +241,7 @@ def test_aux_losses_are_in_the_loss_and_recorded_by_name(aux_model, results_dir)
     w = run.model.fc.weight
     want = 0.25 * float(w.detach().double().square().sum())
     assert set(aux) == {"norm"} and float(aux["norm"].detach()) == pytest.approx(want, rel=1e-6)
-    assert float(loss) == pytest.approx(float(ce) + float(pen) + want, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(ce.detach()) + float(pen) + want, rel=1e-6)
     # the auxiliary term's gradient reaches the weights: 0.5 * W on top of that of CE + penalty
     (g_all,) = torch.autograd.grad(loss, w, retain_graph=True)
     (g_rest,) = torch.autograd.grad(ce + pen, w)
@@ -269,5 +270,5 @@ def test_paths_that_cannot_take_the_hook_or_points_fail_before_the_run(aux_model
 
 
 def test_image_models_refuse_point_clouds_before_the_run():
-    with pytest.raises(ConfigError, match=r"model 'cnn9' cannot take point clouds of shape \(256, 3\)"):
+    with pytest.raises(ConfigError, match=r"model 'cnn9' cannot take point clouds of shape \(128, 3\)"):
         validate(RunSpec(load_protocol("pointnet_cpu"), "synthetic_shapes", "cnn9", "mhe", 0))
