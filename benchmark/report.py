@@ -183,11 +183,11 @@ def settings_match(recorded: dict, run: dict | None) -> bool:
 
 
 def _answers(entry: pd.Series, runs: pd.DataFrame, names: pd.Series,
-             settings: pd.Series) -> pd.Series | list:
+             settings: pd.Series) -> pd.Series:
     """Which runs answer for a reported entry: those whose resolved settings match ALL the
     entry's recorded ones, or, for an entry that records none, those answering to its label."""
-    if not len(runs):
-        return []
+    if not len(runs):  # (a list here broke `mask & answers` when no run was counted)
+        return pd.Series(False, index=runs.index, dtype=bool)
     recorded = entry.get("settings")
     if isinstance(recorded, dict):
         return settings.apply(lambda run: settings_match(recorded, run))

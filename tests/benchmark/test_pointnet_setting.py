@@ -17,6 +17,7 @@ from benchmark.cli import main
 from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.datasets.modelnet40 import TEST_FILES, TRAIN_FILES, read_h5, write_release
 from benchmark.datasets.synthetic_shapes import make_shapes
+from benchmark.store import build_store
 from benchmark.point_data import PointStream, augment_points, rotation_about_up
 from benchmark.training import check_packable, setup, train, validate
 from benchmark.training.loop import mean_class_accuracy
@@ -272,3 +273,25 @@ def test_paths_that_cannot_take_the_hook_or_points_fail_before_the_run(aux_model
 def test_image_models_refuse_point_clouds_before_the_run():
     with pytest.raises(ConfigError, match=r"model 'cnn9' cannot take point clouds of shape \(128, 3\)"):
         validate(RunSpec(load_protocol("pointnet_cpu"), "synthetic_shapes", "cnn9", "mhe", 0))
+
+
+def test_store_and_report_show_mean_class_accuracy(tmp_path, capsys):
+    results = tmp_path / "runs"
+    proto = load_protocol("pointnet_cpu", {"iterations": 2, "eval_every": 2})
+    for reg in ("weight_decay", "mhe"):
+        for seed in (0, 1):
+            train(RunSpec(proto, "synthetic_shapes:3", "pointnet_vanilla", reg, seed,
+                          model_kwargs={"width": 0.125}), results, progress=False)
+    # 2 iterations leave the runs near chance: "stuck", counted only with --include-stuck; the
+    # report must get through the paper comparison with no counted run too
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep0")]) == 0, \
+        capsys.readouterr()
+    assert not (tmp_path / "rep0" / "table_mean_class_acc.md").exists()
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"),
+                 "--include-stuck"]) == 0, \
+        capsys.readouterr()
+    md = (tmp_path / "rep" / "table_mean_class_acc.md").read_text()
+    assert "# Test mean class accuracy (%) by regularizer (SYNTHETIC)" in md and "| mhe |" in md
+    assert (tmp_path / "rep" / "table.md").exists()
+    runs, _ = build_store(results)
+    assert runs["test_mean_class_acc"].between(0, 100).all() and len(runs) == 4
