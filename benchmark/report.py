@@ -277,23 +277,23 @@ def prepare_report(runs_df: pd.DataFrame, *, baseline: str = "weight_decay",
     return {"runs": runs, "counted": counted, "table": table, "across": across,
             "notes": mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
             "baseline": baseline, "metric": metric, "include_stuck": include_stuck,
+            "allow_mixed_code": allow_mixed_code,
             "suggested_seeds": suggested_seeds(table) if len(table) else None}
 
 
 def _write_mean_class_table(runs_df: pd.DataFrame, out: Path, rep: dict[str, Any], baseline: str,
-                            metric: str, include_synthetic: bool | None,
-                            allow_mixed_code: bool) -> list[Path]:
+                            metric: str, allow_mixed_code: bool) -> list[Path]:
     """``table_mean_class_acc.*``: the same comparison on mean class accuracy (point-cloud runs,
     PointNet's "avg class acc"), written when the counted runs carry it; [] otherwise."""
     col = "test_mean_class_acc"
     counted = rep["counted"]
     if metric == col or col not in counted or not counted[col].notna().any():
         return []
+    # the runs the main table counted (its synthetic / stuck / code-version choices made)
     rep_mc = prepare_report(runs_df[runs_df["run_id"].isin(counted["run_id"])],
-                                  baseline=baseline, metric=col,
-                                  include_synthetic=include_synthetic,
-                                  include_stuck=rep["include_stuck"],
-                                  allow_mixed_code=allow_mixed_code)
+                            baseline=baseline, metric=col, include_synthetic=True,
+                            include_stuck=rep["include_stuck"],
+                            allow_mixed_code=rep.get("allow_mixed_code", allow_mixed_code))
     if not len(rep_mc["table"]):
         return []
     synthetic = bool(rep_mc["table"]["synthetic"].any())
@@ -334,8 +334,7 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
                          alpha=rep["alpha"], notes=rep["notes"])
     if comp is not None:
         paths += _write_paper_comparison(comp, out, schedule)
-    paths += _write_mean_class_table(runs_df, out, rep, baseline, metric, include_synthetic,
-                                     allow_mixed_code)
+    paths += _write_mean_class_table(runs_df, out, rep, baseline, metric, allow_mixed_code)
     if plots and len(table):
         order = list(dict.fromkeys(table["label"].astype(str)))
         colors = plotting.method_colors(order)
