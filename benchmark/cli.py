@@ -53,7 +53,8 @@ def _cmd_list(args) -> int:
         "models": (models.available(), model_lines),
         "datasets": (datasets.available(), dataset_lines),
         "protocols": (available_protocols(), lambda n: [load_protocol(n).description]),
-        "suites": (available_suites(), lambda n: [load_suite(n).description]),
+        # descriptions only: a suite whose data is not on this machine is still listed
+        "suites": (available_suites(), lambda n: [load_suite(n, validate=False).description]),
     }
     usage = {"models": ["timm:<any timm model name>"],
              "datasets": [datasets.info(n).usage for n in datasets.available() if datasets.info(n).arg]}

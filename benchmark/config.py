@@ -43,22 +43,41 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Optimizer:
-    name: Literal["sgd"] = "sgd"
+    # "sgd": torch.optim.SGD (lr, momentum, nesterov, weight_decay); "adam": torch.optim.Adam
+    # (lr, betas, eps, weight_decay as an L2 term on the gradient; momentum and nesterov unused).
+    name: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
-    # Applied by SGD to ALL parameters, BN gamma/beta included (recipe.md §4).
+    # Applied to ALL parameters, BN gamma/beta included (recipe.md §4).
     weight_decay: float = 5e-4
+    betas: tuple[float, ...] = (0.9, 0.999)  # Adam only
+    eps: float = 1e-8                        # Adam only
 
 
 @dataclass(frozen=True)
 class Schedule:
-    type: Literal["step", "constant"] = "step"
+    # "step": lr * gamma ** (milestones passed); "constant"; "exponential": TF's staircase
+    # exponential_decay, lr * gamma ** (iteration // every), never below ``minimum``.
+    type: Literal["step", "constant", "exponential"] = "step"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    every: int = 0          # exponential only: iterations per decay
+    minimum: float = 0.0    # exponential only: the rate is clipped from below here
     # Linear warm-up: the first W updates use lr_at(i) * (i + 1) / W (Goyal et al. 2017's gradual
-    # warm-up, section 2.2). 0 = none; left out of a run's identity at 0 (LATER_DEFAULTS).
+    # warm-up, section 2.2). 0 = none; left out of a run's identity at 0 (ADDED_FIELDS).
     warmup_iterations: int = 0
+
+
+@dataclass(frozen=True)
+class BNMomentumSchedule:
+    """BatchNorm momentum (PyTorch's: the weight of the new batch statistic, 1 - TF's decay)
+    at iteration t: max(minimum, initial * gamma ** (t // every)); set before every step."""
+
+    initial: float = 0.5
+    gamma: float = 0.5
+    every: int = 1
+    minimum: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,23 @@ class Augmentation:
     pad: int = 4
     pad_mode: Literal["symmetric", "reflect", "zeros"] = "symmetric"
     flip: bool = True
+
+
+@dataclass(frozen=True)
+class PointData:
+    """Point-cloud datasets only (``benchmark.point_data``): points per shape and augmentation,
+    drawn per (seed, epoch) as the image augmentation is."""
+
+    num_points: int = 1024
+    # "first": the first num_points of every shape (the PointNet code); "random": a fresh
+    # random subset (and order) of each shape's points every epoch.
+    sampling: Literal["first", "random"] = "first"
+    rotate: bool = True          # a random rotation about the up (y) axis per shape
+    jitter_sigma: float = 0.01   # Gaussian noise per coordinate, clipped at +-jitter_clip
+    jitter_clip: float = 0.05
+    scale_low: float = 1.0       # a random scale in [scale_low, scale_high] per shape (1, 1: off)
+    scale_high: float = 1.0
+    shift: float = 0.0           # a random shift in [-shift, shift] per axis per shape (0: off)
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,7 @@ class Data:
     max_train: int = 0
     # Cap the test set used by evaluation; 0 = all of it (the paper uses all 10,000).
     max_test: int = 0
+    points: PointData = field(default_factory=PointData)
 
 
 @dataclass(frozen=True)
@@ -140,6 +177,8 @@ class Protocol:
     # statistics are still mostly their initial values after a few hundred steps, and
     # evaluation with them is meaningless.
     bn_momentum: float | None = None
+    # A BN momentum that changes during training (PointNet's bn_decay schedule); null: fixed.
+    bn_momentum_schedule: BNMomentumSchedule | None = None
     eval_every: int = 500
     checkpoint_every: int = 5000
     data: Data = field(default_factory=Data)
@@ -173,6 +212,29 @@ class Protocol:
         _require(self.data.augmentation.pad >= 0, "data.augmentation.pad", "must be >= 0")
         _require(self.data.max_train >= 0, "data.max_train", "must be >= 0 (0 = all)")
         _require(self.data.max_test >= 0, "data.max_test", "must be >= 0 (0 = all)")
+        o, sch, pts = self.optimizer, self.schedule, self.data.points
+        _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
+                 f"must be two numbers in [0, 1), got {list(o.betas)}")
+        _require(o.eps > 0, "optimizer.eps", "must be > 0")
+        _require(o.name == "sgd" or not o.nesterov, "optimizer.nesterov", "applies to sgd only")
+        if sch.type == "exponential":
+            _require(sch.every >= 1, "schedule.every", "must be >= 1 for an exponential schedule")
+            _require(not sch.milestones, "schedule.milestones", "must be empty for an exponential schedule")
+        _require(sch.minimum >= 0, "schedule.minimum", "must be >= 0")
+        bs = self.bn_momentum_schedule
+        if bs is not None:
+            _require(self.bn_momentum is None, "bn_momentum_schedule",
+                     "and bn_momentum exclude each other; set bn_momentum: null")
+            _require(0 < bs.minimum <= bs.initial <= 1, "bn_momentum_schedule",
+                     "needs 0 < minimum <= initial <= 1")
+            _require(0 < bs.gamma <= 1 and bs.every >= 1, "bn_momentum_schedule",
+                     "needs gamma in (0, 1] and every >= 1")
+        _require(pts.num_points >= 1, "data.points.num_points", "must be >= 1")
+        _require(pts.jitter_sigma >= 0 and pts.jitter_clip >= 0, "data.points.jitter_sigma",
+                 "and jitter_clip must be >= 0")
+        _require(0 < pts.scale_low <= pts.scale_high, "data.points.scale_low",
+                 "must be > 0 and <= scale_high")
+        _require(pts.shift >= 0, "data.points.shift", "must be >= 0")
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate used for the update at 0-based ``iteration``."""
@@ -180,12 +242,45 @@ class Protocol:
         ramp = (iteration + 1) / warm if iteration < warm else 1.0
         if self.schedule.type == "constant":
             return self.optimizer.lr * ramp if warm else self.optimizer.lr
+        if self.schedule.type == "exponential":
+            s = self.schedule
+            lr = max(self.optimizer.lr * s.gamma ** (iteration // s.every), s.minimum)
+            return lr * ramp if warm else lr
         drops = sum(iteration >= m for m in self.schedule.milestones)
         lr = self.optimizer.lr * self.schedule.gamma**drops
         return lr * ramp if warm else lr
 
+    def bn_momentum_at(self, iteration: int) -> float | None:
+        """BatchNorm momentum for the update at 0-based ``iteration``; None without a schedule."""
+        s = self.bn_momentum_schedule
+        if s is None:
+            return None
+        return max(s.minimum, s.initial * s.gamma ** (iteration // s.every))
+
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        """Every field, except the fields added after the first records while they hold their
+        defaults (:data:`ADDED_FIELDS`): a protocol that does not use them keeps its run ids."""
+        out = _jsonable(dataclasses.asdict(self))
+        for dotted, default in ADDED_FIELDS.items():
+            *parents, leaf = dotted.split(".")
+            node = out
+            for part in parents:
+                node = node[part]
+            if node.get(leaf) == default:
+                del node[leaf]
+        return out
+
+
+# Fields added after run ids were first recorded (the point-cloud setting; distributed runs),
+# with their defaults as to_dict writes them: left out of to_dict (and so of run ids) while they
+# hold the default.
+ADDED_FIELDS: dict[str, Any] = {
+    "optimizer.betas": [0.9, 0.999], "optimizer.eps": 1e-8,
+    "schedule.every": 0, "schedule.minimum": 0.0, "schedule.warmup_iterations": 0,
+    "runtime.sync_bn": False, "runtime.loader_workers": 0,
+    "bn_momentum_schedule": None,
+    "data.points": dataclasses.asdict(PointData()),  # scalars only
+}
 
 
 def _require(ok: bool, name: str, what: str) -> None:
@@ -412,7 +507,7 @@ class RunSpec:
         a sweep resumed after a commit goes on (reports keep commits apart, docs/statistics.md).
         """
         ident = {
-            "protocol": _identity_protocol(self.protocol.to_dict()),
+            "protocol": self.protocol.to_dict(),
             "dataset": self.dataset,
             "model": self.model,
             "model_kwargs": _jsonable(dict(sorted(self.model_kwargs.items()))),
@@ -431,21 +526,6 @@ class RunSpec:
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# Protocol fields added after records existed, left out of a run's identity at these values:
-# run ids (and committed results) from before the field stay valid.
-LATER_DEFAULTS = {("runtime", "sync_bn"): False, ("runtime", "loader_workers"): 0,
-                  ("schedule", "warmup_iterations"): 0}
-
-
-def _identity_protocol(proto: dict[str, Any]) -> dict[str, Any]:
-    """The protocol as it enters a run id: ``LATER_DEFAULTS`` dropped where they hold."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in proto.items()}
-    for (section, key), default in LATER_DEFAULTS.items():
-        if section in out and out[section].get(key, default) == default:
-            out[section].pop(key, None)
-    return out
 
 
 def _canonical(value: Any) -> Any:

@@ -183,11 +183,11 @@ def settings_match(recorded: dict, run: dict | None) -> bool:
 
 
 def _answers(entry: pd.Series, runs: pd.DataFrame, names: pd.Series,
-             settings: pd.Series) -> pd.Series | list:
+             settings: pd.Series) -> pd.Series:
     """Which runs answer for a reported entry: those whose resolved settings match ALL the
     entry's recorded ones, or, for an entry that records none, those answering to its label."""
-    if not len(runs):
-        return []
+    if not len(runs):  # (a list here broke `mask & answers` when no run was counted)
+        return pd.Series(False, index=runs.index, dtype=bool)
     recorded = entry.get("settings")
     if isinstance(recorded, dict):
         return settings.apply(lambda run: settings_match(recorded, run))
@@ -277,7 +277,30 @@ def prepare_report(runs_df: pd.DataFrame, *, baseline: str = "weight_decay",
     return {"runs": runs, "counted": counted, "table": table, "across": across,
             "notes": mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
             "baseline": baseline, "metric": metric, "include_stuck": include_stuck,
+            "allow_mixed_code": allow_mixed_code,
             "suggested_seeds": suggested_seeds(table) if len(table) else None}
+
+
+def _write_mean_class_table(runs_df: pd.DataFrame, out: Path, rep: dict[str, Any], baseline: str,
+                            metric: str, allow_mixed_code: bool) -> list[Path]:
+    """``table_mean_class_acc.*``: the same comparison on mean class accuracy (point-cloud runs,
+    PointNet's "avg class acc"), written when the counted runs carry it; [] otherwise."""
+    col = "test_mean_class_acc"
+    counted = rep["counted"]
+    if metric == col or col not in counted or not counted[col].notna().any():
+        return []
+    # the runs the main table counted (its synthetic / stuck / code-version choices made)
+    rep_mc = prepare_report(runs_df[runs_df["run_id"].isin(counted["run_id"])],
+                            baseline=baseline, metric=col, include_synthetic=True,
+                            include_stuck=rep["include_stuck"],
+                            allow_mixed_code=rep.get("allow_mixed_code", allow_mixed_code))
+    if not len(rep_mc["table"]):
+        return []
+    synthetic = bool(rep_mc["table"]["synthetic"].any())
+    return write_tables(rep_mc["table"], out, runs=rep_mc["runs"], across=rep_mc["across"],
+                        alpha=rep_mc["alpha"], notes=rep_mc["notes"], stem="table_mean_class_acc",
+                        title="Test mean class accuracy (%) by regularizer"
+                              + (" (SYNTHETIC)" if synthetic else ""))
 
 
 def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir: str | Path,
@@ -311,6 +334,7 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
                          alpha=rep["alpha"], notes=rep["notes"])
     if comp is not None:
         paths += _write_paper_comparison(comp, out, schedule)
+    paths += _write_mean_class_table(runs_df, out, rep, baseline, metric, allow_mixed_code)
     if plots and len(table):
         order = list(dict.fromkeys(table["label"].astype(str)))
         colors = plotting.method_colors(order)

@@ -39,6 +39,8 @@ RUNS_SCHEMA: dict[str, str] = {
     "code": "string", "packed_seeds": "Int64", "dtype": "string", "threads": "Int64",
     "softmax_eps": "float64", "final_iteration": "Int64", "outcome": "string",
     "outcome_reason": "string", "correct": "string",
+    # point-cloud runs (PointNet's "avg class acc"); NaN for records written before it existed
+    "test_mean_class_acc": "float64",
 }
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # Stuck rule (docs/statistics.md): final train CE at >= this fraction of the softmax-epsilon
@@ -46,7 +48,8 @@ OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # final test accuracy within STUCK_CHANCE_SE binomial standard errors of chance (100 / classes).
 STUCK_LOSS_FRACTION = 0.6
 STUCK_CHANCE_SE = 3.0
-_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10}
+_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10, "modelnet40": 40,
+            "synthetic_shapes": 10}
 CURVES_SCHEMA: dict[str, str] = {
     "run_id": "string", "label": "string", "dataset": "string", "model": "string",
     "seed": "Int64", "iteration": "Int64", "test_acc": "float64", "test_error": "float64",
@@ -70,8 +73,10 @@ def _typed(rows: list[dict], schema: dict[str, str]) -> pd.DataFrame:
 
 def _num_classes(dataset: Any) -> int | None:
     base, _, arg = str(dataset).partition(":")
+    if base in ("synthetic", "synthetic_shapes") and arg.isdigit():
+        return int(arg)
     if base == "synthetic":
-        return int(arg) if arg.isdigit() else None
+        return None
     return _CLASSES.get(base)
 
 
@@ -130,7 +135,8 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
         "hparams": json.dumps(config.get("regularizer_hparams") or {}, sort_keys=True),
         "protocol": protocol.get("name"), "iterations": protocol.get("iterations"),
         "seed": record["seed"], "status": record["status"], "reason": record.get("reason"),
-        **{k: _num(final.get(k)) for k in ("test_acc", "test_error", "train_loss", "penalty")},
+        **{k: _num(final.get(k)) for k in ("test_acc", "test_error", "train_loss", "penalty",
+                                           "test_mean_class_acc")},
         "n_test": final.get("n_test"), "wall_time_s": _num(record.get("wall_time_s")),
         "median_step_ms": _num(record.get("median_step_ms")), "git_commit": commit,
         "git_dirty": git.get("dirty"), "device": record.get("device"),

@@ -11,6 +11,7 @@ Depends on torch and timm only. See docs/models.md.
 
 # Importing the family modules runs their @register decorators.
 from models import cnn9 as _cnn9  # noqa: F401
+from models import pointnet as _pointnet  # noqa: F401
 from models import resnet_cifar as _resnet_cifar  # noqa: F401
 from models.registry import available, create, describe, register
 

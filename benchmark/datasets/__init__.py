@@ -1,6 +1,7 @@
 """Datasets by name: ``load("digits", protocol.data)``, ``available()``, ``@register_dataset``.
 
-Images come as uint8 (N, C, H, W) tensors on the CPU; ``benchmark.data`` turns them into the
+Images come as uint8 (N, C, H, W) tensors on the CPU, point clouds (kind "points") as float
+(N, P, C); ``benchmark.data`` (images) and ``benchmark.point_data`` turn them into the
 recipe's batches. A new dataset is one file here (or in a plugin) with one decorator.
 """
 
@@ -20,7 +21,7 @@ from .registry import (
 )
 
 # Importing the family modules runs their @register_dataset.
-from . import cifar, digits, fashion_mnist, synthetic  # noqa: E402,F401  isort: skip
+from . import cifar, digits, fashion_mnist, modelnet40, synthetic, synthetic_shapes  # noqa: E402,F401  isort: skip
 from . import imagenet  # noqa: E402,F401  isort: skip
 
 __all__ = ["Dataset", "DatasetInfo", "FileDataset", "available", "check_name", "data_dir", "download_allowed",

@@ -29,6 +29,7 @@ class FileDataset:
     synthetic: bool = False
     in_chans: int = 3
     files: bool = True
+    kind: str = "image"  # images, decoded from files (registry.Dataset's vocabulary)
 
     @property
     def test_y(self) -> torch.Tensor:

@@ -31,7 +31,8 @@ __all__ = ["Dataset", "DatasetInfo", "register_dataset", "available", "info", "c
 
 @dataclass
 class Dataset:
-    """Images are uint8 (N, C, H, W); labels int64 (N,)."""
+    """``kind`` "image": uint8 images (N, C, H, W); "points": float32 point clouds (N, P, C)
+    (``benchmark.point_data`` samples and augments them). Labels int64 (N,)."""
 
     name: str
     train_x: torch.Tensor
@@ -40,10 +41,12 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     synthetic: bool = False
+    kind: str = "image"  # "image" or "points"
 
     @property
     def in_chans(self) -> int:
-        return self.train_x.shape[1]
+        """Image channels, or coordinates per point."""
+        return self.train_x.shape[-1] if self.kind == "points" else self.train_x.shape[1]
 
     def to(self, device: torch.device | str) -> "Dataset":
         for k in ("train_x", "train_y", "test_x", "test_y"):
@@ -70,6 +73,8 @@ class DatasetInfo:
     image_size: int | None = None  # native; None: the protocol's
     train_size: int | None = None
     missing: Callable[[], str | None] | None = None  # one line naming missing files, or None
+    kind: str = "image"  # or "points" (point clouds: no image size, benchmark.point_data)
+    stand_in: str | None = None  # the offline stand-in; None: synthetic:<num_classes>
 
     @property
     def usage(self) -> str:
@@ -83,17 +88,22 @@ def register_dataset(name: str, *, num_classes: int | None, offline: bool, descr
                      arg: str | None = None, check_arg: Callable[[str], bool] | None = None,
                      channels: int | None = None, image_size: int | None = None,
                      train_size: int | None = None,
-                     missing: Callable[[], str | None] | None = None):
+                     missing: Callable[[], str | None] | None = None,
+                     kind: str = "image", stand_in: str | None = None):
     """Decorator registering ``loader(arg, cfg) -> Dataset`` under ``name``. ``channels``,
     ``image_size`` (native), ``train_size`` and ``missing()`` (a line naming the files that are
-    not on disk, or None) let :func:`preflight` reject a run before anything loads."""
+    not on disk, or None) let :func:`preflight` reject a run before anything loads. ``kind``:
+    "image" or "points" (point clouds; ``channels`` is then the coordinates per point);
+    ``stand_in``: the offline dataset profiles use instead (default ``synthetic:<classes>``)."""
+    if kind not in ("image", "points"):
+        raise ValueError(f"dataset {name!r}: kind must be 'image' or 'points', got {kind!r}")
 
     def deco(loader: Loader) -> Loader:
         old = _REGISTRY.get(name)
         if old is not None and old.loader.__qualname__ != loader.__qualname__:
             raise ValueError(f"dataset name {name!r} is already registered by {old.loader.__module__}")
         _REGISTRY[name] = DatasetInfo(name, loader, num_classes, offline, description, arg, check_arg,
-                                      channels, image_size, train_size, missing)
+                                      channels, image_size, train_size, missing, kind, stand_in)
         return loader
 
     return deco
@@ -129,7 +139,7 @@ def preflight(name: str, cfg: Data, batch_size: int) -> None:
     fit ``cfg.image_size`` and one batch fits in its training set. One-line ConfigError."""
     entry = info(name)
     size = entry.image_size or cfg.image_size
-    if size > cfg.image_size:
+    if entry.kind == "image" and size > cfg.image_size:
         raise ConfigError(f"{name} images are {size}x{size}, larger than data.image_size="
                           f"{cfg.image_size}; use data.image_size >= {size}")
     if entry.train_size is not None:
@@ -149,7 +159,7 @@ def offline_stand_in(name: str) -> str:
     entry = info(name)
     if entry.offline:
         return name
-    return f"synthetic:{entry.num_classes}"
+    return entry.stand_in or f"synthetic:{entry.num_classes}"
 
 
 def data_dir() -> Path:
@@ -163,14 +173,15 @@ def download_allowed() -> bool:
 
 
 def load(name: str, cfg: Data) -> Dataset:
-    """Load ``name`` on the CPU, fitted to ``cfg.image_size`` and capped by max_train/max_test."""
+    """Load ``name`` on the CPU, images fitted to ``cfg.image_size``, capped by max_train/max_test."""
     entry = info(name)
     arg = name.partition(":")[2] or None
     ds = entry.loader(arg, cfg)
     ds.name = name
     if getattr(ds, "files", False):  # file-backed (datasets.folders): sizes and caps are its own
         return ds
-    ds.train_x, ds.test_x = (_fit_size(x, cfg.image_size) for x in (ds.train_x, ds.test_x))
+    if ds.kind == "image":
+        ds.train_x, ds.test_x = (_fit_size(x, cfg.image_size) for x in (ds.train_x, ds.test_x))
     if cfg.max_train:
         ds.train_x, ds.train_y = ds.train_x[: cfg.max_train], ds.train_y[: cfg.max_train]
     if cfg.max_test:

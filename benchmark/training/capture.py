@@ -134,7 +134,8 @@ class GraphedStep:
         if self.before_inside:
             run.before_step(self.graph_lr)
         x, y = self.batches.next()
-        loss, ce, pen = run.loss_fn(run.inputs(x), y)
+        # run.last_aux: empty here (check_engine_support refuses auxiliary losses in graph mode)
+        loss, ce, pen, run.last_aux = run.loss_fn(run.inputs(x), y)
         # Recording: gradients are None here, so backward allocates them in the graph's pool and
         # every replay overwrites them (no accumulation). Without recording: plain eager.
         run.opt.zero_grad(set_to_none=True)

@@ -3,8 +3,11 @@
     spec -> set-up (a Run, or a PackedRun of S seeds) -> SGD steps (eval every N, checkpoint
     every M, divergence watched on the device) -> one record per run, written atomically
 
-Evaluation uses running BN statistics on the whole test set; the reported metric is the one
-at the final iteration. A run resumes from its checkpoint exactly (model, optimiser,
+Evaluation uses running BN statistics on the whole test set; the reported metrics (overall
+accuracy, and mean class accuracy: the mean over classes of each class's accuracy) are those
+at the final iteration. A model's auxiliary losses (``forward_with_aux``: PointNet's
+feature-transform loss) are in the training loss and logged by name as window means in
+``curves["aux"]``. A run resumes from its checkpoint exactly (model, optimiser,
 regularizer, batch stream, RNG states, curves).
 
 Under DDP (``training.distributed``) every rank runs this loop in lockstep; only rank 0 writes
@@ -46,7 +49,22 @@ FINITE_CHECK_EVERY = 50
 
 def _new_curves() -> dict:
     return {k: [] for k in ("iteration", "test_acc", "test_error", "train_loss", "penalty",
-                            "energy_total")} | {"energy": {}}
+                            "energy_total", "test_mean_class_acc")} | {"energy": {}, "aux": {}}
+
+
+# curve entries that are {name: [values]} (one series per layer or per auxiliary loss)
+NESTED_CURVES = ("energy", "aux")
+
+
+def mean_class_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the classes present in ``labels`` of the % of their examples classified
+    correctly (PointNet's "avg class acc"). correct (n,) bool, labels (n,) int."""
+    labels = labels.to(correct.device)
+    n_class = int(labels.max()) + 1 if labels.numel() else 0
+    seen = torch.bincount(labels, minlength=n_class).double()
+    hit = torch.bincount(labels, weights=correct.double(), minlength=n_class)
+    present = seen > 0
+    return float((hit[present] / seen[present]).mean()) * 100.0
 
 
 def train(spec: RunSpec, results_dir: str | Path, *, progress: bool = True,
@@ -110,7 +128,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
 
     curves, window_ms, start_it, elapsed_before = [_new_curves() for _ in specs], [], 0, 0.0
     # Running sums since the last evaluation (logged as window means); part of the checkpoint.
-    window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0}
+    window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0, "aux_sum": {}}
     diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
     resumed_from: list[int] = []
     if broadcast_flag(ckpt_path.exists(), device):  # every rank resumes, or none
@@ -152,6 +170,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
 
     loss_sum = torch.tensor(window["loss_sum"], device=device)
     pen_sum = torch.tensor(window["pen_sum"], device=device)
+    aux_sum = {k: torch.tensor(v, device=device) for k, v in window.get("aux_sum", {}).items()}
     first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
     steps_in_window = window["steps"]
     t0 = time.perf_counter()
@@ -201,7 +220,13 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         return out
 
     for it in range(start_it, proto.iterations):
+        bn_momentum = proto.bn_momentum_at(it)
+        if bn_momentum is not None:
+            run.set_bn_momentum(bn_momentum)
         loss, ce, pen = run.step(proto.lr_at(it))
+        for name, term in getattr(run, "last_aux", {}).items():
+            value = term.detach().float().reshape(-1)
+            aux_sum[name] = aux_sum[name] + value if name in aux_sum else value.clone()
 
         # Device-side bookkeeping: no host sync per step.
         bad = ~torch.isfinite(loss.detach().reshape(-1))
@@ -221,7 +246,14 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
             # the CE of this rank's shard: the mean over ranks is the global batch's
             losses = all_mean(loss_sum / steps_in_window).tolist()
             pens = (pen_sum / steps_in_window).tolist()
-            for c, (acc, _), e, lo, pe in zip(curves, evals, energies, losses, pens):
+            auxes = [{k: v.tolist()[s] / steps_in_window for k, v in aux_sum.items()} for s in range(S)]
+            test_y = data.test_y
+            for s, (c, (acc, _), e, lo, pe) in enumerate(zip(curves, evals, energies, losses, pens)):
+                hits = getattr(run, "last_correct", None)
+                c.setdefault("test_mean_class_acc", []).append(
+                    mean_class_accuracy(hits[s], test_y) if hits else float("nan"))
+                for name, v in auxes[s].items():
+                    c.setdefault("aux", {}).setdefault(name, []).append(v)
                 c["iteration"].append(done)
                 c["test_acc"].append(acc)
                 c["test_error"].append(100.0 - acc)
@@ -234,6 +266,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
                 bar.set_postfix(loss=f"{curves[0]['train_loss'][-1]:.3f}", acc=f"{evals[0][0]:.2f}")
             loss_sum.zero_()
             pen_sum.zero_()
+            aux_sum = {}
             steps_in_window = 0
             t_window = time.perf_counter()
         if bar is not None:
@@ -245,7 +278,7 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         if done < proto.iterations and (done % proto.checkpoint_every == 0 or leaving or interrupted):
             check_finite()
             window = {"loss_sum": all_mean(loss_sum).tolist(), "pen_sum": pen_sum.tolist(),
-                      "steps": steps_in_window}
+                      "steps": steps_in_window, "aux_sum": {k: v.tolist() for k, v in aux_sum.items()}}
             if main:
                 _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
                                  elapsed_before + time.perf_counter() - t0, cuda, specs,
@@ -265,8 +298,10 @@ def _truncate(curves: dict, iteration: int) -> dict:
     keep = sum(i <= iteration for i in curves["iteration"])
     if keep == len(curves["iteration"]):
         return curves
-    out = {k: v[:keep] for k, v in curves.items() if k != "energy"}
-    out["energy"] = {k: v[:keep] for k, v in curves["energy"].items()}
+    out = {k: v[:keep] for k, v in curves.items() if k not in NESTED_CURVES}
+    for nested in NESTED_CURVES:
+        if nested in curves:
+            out[nested] = {k: v[:keep] for k, v in curves[nested].items()}
     return out
 
 
@@ -280,9 +315,10 @@ def _correct_of(run, s: int, final_eval: bool) -> dict:
 
 
 def _final(curves: dict, iteration: int, n_test: int) -> dict:
-    last = {k: (curves[k][-1] if curves[k] else float("nan"))
-            for k in ("test_acc", "test_error", "train_loss", "penalty")}
-    return {"iteration": iteration, **last, "n_test": n_test}
+    last = {k: (curves[k][-1] if curves.get(k) else float("nan"))
+            for k in ("test_acc", "test_error", "train_loss", "penalty", "test_mean_class_acc")}
+    aux = {k: v[-1] for k, v in curves.get("aux", {}).items() if v}
+    return {"iteration": iteration, **last, "n_test": n_test, **({"aux": aux} if aux else {})}
 
 
 def checkpoint_run_ids(path: Path) -> list[str] | None:

@@ -33,7 +33,14 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.data import BatchStream, PackedBatchStream, scale_input
 from benchmark.datasets import Dataset
 from benchmark.training.metrics import layer_energies, smoothed_cross_entropy, weight_decay_term
-from benchmark.training.run import build_model, resolve_device, runtime_settings
+from benchmark.training.run import (
+    build_model,
+    has_aux_losses,
+    make_optimizer,
+    resolve_device,
+    runtime_settings,
+    set_bn_momentum,
+)
 from benchmark.training.steps import Steps
 
 
@@ -50,6 +57,14 @@ def check_packable(specs: list[RunSpec]) -> None:
     seeds = [s.seed for s in specs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"packed run: seeds must be distinct, got {seeds}")
+    spec = specs[0]
+    if datasets.info(spec.dataset).kind != "image":
+        raise ConfigError(f"packed run: point-cloud datasets ({spec.dataset}) cannot be packed; "
+                          "run without --pack-seeds")
+    if has_aux_losses(spec.model, spec.model_kwargs):
+        raise ConfigError(f"packed run: model '{spec.model}' has auxiliary losses, which packed "
+                          "seeds do not support; run without --pack-seeds")
+
 
 
 @dataclass
@@ -108,9 +123,12 @@ class PackedRun(Steps):
         p = self.spec.protocol
         ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)  # (S,)
         pen = torch.stack([reg.penalty_for(w) for reg, w in zip(self.regs, self.seed_weights())])
-        return ce + pen, ce, pen
+        return ce + pen, ce, pen, {}  # no auxiliary losses (check_packable refuses such models)
 
     # ----------------------------------------------------------------- the step (steps.Steps)
+    def set_bn_momentum(self, momentum: float) -> None:
+        set_bn_momentum(self.base, momentum)  # functional_call runs base's modules
+
     def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
             reg.set_epoch(self.stream.epoch)  # as run.Run.before_step
@@ -211,9 +229,7 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     for spec, net in zip(specs, nets):
         reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
         regs.append(reg.attach(net, roles=roles, seed=spec.seed))
-    o = proto.optimizer
-    opt = torch.optim.SGD(list(params.values()), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          weight_decay=o.weight_decay)
+    opt = make_optimizer(list(params.values()), proto.optimizer)
     stream = PackedBatchStream([BatchStream(data, proto.batch_size, s.seed, proto.data) for s in specs])
     # channels_last has no meaning for the stacked 5-D batch: the packed path keeps the default
     del memory_format

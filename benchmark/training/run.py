@@ -26,6 +26,7 @@ from benchmark.data import BatchStream, scale_input
 from benchmark.datasets import Dataset
 from benchmark.file_stream import FileBatchStream, eval_batches
 from benchmark.plugins import load_plugins
+from benchmark.point_data import PointStream, points_input, stream_for
 from benchmark.training.distributed import (
     ShardedBatchStream,
     all_mean,
@@ -66,8 +67,66 @@ def validate(spec: RunSpec) -> None:
     entry = datasets.info(spec.dataset)
     chans = entry.channels or 3
     classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
-    _check_model_input(spec.model, json.dumps(spec.model_kwargs, sort_keys=True), chans, classes,
-                       spec.protocol.data.image_size)
+    kwargs_json = json.dumps(spec.model_kwargs, sort_keys=True)
+    if entry.kind == "points":
+        _check_model_points(spec.model, kwargs_json, chans, classes, spec.protocol.data.points.num_points)
+    else:
+        _check_model_input(spec.model, kwargs_json, chans, classes, spec.protocol.data.image_size)
+    check_engine_support(spec, entry.kind, has_aux_losses(spec.model, spec.model_kwargs),
+                         env_world_size())
+
+
+def check_engine_support(spec: RunSpec, kind: str, aux: bool, world_size: int = 1) -> None:
+    """One-line ConfigError for a combination the fast paths cannot run. The whole-step CUDA
+    graph (runtime.compile=graph) gathers image batches by a device counter, steps SGD with the
+    rate as a constant and reads nothing but (loss, CE, penalty): it takes no point clouds, no
+    Adam, no BN-momentum schedule and no model auxiliary losses. Distributed runs (world size
+    > 1) shard image streams only, and call the model through DDP's forward, which has no
+    auxiliary-loss hook: no point clouds, no auxiliary losses (not built yet)."""
+    p = spec.protocol
+    if world_size > 1 and (kind == "points" or aux):
+        why = "point-cloud datasets" if kind == "points" else f"models with auxiliary losses ({spec.model})"
+        raise ConfigError(f"distributed runs (world size {world_size}) do not support {why} yet; "
+                          "run it as one process")
+    if p.runtime.compile == "graph":
+        why = ("point-cloud datasets" if kind == "points" else "optimizer.name=adam"
+               if p.optimizer.name == "adam" else "bn_momentum_schedule"
+               if p.bn_momentum_schedule is not None else
+               f"models with auxiliary losses ({spec.model})" if aux else None)
+        if why:
+            raise ConfigError(f"runtime.compile=graph does not support {why}; use "
+                              "runtime.compile=reduce-overhead, default or off")
+
+
+def has_aux_losses(name: str, model_kwargs: dict) -> bool:
+    """Whether the model offers auxiliary losses (``forward_with_aux``, docs/internals.md)."""
+    return _has_aux(name, json.dumps(model_kwargs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _has_aux(name: str, kwargs_json: str) -> bool:
+    with torch.device("meta"):
+        model = models.create(name, num_classes=10, **json.loads(kwargs_json))
+    return callable(getattr(model, "forward_with_aux", None))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model_points(name: str, kwargs_json: str, chans: int, classes: int, points: int) -> None:
+    """One forward pass on the meta device with point clouds (2, points, chans): an image model
+    given point clouds fails here, before any data loads."""
+    try:
+        with torch.device("meta"):
+            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
+            model.eval()
+            out = model(torch.empty(2, points, chans))
+    except NotImplementedError:
+        return
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise ConfigError(f"model '{name}' cannot take point clouds of shape ({points}, {chans}): "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if tuple(out.shape) != (2, classes):
+        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for point "
+                          f"clouds; expected ({classes},)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,7 +188,7 @@ class Run(Steps):
     roles: dict[str, str]
     reg: Any  # a regularizers.Regularizer
     opt: torch.optim.Optimizer
-    stream: BatchStream
+    stream: BatchStream | PointStream
     bf16: bool
     memory_format: torch.memory_format
     compile_mode: str = "off"
@@ -143,16 +202,27 @@ class Run(Steps):
         self._init_step()
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
+        """(loss, CE, penalty, {name: auxiliary loss}): the model's auxiliary losses (the hook:
+        ``forward_with_aux``) are part of the loss and reported by name."""
         with self.autocast():
-            logits = (self.model if self.ddp is None else self.ddp)(x)
+            logits, aux = model_outputs(self.model if self.ddp is None else self.ddp, x)
         p = self.spec.protocol
         ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         pen = self.reg.penalty()
-        return ce + pen, ce, pen
+        loss = ce + pen
+        for term in aux.values():
+            loss = loss + term.to(loss.dtype)
+        return loss, ce, pen, aux
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data.kind == "points":
+            return points_input(x, self.spec.protocol.data.points, self.dtype)
         x = scale_input(x, self.spec.protocol.data.input_scaling, self.dtype)
         return x.contiguous(memory_format=self.memory_format)
+
+    def set_bn_momentum(self, momentum: float) -> None:
+        """Every BatchNorm's momentum (the protocol's bn_momentum_schedule, set before a step)."""
+        set_bn_momentum(self.model, momentum)
 
     @property
     def seeds(self) -> int:
@@ -173,7 +243,7 @@ class Run(Steps):
         with torch.no_grad(), self.autocast():
             x, y = self.stream.next()
             self.stream.load_state_dict({"epoch": 0, "position": 0})
-            logits = self.model(self.inputs(x))
+            logits, _ = model_outputs(self.model, self.inputs(x))
             ce = smoothed_cross_entropy(logits.to(self.dtype), y, p.label_smoothing, p.softmax_eps)
         with torch.no_grad():
             for b, v in zip(self.model.buffers(), saved):
@@ -187,7 +257,10 @@ class Run(Steps):
         self.last_correct: list = []  # per-image correctness of this evaluation, for the record
         batches_of = getattr(self.data, "test_batches", None)  # a file-backed dataset's loader
         if batches_of is None and self.dist_info is None:
-            return [evaluate(self, self.data.test_x, self.data.test_y, per_image=self.last_correct)]
+            # point clouds: (batch, 1024 channels, points) activations; 1,000 shapes would be 4 GB
+            batch = 64 if self.data.kind == "points" else 1000
+            return [evaluate(self, self.data.test_x, self.data.test_y, batch=batch,
+                             per_image=self.last_correct)]
         if batches_of is None:
             x, y = self.data.test_x, self.data.test_y
             batches_of = functools.partial(_tensor_batches, x, y)
@@ -256,15 +329,42 @@ def tf32_state(device: torch.device) -> dict[str, bool]:
             "tf32_cudnn": cuda and bool(torch.backends.cudnn.allow_tf32)}
 
 
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(logits, {name: 0-dim auxiliary loss}) of a training forward. The engine's hook for
+    model-side losses (docs/internals.md): a model that defines ``forward_with_aux(x)`` returning
+    (logits, dict) has every term added to the training loss and recorded by name in the curves
+    (``aux``); other models give an empty dict. Evaluation calls ``model(x)`` (logits only)."""
+    fwd = getattr(model, "forward_with_aux", None)
+    if fwd is None:
+        return model(x), {}
+    return fwd(x)
+
+
+def set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def make_optimizer(params, o) -> torch.optim.Optimizer:
+    """The protocol's optimiser (``optimizer.name``) over ``params``; weight decay on all of them."""
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay)
+
+
 def build_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
     """The spec's model for this data (initialised from the global seed, on the current default
     device), with the protocol's BatchNorm momentum."""
     model = models.create(spec.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **spec.model_kwargs)
-    if spec.protocol.bn_momentum is not None:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = spec.protocol.bn_momentum
+    momentum = spec.protocol.bn_momentum
+    if spec.protocol.bn_momentum_schedule is not None:
+        momentum = spec.protocol.bn_momentum_at(0)
+    if momentum is not None:
+        set_bn_momentum(model, momentum)
     return model
 
 
@@ -287,10 +387,8 @@ def setup(spec: RunSpec) -> Run:
     roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
     reg = regularizers.create(spec.regularizer, **spec.regularizer_hparams)
     reg.attach(model, roles=roles, seed=spec.seed)
-    o = proto.optimizer
     # weight_decay on every parameter, BN gamma/beta included, as the recipe.
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          weight_decay=o.weight_decay)
+    opt = make_optimizer(model.parameters(), proto.optimizer)
     if getattr(data, "files", False):  # file-backed (imagenet): a DataLoader stream, sharded
         if mode == "graph":
             raise ConfigError(f"runtime.compile 'graph' needs a tensor dataset; {spec.dataset} is "
@@ -301,8 +399,8 @@ def setup(spec: RunSpec) -> Run:
                                  world, workers)
         data.test_batches = eval_batches(data, proto.data, device, workers)
     elif info is None:
-        stream = BatchStream(data, proto.batch_size, spec.seed, proto.data)
-    else:
+        stream = stream_for(data, proto.batch_size, spec.seed, proto.data)
+    else:  # images only: validate refuses point clouds under DDP
         stream = ShardedBatchStream(data, proto.batch_size, spec.seed, proto.data, info.rank,
                                     info.world_size)
     if info is None:

@@ -36,7 +36,8 @@ class Steps:
 
     def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration in the authors' order; returns (loss, ce, penalty), not synced
-        (0-dim for a run, (S,) for packed seeds)."""
+        (0-dim for a run, (S,) for packed seeds). The model's auxiliary losses of the step
+        ({name: tensor}, in the loss) are left in ``self.last_aux`` for the loop to record."""
         if self._graphed is not None:
             return self._graphed(lr)
         return self.eager_step(lr)
@@ -54,7 +55,7 @@ class Steps:
         x, y = self.stream.next()
         if self._mark_step:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, ce, pen = self.loss_fn(self.inputs(x), y)
+        loss, ce, pen, self.last_aux = self.loss_fn(self.inputs(x), y)
         self.opt.zero_grad(set_to_none=True)
         # packed seeds: the sum of the seeds' losses, so d(sum)/d(theta_s) = d(loss_s)/d(theta_s)
         loss.sum().backward()

@@ -40,8 +40,9 @@ def _write_dataset_file(path, name="stripes", offline=True, classes=3):
 
 def test_builtin_datasets_and_their_offline_stand_ins():
     assert datasets.available() == ["cifar10", "cifar100", "digits", "fashion_mnist", "imagenet",
-                                    "synthetic"]
+                                    "modelnet40", "synthetic", "synthetic_shapes"]
     assert datasets.offline_stand_in("imagenet") == "synthetic:1000"
+    assert datasets.offline_stand_in("modelnet40") == "synthetic_shapes"  # point clouds for points
     assert datasets.offline_stand_in("cifar100") == "synthetic:100"
     assert datasets.offline_stand_in("cifar10") == "synthetic:10"
     assert datasets.offline_stand_in("fashion_mnist") == "synthetic:10"
@@ -51,7 +52,7 @@ def test_builtin_datasets_and_their_offline_stand_ins():
 
 def test_unknown_names_and_arguments_fail_in_one_line():
     with pytest.raises(ConfigError, match=r"unknown dataset 'cifar-100'; did you mean 'cifar100'.*"
-                                          r"\(available: cifar10, .*synthetic:<classes>\)"):
+                                          r"\(available: cifar10, .*synthetic:<classes>.*\)"):
         datasets.check_name("cifar-100")
     for bad in ("digits:3", "synthetic:1", "synthetic:x"):
         with pytest.raises(ConfigError, match="synthetic:<classes>") as exc:

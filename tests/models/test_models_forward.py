@@ -30,8 +30,12 @@ def _build(name, kw_items):
         return models.create(name, num_classes=10, **dict(kw_items))
 
 
+# point-cloud models take (B, P, 3) points, not images: tests/models/test_pointnet.py
+POINT_MODELS = {"pointnet", "pointnet_vanilla"}
+
+
 def test_every_registered_model_is_exercised():
-    assert set(models.available()) <= {name for name, _, _ in CASES}
+    assert set(models.available()) - POINT_MODELS <= {name for name, _, _ in CASES}
 
 
 @pytest.mark.parametrize("name, kw, batch", CASES, ids=IDS)

@@ -7,7 +7,8 @@ from torch import nn
 import models
 from regularizers.roles import weight_names
 
-OUR_MODELS = ["cnn9", "resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "wrn28_10"]
+OUR_MODELS = ["cnn9", "resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "wrn28_10",
+              "pointnet", "pointnet_vanilla"]
 
 
 def test_available_lists_every_family():
