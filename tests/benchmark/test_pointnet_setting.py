@@ -227,9 +227,11 @@ class AuxNet(nn.Module):
 
 
 @pytest.fixture
-def aux_model():
-    if "test_auxnet" not in models.available():
-        models.register(name="test_auxnet")(lambda num_classes, in_chans=3: AuxNet(num_classes, in_chans))
+def aux_model(monkeypatch):
+    """A registered model with an auxiliary loss, for this test only (the registry is restored:
+    tests/models checks that every registered model is exercised)."""
+    monkeypatch.setattr(models.registry, "_BUILDERS", dict(models.registry._BUILDERS))
+    models.register(name="test_auxnet")(lambda num_classes, in_chans=3: AuxNet(num_classes, in_chans))
     return "test_auxnet"
 
 
