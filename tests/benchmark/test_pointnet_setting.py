@@ -297,3 +297,18 @@ def test_store_and_report_show_mean_class_accuracy(tmp_path, capsys):
     assert (tmp_path / "rep" / "table.md").exists()
     runs, _ = build_store(results)
     assert runs["test_mean_class_acc"].between(0, 100).all() and len(runs) == 4
+
+
+def test_distributed_runs_refuse_point_clouds_and_auxiliary_losses(monkeypatch, aux_model):
+    """Under torchrun (WORLD_SIZE > 1) the sharded stream is image-only and DDP's forward has no
+    auxiliary-loss hook: both are refused before the run, in one line."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    proto = load_protocol("pointnet_cpu")
+    with pytest.raises(ConfigError, match=r"^distributed runs \(world size 2\) do not support "
+                                          r"point-cloud datasets yet"):
+        validate(RunSpec(proto, "synthetic_shapes", "pointnet", "weight_decay", 0,
+                         model_kwargs={"width": 0.25}))
+    with pytest.raises(ConfigError, match=r"do not support models with auxiliary losses \(test_auxnet\)"):
+        validate(RunSpec(load_protocol("smoke"), "digits", aux_model, "weight_decay", 0))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: both are fine
+    validate(RunSpec(load_protocol("smoke"), "digits", aux_model, "weight_decay", 0))
