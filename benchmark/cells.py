@@ -19,7 +19,7 @@ from benchmark import stats
 from benchmark.config import ConfigError
 from benchmark.suites import load_suite
 
-__all__ = ["OUTCOMES", "SETUP_FIELDS", "SetupError", "check_setup", "code_versions",
+__all__ = ["COUNT_METRICS", "OUTCOMES", "SETUP_FIELDS", "SetupError", "check_setup", "code_versions",
            "compare_to_baseline", "declared_order", "label_order", "select_runs", "with_outcome"]
 
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
@@ -147,9 +147,20 @@ def _per_seed(group: pd.DataFrame, column: str) -> pd.Series:
     return group.groupby("seed")[column].mean()
 
 
+# Metrics that are a count of test images over n_test: their Wilcoxon test runs on the integer
+# counts and their paired test-set SE is McNemar's. Others (mean class accuracy: a mean of
+# per-class rates) use the per-seed values and have no McNemar SE.
+COUNT_METRICS = ("test_error", "test_acc")
+
+
+def wilcoxon_basis(metric: str) -> str:
+    """What the Wilcoxon column tests for ``metric``, as captions say it."""
+    return "error counts" if metric in COUNT_METRICS else "the per-seed values"
+
+
 def _counts(group: pd.DataFrame, metric: str) -> pd.Series | None:
     """Integer test-set counts behind a percentage metric (errors or correct images)."""
-    if metric not in ("test_error", "test_acc") or "n_test" not in group:
+    if metric not in COUNT_METRICS or "n_test" not in group:
         return None
     n = pd.to_numeric(group["n_test"], errors="coerce").astype(float)
     if n.isna().any():
@@ -249,7 +260,8 @@ def compare_to_baseline(
                 bits = stats.decode_correct(grp.groupby("seed")["correct"].first()) \
                     if "correct" in grp else {}
                 row["mcnemar_se"] = stats.mcnemar_se(
-                    [(bits.get(s), base_bits.get(s)) for s in shared])
+                    [(bits.get(s), base_bits.get(s)) for s in shared]) \
+                    if metric in COUNT_METRICS else np.nan  # per-image bits: overall accuracy only
             reasons.append(comp.pop("reason"))
             row.update(comp)
             row.update(

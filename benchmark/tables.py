@@ -85,7 +85,7 @@ def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "�
 
 # --- notes derived from the tests ---------------------------------------------------------------
 
-def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
+def power_note(col: pd.DataFrame, alpha: float = 0.05, metric: str = "test_error") -> str:
     """What the column's tests can show: the primary paired t-test (level alpha/m under Holm
     over the table's m tests, seeds needed for 0.3 points) and the Wilcoxon column's floor."""
     others = col[~col["is_baseline"].astype(bool)]
@@ -109,17 +109,22 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05) -> str:
     else:
         power = " The differences have no spread: the t-test is undefined."
     floor = stats.min_p_wilcoxon(n)
-    wil = (f" Wilcoxon (robustness column, exact, on error counts): on {n} pairs it cannot "
+    wil = (f" Wilcoxon (robustness column, exact, on {cells.wilcoxon_basis(metric)}): on {n} pairs it cannot "
            f"go below p = 2/2^{n} = {floor:.3g} (higher when differences are zero)"
            + (", so its marker cannot appear." if floor > level else "."))
     return head + power + wil
 
 
-def noise_text(col: pd.DataFrame, paired_se: str = "the paired (McNemar) SE column") -> str:
+def noise_text(col: pd.DataFrame, paired_se: str = "the paired (McNemar) SE column",
+               metric: str = "test_error") -> str:
     noise = col["noise_floor"].dropna()
     n_test = col["n_test"].max()
     if not len(noise) or not np.isfinite(n_test):
         return "Test-set sampling error: unknown (n_test missing)."
+    if metric not in cells.COUNT_METRICS:  # the binomial SE is that of an overall accuracy
+        return (f"Test-set sampling error of one run's overall accuracy (binomial SE on "
+                f"{int(n_test):,} test examples): ±{noise.iloc[0]:.2f} points; a mean of "
+                f"per-class rates over small classes varies more.")
     return (f"Test-set sampling error of one run's accuracy (binomial SE on {int(n_test):,} "
             f"images): ±{noise.iloc[0]:.2f} points. It is not the noise of a difference between "
             f"two models on the same images: see {paired_se}.")
@@ -210,7 +215,8 @@ def build_table(table: pd.DataFrame, runs: pd.DataFrame | None = None,
             if runs is not None else pd.DataFrame()
         columns.append({"name": name, "dataset": dataset, "model": model,
                         "setup": _setup_text(col_runs) if len(col_runs) else "",
-                        "power_note": power_note(col, alpha), "noise_text": noise_text(col),
+                        "power_note": power_note(col, alpha, metric),
+                        "noise_text": noise_text(col, metric=metric),
                         "rows": col})
     return {"labels": labels, "columns": columns, "cells": cell_map, "metric": metric,
             "synthetic": bool(table["synthetic"].any()) if len(table) else False,
@@ -247,14 +253,26 @@ DETAIL_HEADER = ["label", "runs", "n", "mean [95% t CI, within 0-100]",
                  "P(X > Y) [95% bootstrap CI]", "test-set SE of Δ (McNemar)", "seeds for 0.3"]
 
 
+METRIC_NAMES = {"test_error": "error", "test_acc": "accuracy",
+                "test_mean_class_acc": "mean class accuracy"}
+
+
+def detail_header(metric: str) -> list[str]:
+    """DETAIL_HEADER with the Wilcoxon column named for what it tests on ``metric``."""
+    basis = "counts" if metric in cells.COUNT_METRICS else "per-seed values"
+    return [f"p (Wilcoxon on {basis}, Holm)" if h == "p (Wilcoxon on counts, Holm)" else h
+            for h in DETAIL_HEADER]
+
+
 def _caption(t: dict) -> str:
-    kind = "error" if "error" in t["metric"] else t["metric"]
+    kind = METRIC_NAMES.get(t["metric"], t["metric"])
     return (f"Final-iteration test {kind} (%) per label (rows, baseline first, then the "
             f"suite's order) and cell (columns): mean ± sample standard deviation (ddof=1) over "
             f"the complete runs, n = their number; diverged, stuck and failed runs are counted "
             f"in the cell and left out of the mean. † Holm-adjusted paired t-test (the primary "
             f"test) p < {t['alpha']}, Holm over every comparison in the table; * the same for "
-            f"the exact Wilcoxon signed-rank test on error counts (robustness). No marker means "
+            f"the exact Wilcoxon signed-rank test on {cells.wilcoxon_basis(t['metric'])} "
+            f"(robustness). No marker means "
             f"the test did not reject, which at small n is expected even for a real effect.")
 
 
@@ -304,7 +322,7 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
               for lab in t["labels"]],
         columns=[{**c, "name": md_escape(c["name"]), "setup": md_escape(c["setup"]),
                   "detail": _detail_rows(c["rows"])} for c in t["columns"]],
-        detail_header=DETAIL_HEADER, notes=[md_escape(n) for n in notes],
+        detail_header=detail_header(t["metric"]), notes=[md_escape(n) for n in notes],
         seeds=seeds, detect=stats.DETECT_POINTS, across_sentence=across_sentence,
         contrast_rows=contrast_rows, pooled_rows=pooled_rows,
         boot_min=stats.BOOTSTRAP_MIN_N)

@@ -294,7 +294,15 @@ def test_store_and_report_show_mean_class_accuracy(tmp_path, capsys):
         capsys.readouterr()
     md = (tmp_path / "rep" / "table_mean_class_acc.md").read_text()
     assert "# Test mean class accuracy (%) by regularizer (SYNTHETIC)" in md and "| mhe |" in md
-    assert (tmp_path / "rep" / "table.md").exists()
+    # what its tests are: the Wilcoxon on the per-seed values (no counts behind a mean of
+    # per-class rates), no McNemar SE (the per-image bits give overall accuracy's)
+    assert "Final-iteration test mean class accuracy (%)" in md
+    assert "Wilcoxon signed-rank test on the per-seed values" in md and "error counts" not in md
+    assert "p (Wilcoxon on per-seed values, Holm)" in md
+    mhe_row = next(line for line in md.splitlines() if line.startswith("| mhe | 2 stuck |"))
+    assert mhe_row.split("|")[-3].strip() == "n/a", mhe_row  # the McNemar column
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "Wilcoxon signed-rank test on error counts" in table
     runs, _ = build_store(results)
     assert runs["test_mean_class_acc"].between(0, 100).all() and len(runs) == 4
 
