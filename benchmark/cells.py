@@ -31,6 +31,9 @@ SETUP_FIELDS = (
     ("packed_seeds", "--where packed_seeds=N", False),
     ("dtype", "--where dtype=VALUE", False),
     ("threads", "--where threads=N", False),
+    # processes under DDP: without runtime.sync_bn each normalises its own shard, so the
+    # world size changes the numbers
+    ("world_size", "--where world_size=N", False),
 )
 TABLE2_REGULARIZERS = ["weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
                        "adv_comhe", "g_comhe"]

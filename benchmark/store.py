@@ -7,7 +7,8 @@ each file atomically. Records of several suites and code versions coexist; selec
 :func:`filter_runs` (suite, git commit prefix, status, ...) and :func:`curves_for`.
 
 Each row also carries the run's set-up (``protocol_hash``, ``model_kwargs``, ``code``,
-``packed_seeds``, ``dtype``, ``threads``: what a cell must not mix, docs/statistics.md) and its
+``packed_seeds``, ``dtype``, ``threads``, ``world_size``: what a cell must not mix,
+docs/statistics.md) and its
 ``outcome``: the recorded status, with a complete run that sat at the loss ceiling or at chance
 accuracy reclassified as ``stuck`` by :func:`classify_outcome`.
 """
@@ -37,6 +38,7 @@ RUNS_SCHEMA: dict[str, str] = {
     "device": "string", "torch_version": "string", "synthetic": "boolean", "record_path": "string",
     "model_kwargs": "string", "protocol_hash": "string", "regularizer_source": "string",
     "code": "string", "packed_seeds": "Int64", "dtype": "string", "threads": "Int64",
+    "world_size": "string",
     "softmax_eps": "float64", "final_iteration": "Int64", "outcome": "string",
     "outcome_reason": "string", "correct": "string",
     # point-cloud runs (PointNet's "avg class acc"); NaN for records written before it existed
@@ -108,6 +110,17 @@ def classify_outcome(status: str, final: dict, softmax_eps: float, dataset: Any
     return "complete", None
 
 
+def _world_size(record: dict) -> str | None:
+    """Processes the run trained on: "1", "2", ... or "1+2" for a run resumed at another world
+    size (each segment's, distinct, in order). Records from before distributed runs existed
+    trained in one process: "1"; a failed record written by the runner (no runtime): None."""
+    dist = record.get("distributed")
+    if isinstance(dist, dict):
+        sizes = [int(w) for w in dist.get("world_sizes") or [dist.get("world_size") or 1]]
+        return "+".join(str(w) for w in dict.fromkeys(sizes))
+    return "1" if record.get("runtime") else None
+
+
 def _threads(runtime: dict) -> Any:
     value = runtime.get("threads")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -147,7 +160,7 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
         .hexdigest()[:12] if protocol else None,
         "regularizer_source": config.get("regularizer_source"), "code": code,
         "packed_seeds": runtime.get("packed_seeds", 1), "dtype": runtime.get("dtype"),
-        "threads": _threads(runtime), "softmax_eps": eps,
+        "threads": _threads(runtime), "world_size": _world_size(record), "softmax_eps": eps,
         "final_iteration": final.get("iteration"), "outcome": outcome,
         "outcome_reason": why or record.get("reason"),
         "correct": json.dumps(correct, sort_keys=True) if isinstance(correct, dict) else None,

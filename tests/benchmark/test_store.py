@@ -151,3 +151,21 @@ def test_store_losses_names_runs_a_rebuild_would_drop(tmp_path):
     runs, _ = build_store(tmp_path)
     assert store_losses(tmp_path / "store", runs) == ["r2"]
     assert store_losses(tmp_path / "nowhere", runs) == []
+
+
+def test_world_size_column_from_the_records(results):
+    """One process for an engine record without the field (it predates distributed runs), None
+    for a record with no runtime block (a runner-written failure; the fake engine's), and every
+    segment's size for a resumed DDP run."""
+    runs, _ = build_store(results)
+    assert runs["world_size"].isna().all()  # the fake engine writes no runtime block
+    complete = runs.loc[runs["status"] == "complete", "record_path"]
+    one, two = (results / complete.iloc[0], results / complete.iloc[1])
+    for path, extra in ((one, {}), (two, {"distributed": {
+            "world_size": 2, "nodes": 1, "backend": "gloo", "per_rank_batch": 8,
+            "world_sizes": [1, 2, 2]}})):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "runtime": {"threads": 1}, **extra}))
+    runs, _ = build_store(results)
+    by_path = runs.set_index("record_path")["world_size"]
+    assert by_path[complete.iloc[0]] == "1" and by_path[complete.iloc[1]] == "1+2"
