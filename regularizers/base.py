@@ -160,20 +160,34 @@ class Regularizer(nn.Module):
         roles overrides ``model.weight_roles`` / the inferred roles per parameter name;
         example_input (optional) lets role inference follow the forward order. Returns self.
         """
-        layers = resolve_roles(model, roles, example_input)
-        if not layers:
-            raise ValueError(f"{self.name}: the model has no conv/linear weights to regularize")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int; got {seed!r}")
-        self.layers = [Layer(*layer) for layer in layers]
+        self.layers = self.check_model(model, roles, example_input)
         for key in list(self._buffers):  # re-attaching starts from a clean state
             del self._buffers[key]
-        device = layers[0][1].device
+        device = self.layers[0].param.device
         self.seed = seed
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.setup(device)
         return self
+
+    def check_model(self, model: nn.Module, roles: dict[str, str] | None = None,
+                    example_input: Any = None) -> list[Layer]:
+        """The layers this regularizer would act on, after :meth:`check_layers`; raises
+        ValueError (one line) when it cannot act on them. Builds no state and reads only shapes,
+        so a model on the meta device will do (the runner checks a run this way before it
+        starts)."""
+        layers = [Layer(*layer) for layer in resolve_roles(model, roles, example_input)]
+        if not layers:
+            raise ValueError(f"{self.name}: the model has no conv/linear weights to regularize")
+        self.check_layers(layers)
+        return layers
+
+    def check_layers(self, layers: list[Layer]) -> None:
+        """Override to refuse layers by their shapes and roles (ValueError, one line), e.g. a
+        fan-in the hyper-parameters cannot split. Called before :meth:`setup`, and on
+        meta-device models: use shapes only."""
 
     def setup(self, device: torch.device) -> None:
         """Build per-layer state (groups, buffers) once the weights are known."""

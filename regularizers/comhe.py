@@ -376,14 +376,13 @@ class GCoMHE(_CoMHEBase):
             return "full"
         return "half" if role == "first" else "proj"
 
-    def setup(self, device) -> None:
+    def check_layers(self, layers) -> None:
         G = self.hparams["groups"]
-        for name, p, role in self.layers:
+        for name, p, role in layers:
             d = p[0].numel()
             if self._mode(role, p) == "proj" and (d % G or d // G < 2):
                 raise ValueError(f"g_comhe: layer {name!r} has fan-in d={d}; groups={G} must divide d "
                                  f"with at least 2 coordinates per group")
-        super().setup(device)
 
     def _projected(self, gi, W):
         return group_energy(W, self.hparams["groups"], 2, half_space=True)

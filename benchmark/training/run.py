@@ -72,6 +72,8 @@ def validate(spec: RunSpec) -> None:
         _check_model_points(spec.model, kwargs_json, chans, classes, spec.protocol.data.points.num_points)
     else:
         _check_model_input(spec.model, kwargs_json, chans, classes, spec.protocol.data.image_size)
+    _check_regularizer_fits(spec.model, kwargs_json, chans, classes, spec.regularizer,
+                            json.dumps(spec.regularizer_hparams, sort_keys=True))
     check_engine_support(spec, entry.kind, has_aux_losses(spec.model, spec.model_kwargs),
                          env_world_size())
 
@@ -138,6 +140,22 @@ def _check_model(name: str, kwargs_json: str) -> None:
             models.create(name, num_classes=10, **json.loads(kwargs_json))
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _check_regularizer_fits(model_name: str, kwargs_json: str, chans: int, classes: int,
+                            reg_name: str, hparams_json: str) -> None:
+    """The regularizer's shape checks (``Regularizer.check_model``, e.g. G-CoMHE's groups that
+    must divide every fan-in) on the model built on the meta device, with the roles ``setup``
+    gives it: a layer it cannot act on fails here, not after the data is loaded."""
+    with torch.device("meta"):
+        model = models.create(model_name, num_classes=classes, in_chans=chans,
+                              **json.loads(kwargs_json))
+    roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
+    try:
+        regularizers.create(reg_name, **json.loads(hparams_json)).check_model(model, roles)
+    except ValueError as exc:
+        raise ConfigError(f"{str(exc).splitlines()[0]} (model {model_name})") from None
 
 
 @functools.lru_cache(maxsize=64)

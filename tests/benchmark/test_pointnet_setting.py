@@ -320,3 +320,15 @@ def test_distributed_runs_refuse_point_clouds_and_auxiliary_losses(monkeypatch, 
         validate(RunSpec(load_protocol("smoke"), "digits", aux_model, "weight_decay", 0))
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: both are fine
     validate(RunSpec(load_protocol("smoke"), "digits", aux_model, "weight_decay", 0))
+
+
+def test_a_regularizer_that_cannot_split_a_layer_fails_before_the_run():
+    """G-CoMHE's groups must divide every projected fan-in: at width 0.125 a T-Net layer has
+    fan-in 8, which 8 groups of >= 2 coordinates cannot split. validate says so in one line,
+    before any data loads (it used to fail only when the run attached the regularizer)."""
+    proto = load_protocol("pointnet_cpu")
+    with pytest.raises(ConfigError, match=r"^g_comhe: layer 'input_tnet\.mlp\.3\.weight' has fan-in "
+                                          r"d=8; groups=8 must divide d .* \(model pointnet\)$"):
+        validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
+                         model_kwargs={"width": 0.125}))
+    validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0, model_kwargs={"width": 0.25}))

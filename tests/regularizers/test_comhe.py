@@ -152,6 +152,22 @@ def test_g_comhe_definition(tiny):
         regularizers.create("g_comhe", groups=4).attach(tiny)
 
 
+def test_check_model_refuses_on_shapes_alone_with_no_state_built():
+    """check_model (what the runner calls before a run) on a meta-device model: the same
+    refusal as attach, and no state built; a model it accepts gives the layers attach uses."""
+    from tests.regularizers.conftest import TinyNet as Net
+
+    with torch.device("meta"):
+        meta = Net(dtype=torch.float32)
+    reg = regularizers.create("g_comhe", groups=4)
+    with pytest.raises(ValueError, match="groups=4 must divide d"):
+        reg.check_model(meta)
+    assert reg.layers == [] and not list(reg.buffers())
+    layers = regularizers.create("g_comhe", groups=2).check_model(meta)
+    assert [(n, r) for n, _, r in layers] == [("first", "first"), ("h1", "hidden"), ("h2", "hidden"),
+                                               ("small", "hidden"), ("out", "output")]
+
+
 def _modes(reg):
     return {reg.layer_names[i]: m for idx, m in zip(reg._groups, reg._modes) for i in idx}
 
