@@ -93,7 +93,7 @@ def _download(root: Path) -> None:
 
 
 @register_dataset("modelnet40", num_classes=40, offline=False, channels=3, kind="points",
-                  train_size=N_TRAIN, missing=_missing, stand_in="synthetic_shapes",
+                  train_size=N_TRAIN, missing=_missing, stand_in="synthetic_shapes", points=2048,
                   description="ModelNet-40 point clouds, 9,840/2,468 shapes of 2,048 points "
                               "(PointNet's HDF5 release, read with h5py)")
 def modelnet40(arg: str | None, cfg: Data) -> Dataset:

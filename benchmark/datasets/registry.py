@@ -75,6 +75,7 @@ class DatasetInfo:
     missing: Callable[[], str | None] | None = None  # one line naming missing files, or None
     kind: str = "image"  # or "points" (point clouds: no image size, benchmark.point_data)
     stand_in: str | None = None  # the offline stand-in; None: synthetic:<num_classes>
+    points: int | None = None  # point clouds: points stored per shape (data.points.num_points <= it)
 
     @property
     def usage(self) -> str:
@@ -89,12 +90,14 @@ def register_dataset(name: str, *, num_classes: int | None, offline: bool, descr
                      channels: int | None = None, image_size: int | None = None,
                      train_size: int | None = None,
                      missing: Callable[[], str | None] | None = None,
-                     kind: str = "image", stand_in: str | None = None):
+                     kind: str = "image", stand_in: str | None = None,
+                     points: int | None = None):
     """Decorator registering ``loader(arg, cfg) -> Dataset`` under ``name``. ``channels``,
     ``image_size`` (native), ``train_size`` and ``missing()`` (a line naming the files that are
     not on disk, or None) let :func:`preflight` reject a run before anything loads. ``kind``:
     "image" or "points" (point clouds; ``channels`` is then the coordinates per point);
-    ``stand_in``: the offline dataset profiles use instead (default ``synthetic:<classes>``)."""
+    ``stand_in``: the offline dataset profiles use instead (default ``synthetic:<classes>``);
+    ``points``: point clouds only, the points stored per shape."""
     if kind not in ("image", "points"):
         raise ValueError(f"dataset {name!r}: kind must be 'image' or 'points', got {kind!r}")
 
@@ -103,7 +106,8 @@ def register_dataset(name: str, *, num_classes: int | None, offline: bool, descr
         if old is not None and old.loader.__qualname__ != loader.__qualname__:
             raise ValueError(f"dataset name {name!r} is already registered by {old.loader.__module__}")
         _REGISTRY[name] = DatasetInfo(name, loader, num_classes, offline, description, arg, check_arg,
-                                      channels, image_size, train_size, missing, kind, stand_in)
+                                      channels, image_size, train_size, missing, kind, stand_in,
+                                      points)
         return loader
 
     return deco
@@ -136,12 +140,16 @@ def check_name(name: str) -> None:
 
 def preflight(name: str, cfg: Data, batch_size: int) -> None:
     """Without loading anything: the dataset's files are there (or may be downloaded), its images
-    fit ``cfg.image_size`` and one batch fits in its training set. One-line ConfigError."""
+    fit ``cfg.image_size`` (point clouds: it stores ``num_points`` per shape) and one batch fits
+    in its training set. One-line ConfigError."""
     entry = info(name)
     size = entry.image_size or cfg.image_size
     if entry.kind == "image" and size > cfg.image_size:
         raise ConfigError(f"{name} images are {size}x{size}, larger than data.image_size="
                           f"{cfg.image_size}; use data.image_size >= {size}")
+    if entry.kind == "points" and entry.points is not None and cfg.points.num_points > entry.points:
+        raise ConfigError(f"data.points.num_points={cfg.points.num_points} is more than the "
+                          f"{entry.points} points {name} stores per shape; allowed: 1-{entry.points}")
     if entry.train_size is not None:
         n_train = min(entry.train_size, cfg.max_train) if cfg.max_train else entry.train_size
         per_epoch = n_train // batch_size if cfg.drop_last else -(-n_train // batch_size)

@@ -104,7 +104,7 @@ def make_shapes(classes: int, n: int, points: int, seed: int) -> tuple[torch.Ten
 
 
 @register_dataset("synthetic_shapes", num_classes=10, offline=True, arg="classes", channels=3,
-                  kind="points", train_size=N_TRAIN,
+                  kind="points", train_size=N_TRAIN, points=N_POINTS,
                   check_arg=lambda a: a.isdigit() and 2 <= int(a) <= len(FAMILIES),
                   description="generated point clouds of 2-10 solids (sphere, cube, cylinder, cone, "
                               "torus, ...), random pose and noise, 2,000/500 shapes of 1,024 points; "

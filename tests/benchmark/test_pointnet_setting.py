@@ -332,3 +332,18 @@ def test_a_regularizer_that_cannot_split_a_layer_fails_before_the_run():
         validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
                          model_kwargs={"width": 0.125}))
     validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0, model_kwargs={"width": 0.25}))
+
+
+@pytest.mark.parametrize("dataset, stored", [("synthetic_shapes", 1024), ("modelnet40", 2048)])
+def test_more_points_than_a_shape_stores_fail_before_the_run(dataset, stored, monkeypatch, tmp_path):
+    """data.points.num_points above what the dataset stores per shape is one line from
+    validate (it used to fail only once the data had loaded); the stored count itself is fine."""
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path))
+    monkeypatch.setenv("COMHE_DOWNLOAD", "1")  # modelnet40's files need not be here for this
+    too_many = load_protocol("pointnet_cpu", {"data.points.num_points": stored + 1})
+    with pytest.raises(ConfigError, match=rf"^data\.points\.num_points={stored + 1} is more than "
+                                          rf"the {stored} points {dataset} stores per shape; "
+                                          rf"allowed: 1-{stored}$"):
+        validate(RunSpec(too_many, dataset, "pointnet", "weight_decay", 0, model_kwargs={"width": 0.25}))
+    exact = load_protocol("pointnet_cpu", {"data.points.num_points": stored})
+    validate(RunSpec(exact, dataset, "pointnet", "weight_decay", 0, model_kwargs={"width": 0.25}))
