@@ -82,10 +82,31 @@ def take_batch(stream: "BatchStream", perm: torch.Tensor, oy: torch.Tensor, ox: 
     return x.unflatten(0, idx.shape), stream.y[idx]
 
 
-class _EpochBuffers:
-    """What both streams share: the epoch's order and augmentation, drawn once per epoch."""
+class EpochCursor:
+    """Where a training stream stands: its epoch and the position of its next batch in it. It is
+    all a checkpoint keeps of a stream: every epoch's order is drawn again from (seed, epoch).
+    Every stream (images, packed seeds, point clouds, files) moves and resumes through this."""
 
-    epoch: int
+    epoch: int = 0
+    position: int = 0
+    per_epoch: int  # batches per epoch
+
+    def advance(self) -> None:
+        """Move to the next batch position (and epoch) without producing the batch."""
+        self.position += 1
+        if self.position == self.per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class _EpochBuffers(EpochCursor):
+    """What the tensor streams share: the epoch's order and augmentation, drawn once per epoch."""
+
     epoch_loaded: int
 
     def ensure_epoch(self) -> None:
@@ -139,18 +160,6 @@ class BatchStream(_EpochBuffers):
         lo = self.position * self.batch_size
         return slice(lo, min(lo + self.batch_size, self.n))
 
-    def advance(self) -> None:
-        """Move to the next batch position (and epoch) without producing the batch."""
-        self.position += 1
-        if self.position == self.per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
 
 class PackedBatchStream(_EpochBuffers):
     """The batch streams of S seeds advanced together (packed seeds): (S, B, ...) per step.
@@ -187,20 +196,13 @@ class PackedBatchStream(_EpochBuffers):
         self.advance()
         return batch
 
-    def advance(self) -> None:
-        self.position += 1
-        if self.position == self.streams[0].per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
+    @property
+    def per_epoch(self) -> int:
+        return self.streams[0].per_epoch
 
     @property
     def n(self) -> int:
         return self.streams[0].n
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 # torchvision's ImageNet channel statistics (references/classification/presets.py), on 0..1.

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from benchmark.config import ConfigError, Data
+from benchmark.data import EpochCursor
 from benchmark.datasets.folders import FileDataset
 
 # torchvision references/classification/presets.py: eval resize 256 for a 224 crop.
@@ -109,7 +110,7 @@ class EpochBatches:
             yield [(int(perm[i]), int(seeds[i])) for i in range(lo, hi)]
 
 
-class FileBatchStream:
+class FileBatchStream(EpochCursor):
     """The recipe's sampling over files (module docstring)."""
 
     def __init__(self, ds: FileDataset, batch_size: int, seed: int, cfg: Data,
@@ -141,16 +142,18 @@ class FileBatchStream:
         if self._batches is None:
             self._batches = iter(self.loader)
         x, y = next(self._batches)
-        self.position += 1
-        if self.position == self.per_epoch:
-            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+        super().advance()  # the loader's iterator moved with the cursor
+        if self.position == 0:  # a new epoch: a new iterator, from its first batch
+            self._batches = None
         return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+    def advance(self) -> None:
+        """Skip a batch without decoding it: the loader restarts at the new position."""
+        super().advance()
+        self._batches = None
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        super().load_state_dict(state)
         self._batches = None  # the next batch comes from the new position
 
 

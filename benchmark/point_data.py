@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from .config import ConfigError, Data, PointData
-from .data import BatchStream
+from .data import BatchStream, EpochCursor
 from .datasets import Dataset
 
 
@@ -60,7 +60,7 @@ def points_input(x: torch.Tensor, cfg: PointData, dtype: torch.dtype) -> torch.T
     return x[:, : cfg.num_points].to(dtype)
 
 
-class PointStream:
+class PointStream(EpochCursor):
     """The recipe's sampling over point clouds: reshuffle every epoch, consecutive batches, the
     last partial batch dropped (``data.drop_last``); the interface of ``data.BatchStream``
     (``next``, ``advance``, ``epoch``, ``position``, ``per_epoch``, state dicts)."""
@@ -115,17 +115,6 @@ class PointStream:
         self.advance()
         return x, self.y[idx]
 
-    def advance(self) -> None:
-        """Move to the next batch position (and epoch) without producing the batch."""
-        self.position += 1
-        if self.position == self.per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 def stream_for(ds: Dataset, batch_size: int, seed: int, cfg: Data) -> BatchStream | PointStream:

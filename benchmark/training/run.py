@@ -69,9 +69,13 @@ def validate(spec: RunSpec) -> None:
     classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
     kwargs_json = json.dumps(spec.model_kwargs, sort_keys=True)
     if entry.kind == "points":
-        _check_model_points(spec.model, kwargs_json, chans, classes, spec.protocol.data.points.num_points)
+        points = spec.protocol.data.points.num_points
+        _check_model_input(spec.model, kwargs_json, chans, classes, (points, chans),
+                           f"point clouds of shape ({points}, {chans})")
     else:
-        _check_model_input(spec.model, kwargs_json, chans, classes, spec.protocol.data.image_size)
+        size = spec.protocol.data.image_size
+        _check_model_input(spec.model, kwargs_json, chans, classes, (chans, size, size),
+                           f"{size}x{size} images (data.image_size)")
     _check_regularizer_fits(spec.model, kwargs_json, chans, classes, spec.regularizer,
                             json.dumps(spec.regularizer_hparams, sort_keys=True))
     check_engine_support(spec, entry.kind, has_aux_losses(spec.model, spec.model_kwargs),
@@ -113,25 +117,6 @@ def _has_aux(name: str, kwargs_json: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _check_model_points(name: str, kwargs_json: str, chans: int, classes: int, points: int) -> None:
-    """One forward pass on the meta device with point clouds (2, points, chans): an image model
-    given point clouds fails here, before any data loads."""
-    try:
-        with torch.device("meta"):
-            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
-            model.eval()
-            out = model(torch.empty(2, points, chans))
-    except NotImplementedError:
-        return
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        raise ConfigError(f"model '{name}' cannot take point clouds of shape ({points}, {chans}): "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if tuple(out.shape) != (2, classes):
-        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for point "
-                          f"clouds; expected ({classes},)")
-
-
-@functools.lru_cache(maxsize=64)
 def _check_model(name: str, kwargs_json: str) -> None:
     """Build the model on the meta device (no memory, no init cost): unknown names and
     keywords fail here, before any run, with the registry's one-line message."""
@@ -159,23 +144,25 @@ def _check_regularizer_fits(model_name: str, kwargs_json: str, chans: int, class
 
 
 @functools.lru_cache(maxsize=64)
-def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int, size: int) -> None:
-    """One forward pass on the meta device with the run's input shape: an image size the
-    network cannot take (pooled to nothing) fails here, not after the data is loaded."""
+def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int,
+                       shape: tuple[int, ...], what: str) -> None:
+    """One forward pass on the meta device with one example of the run's input ``shape``
+    (images (C, H, W), point clouds (P, C)): an input the network cannot take (an image size
+    pooled to nothing, point clouds given to an image model) fails here, not after the data is
+    loaded. ``what`` names the input and the setting behind it in the message."""
     try:
         with torch.device("meta"):
             model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
             model.eval()
-            out = model(torch.empty(2, chans, size, size))
+            out = model(torch.empty(2, *shape))
     except NotImplementedError:
         return  # an operation without a meta kernel: nothing can be said up front
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        raise ConfigError(f"model '{name}' cannot take {size}x{size} images (data.image_size): "
+        raise ConfigError(f"model '{name}' cannot take {what}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if tuple(out.shape) != (2, classes):
         raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for "
-                          f"{size}x{size} images (data.image_size); expected ({classes},)")
-
+                          f"{what}; expected ({classes},)")
 
 def resolve_threads(threads: int) -> int:
     """runtime.threads: 0 = the cores this process may use (not divided by --jobs)."""
