@@ -47,14 +47,6 @@ SINGLE = ["run", "--protocol", "smoke", "--dataset", "digits", "--model", "cnn9"
           "--regularizer", "weight_decay", "--set", "model.width=0.125", "--no-progress"]
 
 
-@pytest.fixture
-def fake_env(tmp_path, monkeypatch):
-    log = tmp_path / "train.log"
-    monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
-    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.02")
-    return log
-
-
 def cli_process(args, log: Path, sleep: float, script: str = CLI_WITH_FAKE_ENGINE) -> subprocess.Popen:
     env = {**os.environ, "FAKE_TRAIN_LOG": str(log), "FAKE_TRAIN_SLEEP": str(sleep),
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

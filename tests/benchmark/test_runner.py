@@ -108,14 +108,6 @@ def starts(log: Path) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-def fake_env(tmp_path, monkeypatch):
-    log = tmp_path / "train.log"
-    monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
-    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.02")
-    return log
-
-
 def test_runs_everything_once_then_skips(tmp_path, fake_env):
     specs = make_specs()
     summary = run_suite(specs, tmp_path / "res", train_fn=fake_train, progress=False)
