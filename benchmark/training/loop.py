@@ -219,10 +219,12 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
             ckpt_path.unlink(missing_ok=True)
         return out
 
+    bn_momentum_set = None  # set on the modules only when the schedule moves (every `every` its)
     for it in range(start_it, proto.iterations):
         bn_momentum = proto.bn_momentum_at(it)
-        if bn_momentum is not None:
+        if bn_momentum is not None and bn_momentum != bn_momentum_set:
             run.set_bn_momentum(bn_momentum)
+            bn_momentum_set = bn_momentum
         loss, ce, pen = run.step(proto.lr_at(it))
         for name, term in getattr(run, "last_aux", {}).items():
             value = term.detach().float().reshape(-1)
