@@ -269,16 +269,40 @@ def _cmd_leaderboard(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import VERDICTS, compare_dirs, format_comparison
+    from .compare import compare_dirs, format_comparison
     from .records import iter_records
 
     for flag, path in (("--results", args.results), ("--reference", args.reference)):
         if not any(True for _ in iter_records(path)):
             raise ConfigError(f"{flag}: no run records under '{path}'")
-    rows = compare_dirs(args.results, args.reference, rtol=args.rtol, atol=args.atol)
-    print(format_comparison(rows, args.results, args.reference, rtol=args.rtol, atol=args.atol))
-    bad = [r for r in rows if r.verdict in VERDICTS[2:]]
-    return 1 if args.strict and bad else 0
+    verdict = compare_dirs(args.results, args.reference, match=args.match, rtol=args.rtol,
+                           atol=args.atol)
+    print(format_comparison(verdict, args.results, args.reference))
+    return 1 if verdict.verdict == "inconsistent" and not args.report_only else 0
+
+
+def _cmd_sensitivity(args) -> int:
+    from .records import iter_records
+    from .sensitivity import perturbation, summarize, train_perturbed, write
+    from .suites import load_suite
+
+    suite = load_suite(args.suite, profile=args.profile)  # validates before anything runs
+    name = Path(args.suite).stem + (f"-{args.profile}" if args.profile else "")
+    base = Path(args.base or Path("results") / name / "runs")
+    out = Path(args.out or Path("results") / name / "sensitivity")
+    if not any(True for _ in iter_records(base)):
+        raise ConfigError(f"--base: no run records under '{base}' (train the reference first: "
+                          f"`make reference`, or pass --base DIR)")
+    protocol = suite.protocol
+    pert = perturbation(args.perturb, protocol.runtime.threads)
+    if not args.no_train:
+        print(f"sensitivity: training {args.suite} again under {pert['what']} into {out / 'runs'}")
+        train_perturbed(args.suite, args.profile, out / "runs", pert, args.jobs,
+                        progress=not args.no_progress)
+    summary = summarize(base, out / "runs", pert)
+    write(summary, out, name)
+    print((out / "summary.md").read_text())
+    return 0
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -407,15 +431,41 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pair runs of different code versions in one cell (said under the title)")
     lb.add_argument("--include-stuck", action="store_true",
                     help="let stuck runs enter means and tests (they are always counted)")
-    cmp = command("compare", "did these runs reproduce a reference? (run by run)",
-                  "Match the runs of two results directories by run id and give each a verdict: "
-                  "identical, within tolerance, different (with where the curves part) or missing.")
+    cmp = command("compare", "did these runs reproduce a reference? identical / consistent / "
+                  "inconsistent",
+                  "Match the runs of two results directories and give each run, each label and the "
+                  "whole comparison a verdict: identical (bit for bit), consistent (within the "
+                  "protocol's measured numerical noise: <reference>/../sensitivity/summary.json) or "
+                  "inconsistent (an outcome flip, a missing run, or a label whose mean moved beyond "
+                  "that noise). Exits 1 on inconsistent.")
     cmp.add_argument("--results", required=True, help="the runs to check")
     cmp.add_argument("--reference", required=True, help="the runs to check them against")
-    cmp.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance per curve value")
-    cmp.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance per curve value")
-    cmp.add_argument("--strict", action="store_true",
-                     help="exit 1 when a run is different or missing (default: report only)")
+    cmp.add_argument("--match", default="run_id", choices=["run_id", "label"],
+                     help="pair runs by run id, or by (dataset, model, label, seed) for runs whose "
+                          "set-ups differ on purpose")
+    cmp.add_argument("--rtol", type=float, default=1e-4,
+                     help="relative tolerance per curve value for where two runs part")
+    cmp.add_argument("--atol", type=float, default=1e-6,
+                     help="absolute tolerance per curve value for where two runs part")
+    cmp.add_argument("--report-only", action="store_true",
+                     help="exit 0 even when the comparison is inconsistent")
+    sens = command("sensitivity", "a suite's numerical noise: every run again under a float "
+                   "perturbation",
+                   "Train every run of a suite again with the kernels of a lower instruction-set "
+                   "level (--perturb isa) or another thread count (--perturb threads), and set the "
+                   "change of final test error against the spread across seeds; list every "
+                   "outcome flip. Writes OUT/summary.json and OUT/summary.md, which `compare` reads.")
+    sens.add_argument("--suite", required=True, help="suite name or YAML file")
+    sens.add_argument("--profile", help="the suite's profile, if any")
+    sens.add_argument("--base", help="the unperturbed runs (default: results/<suite>/runs)")
+    sens.add_argument("--out", help="where the perturbed runs and the summary go "
+                                    "(default: results/<suite>/sensitivity)")
+    sens.add_argument("--perturb", default="isa", choices=["isa", "threads"],
+                      help="the perturbation")
+    sens.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    sens.add_argument("--no-train", action="store_true",
+                      help="rebuild the summary from the perturbed runs already there")
+    sens.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
     perf = command("perf", "training-step time per regularizer, as ratios")
     perf.add_argument("--model", default="cnn9", help="model to time")
     perf.add_argument("--batch-size", type=int, default=128, help="batch size")
@@ -467,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins([*args.plugin, *args.plugin_after])
         return {"list": _cmd_list, "run": _cmd_run, "status": _cmd_status, "report": _cmd_report,
                 "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "perf": _cmd_perf,
+                "sensitivity": _cmd_sensitivity,
                 "gpu-check": _cmd_gpu_check}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ LAZY_OK = {
     "torch._dynamo", "torch._inductor",  # compile internals, only where compiling
     "timm", "models.timm_models",  # timm's import costs ~1 s; only timm:<name> models need it
     "torchvision", "torchvision.datasets", "torchvision.transforms", "sklearn.datasets", "sklearn.model_selection",
-    "submitit", "statsmodels", "statsmodels.api", "statsmodels.formula.api",
+    "submitit", "pynvml", "statsmodels", "statsmodels.api", "statsmodels.formula.api",
     "statsmodels.stats.power", "matplotlib", "matplotlib.pyplot", "tqdm", "tqdm.auto",
 }
 

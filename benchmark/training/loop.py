@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark import records, stopping
+from benchmark import machine, records, stopping
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
 from benchmark.progress import progress as progress_bar
@@ -144,6 +144,9 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
 
     base_record = {  # what every seed's record shares (records.make_record adds the rest)
         **environment(), "device": device_name(device), "synthetic": data.synthetic,
+        # the CPU, its dispatch level, math libraries, threads, CUDA stack: what explains a
+        # numerical difference between two machines (not part of the run's identity)
+        "machine": machine.facts(device),
         "notes": list(getattr(run.models[0], "model_notes", [])),
         "regularizer_hparams_resolved": dict(run.regs[0].hparams),
         "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),

@@ -1,25 +1,41 @@
-"""`compare`: run-by-run reproduction verdicts between two results directories."""
+"""`compare`: identical / consistent / inconsistent, per run, per label and overall."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
 from benchmark.cli import main
-from benchmark.compare import compare_dirs, format_comparison
-from benchmark.records import record_path, write_json_atomic
+from benchmark.compare import compare_dirs, environment_of, format_comparison, load_noise, seed_noise
+from benchmark.records import iter_records, record_path, write_json_atomic
 from tests.benchmark.test_runner import fake_train, make_specs
+
+MACHINE = {"cpu_model": "Xeon", "cpu_vendor": "GenuineIntel", "cpu_capability": "AVX512",
+           "blas": "mkl", "onednn": "v3", "openmp": "201511", "intra_op_threads": 1}
 
 
 @pytest.fixture
 def pair(tmp_path):
-    """The same three fake runs in two directories, identical to start with."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    recs = [fake_train(s, b, progress=False) for s in make_specs(n_seeds=1)]
-    for r in recs:
+    """Three labels x 3 seeds of fake runs in two directories (results a, reference b/runs),
+    identical to start with, and a measured noise of 1 point beside the reference."""
+    a, b = tmp_path / "a", tmp_path / "b" / "runs"
+    recs = []
+    for spec in make_specs(n_seeds=3):
+        r = fake_train(spec, b, progress=False)
+        r["machine"] = dict(MACHINE)
+        write_json_atomic(record_path(b, r["run_id"]), r)
         write_json_atomic(record_path(a, r["run_id"]), r)
+        recs.append(r)
+    _noise(tmp_path / "b", 1.0)
     return a, b, recs
+
+
+def _noise(root, rms, pairs=40):
+    (root / "sensitivity").mkdir(exist_ok=True)
+    (root / "sensitivity" / "summary.json").write_text(json.dumps(
+        {"pooled": {"perturbation_rms": rms, "pairs": pairs}}))
 
 
 def _edit(directory, record, fn):
@@ -28,55 +44,107 @@ def _edit(directory, record, fn):
     write_json_atomic(record_path(directory, r["run_id"]), r)
 
 
+def _shift(delta):
+    """A numerically different run: every curve value moved a little, the final error by delta."""
+    def fn(r):
+        r["curves"]["train_loss"] = [x + 1e-3 for x in r["curves"]["train_loss"]]
+        r["curves"]["test_acc"][-1] -= delta
+        r["final"]["test_acc"] -= delta
+        r["final"]["test_error"] += delta
+        r["machine"]["cpu_capability"] = "AVX2"
+    return fn
+
+
 def test_identical_runs(pair):
+    a, b, _ = pair
+    v = compare_dirs(a, b)
+    assert v.verdict == "identical" and {r.verdict for r in v.runs} == {"identical"}
+    text = format_comparison(v, a, b)
+    assert "verdict: identical" in text and "environment: the same" in text
+
+
+def test_hardware_like_differences_are_consistent_and_name_the_facts(pair):
     a, b, recs = pair
-    rows = compare_dirs(a, b)
-    assert [r.verdict for r in rows] == ["identical"] * 3
-    text = format_comparison(rows, a, b)
-    assert "summary: 3 identical" in text and "environment: the same" in text
+    for r, delta in zip(recs, [0.5, -1.0, 1.0, 0.0, -0.5, 1.0, 0.5, -1.0, 0.0]):
+        _edit(a, r, _shift(delta))
+    v = compare_dirs(a, b)
+    assert v.verdict == "consistent", format_comparison(v, a, b)
+    assert {r.verdict for r in v.runs} == {"consistent"}
+    assert v.noise.measured and v.noise.sigma == 1.0
+    text = format_comparison(v, a, b)
+    assert "environment differs: cpu_capability: AVX2 here vs AVX512 in the reference" in text
+    assert "verdict: consistent" in text and "not bit-identical" in text
 
 
-def test_tolerance_difference_missing_and_environment(pair):
+def test_a_label_moved_beyond_the_noise_is_inconsistent(pair):
     a, b, recs = pair
-    # 1: a rounding-sized change -> within tolerance
-    _edit(a, recs[0], lambda r: r["curves"]["train_loss"].__setitem__(2, 0.5 + 1e-7))
-    # 2: a real change at the second evaluation, on another machine
-    def moved(r):
-        r["curves"]["test_acc"][1] = 52.0
-        r["curves"]["test_acc"][2] = r["final"]["test_acc"] = 63.0
-        r["final"]["test_error"] = 37.0
-        r["versions"]["torch"] = "2.4.0"
-        r["device"] = "cpu (other, 8 threads)"
-    _edit(a, recs[1], moved)
-    # 3: gone from the results, and a new run only in the results
-    record_path(a, recs[2]["run_id"]).unlink()
-    _edit(a, recs[2], lambda r: r.update(run_id="f" * 16))
-    rows = {r.run_id: r for r in compare_dirs(a, b)}
-    assert rows[recs[0]["run_id"]].verdict == "within tolerance"
-    diff = rows[recs[1]["run_id"]]
-    assert diff.verdict == "different" and diff.first_difference == (5, "test_acc")
-    assert diff.final_error == (37.0, 40.0) and diff.max_abs_difference == pytest.approx(3.0)
-    assert diff.environment["torch"] == ("2.4.0", "2.14.1")
-    assert rows[recs[2]["run_id"]].verdict == "missing" and rows["f" * 16].verdict == "missing"
-    text = format_comparison(list(rows.values()), a, b)
-    assert "summary: 1 within tolerance, 1 different, 2 missing" in text
-    assert "largest final test-error difference: 3.00 points" in text
-    assert "environment differs: torch: 2.4.0 here vs 2.14.1 in the reference" in text
+    for r in recs:  # hs_mhe worse by 4 points on every seed: 4 sigma x sqrt(3) of a mean
+        _edit(a, r, _shift(4.0 if r["config"]["regularizer"] == "hs_mhe" else 0.3))
+    v = compare_dirs(a, b)
+    assert v.verdict == "inconsistent"
+    labels = {lab.label: lab for lab in v.labels}
+    bad = [lab for lab in v.labels if lab.verdict == "inconsistent"]
+    assert len(bad) == 1 and bad[0].mean_difference == pytest.approx(4.0)
+    assert bad[0].bound < 4.0 and all(lab.bound > 0.3 for lab in labels.values())
+    # each of its runs is outside the per-run band too (a pointer, not the verdict)
+    assert {r.verdict for r in v.runs if r.key == bad[0].label or r.label == bad[0].label} == {"outside band"}
+    assert "INCONSISTENT" in format_comparison(v, a, b)
 
 
-def test_status_change_is_a_difference(pair):
+def test_an_outcome_flip_is_inconsistent_and_named(pair):
     a, b, recs = pair
     _edit(a, recs[0], lambda r: r.update(status="diverged", reason="non-finite loss at iteration 7"))
-    row = {r.run_id: r for r in compare_dirs(a, b)}[recs[0]["run_id"]]
-    assert row.verdict == "different" and row.note == "status diverged vs complete"
+    v = compare_dirs(a, b)
+    row = {r.run_id: r for r in v.runs}[recs[0]["run_id"]]
+    assert row.verdict == "inconsistent" and row.note == "outcome diverged here vs complete in the reference"
+    assert v.verdict == "inconsistent"
+    assert recs[0]["run_id"] in format_comparison(v, a, b)
 
 
-def test_compare_command(pair, capsys):
+def test_a_missing_run_is_inconsistent(pair):
+    a, b, recs = pair
+    record_path(a, recs[2]["run_id"]).unlink()
+    v = compare_dirs(a, b)
+    assert v.verdict == "inconsistent"
+    assert {r.run_id: r for r in v.runs}[recs[2]["run_id"]].note == "reference only"
+
+
+def test_old_records_show_unknown_machine_facts(pair):
+    a, b, recs = pair
+    _edit(a, recs[0], lambda r: r.pop("machine"))
+    env = environment_of(next(r for _, r in iter_records(a) if r["run_id"] == recs[0]["run_id"]))
+    assert env["cpu_model"] == "unknown" and env["cpu_capability"] == "unknown"
+    assert "cpu_model: unknown here vs Xeon" in format_comparison(compare_dirs(a, b), a, b)
+
+
+def test_without_a_measurement_the_bound_is_the_seed_spread(pair, tmp_path):
+    a, b, recs = pair
+    (tmp_path / "b" / "sensitivity" / "summary.json").unlink()
+    assert load_noise(b) is None
+    noise = seed_noise([r for _, r in iter_records(b)])
+    # fake errors are 40 - seed for seeds 0, 1, 2 in every label: SD 1, so sqrt(2)
+    assert not noise.measured and noise.sigma == pytest.approx(2 ** 0.5) and noise.df == 6
+    v = compare_dirs(a, b)
+    assert v.noise.sigma == pytest.approx(2 ** 0.5) and "not measured" in v.noise.source
+
+
+def test_match_by_label_pairs_runs_whose_ids_differ(pair, tmp_path):
+    a, b, recs = pair
+    c = tmp_path / "c"
+    for r in recs:  # another thread count: another run id, the same label and seed
+        _edit(c, r, lambda x: (x.update(run_id="t" + x["run_id"][1:]), _shift(0.2)(x)))
+    assert compare_dirs(c, b).verdict == "inconsistent"  # by id: nothing matches
+    v = compare_dirs(c, b, match="label")
+    assert v.verdict == "consistent" and len(v.runs) == len(recs)
+
+
+def test_compare_command_exits_1_only_when_inconsistent(pair, capsys):
     a, b, recs = pair
     assert main(["compare", "--results", str(a), "--reference", str(b)]) == 0
-    assert "summary: 3 identical" in capsys.readouterr().out
-    _edit(a, recs[0], lambda r: r["curves"]["penalty"].__setitem__(1, 9.0))
+    assert "verdict: identical" in capsys.readouterr().out
+    _edit(a, recs[0], _shift(0.5))
     assert main(["compare", "--results", str(a), "--reference", str(b)]) == 0
-    assert main(["compare", "--results", str(a), "--reference", str(b), "--strict"]) == 1
-    assert main(["compare", "--results", str(a / "nope"), "--reference", str(b)]) == 2
-    assert "no run records under" in capsys.readouterr().err
+    assert "verdict: consistent" in capsys.readouterr().out
+    _edit(a, recs[0], lambda r: r.update(status="failed", reason="boom"))
+    assert main(["compare", "--results", str(a), "--reference", str(b)]) == 1
+    assert main(["compare", "--results", str(a), "--reference", str(b), "--report-only"]) == 0
