@@ -135,7 +135,7 @@ def paper_verdict(values: Sequence[float] | np.ndarray, paper: float, *,
     if not n:
         return out
     out["difference"] = out["mean"] - paper
-    out["point_verdict"] = POINT_VERDICTS[abs(out["difference"]) > margin]
+    out["point_verdict"] = POINT_VERDICTS[int(abs(out["difference"]) > margin)]
     if n < 2:
         out["verdict"] = "one run: no prediction interval"
         return out
