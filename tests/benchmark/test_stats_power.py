@@ -166,7 +166,7 @@ def test_no_n_can_show_equivalence_when_one_run_spreads_wider_than_the_margin():
 def test_per_cell_tests_with_holm_over_all_keep_the_family_wise_error():
     """2 cells x (baseline + 5 labels) x 3 seeds, complete null, unequal spreads (0.3 and 3.0
     points), rows sharing the baseline runs: R = 4,000, SE 0.0034 at 0.05; bound 0.05 + 0.012.
-    The replaced mixed model rejected 0.071 / 0.090 here (issue 27)."""
+    The replaced mixed model rejected 0.071 / 0.090 in issue 27's audit (its set-up)."""
     rng = np.random.default_rng(7)
     reps, seeds, labels = 4000, 3, 5
     ps = []
