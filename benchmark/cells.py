@@ -200,8 +200,9 @@ def compare_to_baseline(
         :func:`stats.cell_summary` fields and per-seed ``values``, the
         :func:`stats.paired_comparison` fields (NaN on the baseline row; P(X > Y) over every
         counted run of the row and of the baseline), the seeds x images components
-        ``seed_sd, image_component, churn_sd`` and the flip floor ``floor_sd``
-        (:mod:`benchmark.power`; NaN without per-image correctness on >= 2 shared seeds),
+        ``seed_sd, image_component, churn_sd`` (churn_sd: the flip floor;
+        :func:`benchmark.power.variance_components`; NaN without per-image correctness on >= 2
+        shared seeds),
         ``n_runs, share_trained, share_diverged, share_stuck, share_failed``, ``p_success``
         (Fisher exact on trained / not against the baseline) and ``p_success_holm``,
         ``family_size`` (tests in the whole table), ``p_ttest_holm, p_wilcoxon_holm,
@@ -318,19 +319,18 @@ def compare_to_baseline(
 
 
 def _no_components() -> dict[str, float]:
-    return {"seed_sd": np.nan, "image_component": np.nan, "churn_sd": np.nan,
-            "floor_sd": np.nan}
+    return {"seed_sd": np.nan, "image_component": np.nan, "churn_sd": np.nan}
 
 
 def _components(pairs: list) -> dict[str, float]:
-    """Seeds x images variance components and the flip floor of one row's shared seeds, from
-    per-image correctness (NaN where a seed lacks it)."""
+    """Seeds x images variance components of one row's shared seeds (churn_sd: the flip
+    floor), from per-image correctness (NaN where a seed lacks it)."""
     if not pairs or any(a is None or b is None or a.shape != b.shape for a, b in pairs):
         return _no_components()
     diff = np.stack([a.astype(np.int8) - b.astype(np.int8) for a, b in pairs])
     comp = power.variance_components(diff)
     return {"seed_sd": comp["seed_sd"], "image_component": comp["image_component"],
-            "churn_sd": comp["churn_sd"], "floor_sd": power.flip_floor_sd(pairs)}
+            "churn_sd": comp["churn_sd"]}
 
 
 _COLUMNS = [
@@ -340,6 +340,6 @@ _COLUMNS = [
     "diff_ci_low", "diff_ci_high", "diff_boot_low", "diff_boot_high", "t_stat", "p_ttest", "dz",
     "dz_ci_low", "dz_ci_high", "w_stat", "p_wilcoxon", "n_nonzero", "min_p_wilcoxon",
     "win_rate", "p_superiority", "p_sup_ci_low", "p_sup_ci_high", "seed_sd", "image_component",
-    "churn_sd", "floor_sd", "n_runs", "share_trained", "share_diverged", "share_stuck",
+    "churn_sd", "n_runs", "share_trained", "share_diverged", "share_stuck",
     "share_failed", "p_success", "reason", "synthetic", "n_test", "noise_floor", "code",
 ]

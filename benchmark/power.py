@@ -4,7 +4,7 @@ components, and equivalence with a published single run.
 Pure functions on arrays. Power is the paired t's noncentral-t power (scipy), intervals of
 a standard deviation from the chi-square distribution, the equivalence test is TOST (two
 one-sided t-tests). The protocol is docs/statistics.md ("Power", "Seeds x images",
-"Paper comparison"); simulation checks of every claim are in tests/benchmark/test_power.py.
+"Paper comparison"); simulation checks of every claim are in tests/benchmark/test_stats_power.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats as sps
 
 __all__ = ["DETECT_POINTS", "POWER", "detectable_effect", "paired_t_power", "equivalence_single_run",
-           "flip_floor_sd", "min_detectable_difference", "pooled_sd", "seed_estimate",
+           "min_detectable_difference", "pooled_sd", "seed_estimate",
            "seeds_needed", "variance_components"]
 
 DETECT_POINTS = 0.3  # the difference the seed estimate is about, in percentage points
@@ -112,28 +112,6 @@ def seeds_needed(sd_diff: float, *, alpha: float, delta: float = DETECT_POINTS,
     return float(hi)
 
 
-def flip_floor_sd(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
-    """SD (points) of one seed's paired difference implied by per-image churn alone.
-
-    For one pair of networks on N images with b, c discordant images, a seed's difference is a
-    mean of N terms in {-1, 0, 1} with variance ((b + c)/N - ((b - c)/N)^2) / N. If a new seed
-    re-draws which images flip, the seed-to-seed SD of the difference is at least this, so a
-    seed count computed from a smaller SD is below the floor. Averaged over the pairs (variance
-    scale); NaN without per-image correctness.
-
-    Args:
-        pairs: per seed, (row's correctness, baseline's correctness), bool arrays of shape (N,).
-    """
-    var = []
-    for a, b in pairs:
-        if a is None or b is None or a.shape != b.shape or a.size == 0:
-            return _NAN
-        n = a.size
-        only_a, only_b = float(np.sum(a & ~b)), float(np.sum(~a & b))
-        var.append(((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n)
-    return 100.0 * math.sqrt(float(np.mean(var))) if var else _NAN
-
-
 def seed_estimate(sd: float, df: int, *, alpha: float, floor_sd: float = _NAN,
                   delta: float = DETECT_POINTS, power: float = POWER,
                   confidence: float = 0.95) -> dict[str, Any]:
@@ -142,7 +120,8 @@ def seed_estimate(sd: float, df: int, *, alpha: float, floor_sd: float = _NAN,
 
     The SD's confidence interval is sd * sqrt(df / chi2_{df}) at the two tails (exact for
     normal differences); the seed count is monotone in the SD, so the interval maps through.
-    Every SD is first raised to ``floor_sd`` (:func:`flip_floor_sd`) when that is larger.
+    Every SD is first raised to ``floor_sd`` (the flip floor: ``churn_sd`` of
+    :func:`variance_components`) when that is larger.
 
     Returns:
         dict with ``seeds, seeds_low, seeds_high, sd, sd_low, sd_high, df, floor_sd,
@@ -247,7 +226,7 @@ def table_power(table, alpha: float = 0.05) -> dict[str, Any]:
 
     Args:
         table: the tidy table of :func:`benchmark.cells.compare_to_baseline` (columns
-            ``is_baseline, sd_diff, n_pairs, floor_sd, family_size``).
+            ``is_baseline, sd_diff, n_pairs, churn_sd, family_size``).
     Returns:
         dict with ``level`` (Holm's first threshold alpha / family), ``n`` (fewest pairs),
         ``sd, df`` (pooled SD of the paired differences), ``mdd`` (minimum detectable paired
@@ -259,7 +238,7 @@ def table_power(table, alpha: float = 0.05) -> dict[str, Any]:
     level = alpha / max(family, 1)
     sd, df = pooled_sd(rows["sd_diff"], rows["n_pairs"].fillna(0))
     n = int(rows["n_pairs"].fillna(0).min()) if len(rows) else 0
-    floors = rows["floor_sd"].to_numpy(float)
+    floors = rows["churn_sd"].to_numpy(float)
     floors = floors[np.isfinite(floors)]
     floor = float(math.sqrt(np.mean(floors ** 2))) if floors.size else _NAN
     return {"level": level, "family": family, "n": n, "sd": sd, "df": df,

@@ -40,7 +40,7 @@ BOOTSTRAP_RESAMPLES = 9999
 # nominal 95% interval: 0.75 at n=3, 0.84 at n=5); t intervals are used instead.
 BOOTSTRAP_MIN_N = 20
 # Its simulated coverage at BOOTSTRAP_MIN_N normal values, nominal 0.95 (the tables print it;
-# tests/benchmark/test_power.py re-measures it).
+# tests/benchmark/test_stats_power.py re-measures it).
 BOOTSTRAP_COVERAGE = 0.926
 _NAN = float("nan")
 # scipy >= 1.15 takes ``rng``; older releases take ``random_state``.
