@@ -312,10 +312,18 @@ def compare_to_baseline(
         col = out.loc[idx]
         tested_rows = col[~col["is_baseline"].astype(bool)]
         sd, df = power.pooled_sd(tested_rows["sd_diff"], tested_rows["n_pairs"].fillna(0))
-        n_min = int(tested_rows["n_pairs"].fillna(0).min()) if len(tested_rows) else 0
+        n_min = _fewest_pairs(tested_rows)
         out.loc[idx, "sd_diff_pooled"], out.loc[idx, "df_pooled"] = sd, df
         out.loc[idx, "mdd"] = power.min_detectable_difference(sd, n_min, level)
     return out
+
+
+def _fewest_pairs(rows: pd.DataFrame) -> int:
+    """The fewest pairs among rows that can be tested (>= 2 pairs): the MDD is stated for the
+    weakest tested comparison; 0 when no row can be tested."""
+    pairs = rows["n_pairs"].fillna(0)
+    pairs = pairs[pairs >= 2]
+    return int(pairs.min()) if len(pairs) else 0
 
 
 def _no_components() -> dict[str, float]:

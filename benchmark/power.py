@@ -228,7 +228,8 @@ def table_power(table, alpha: float = 0.05) -> dict[str, Any]:
         table: the tidy table of :func:`benchmark.cells.compare_to_baseline` (columns
             ``is_baseline, sd_diff, n_pairs, churn_sd, family_size``).
     Returns:
-        dict with ``level`` (Holm's first threshold alpha / family), ``n`` (fewest pairs),
+        dict with ``level`` (Holm's first threshold alpha / family), ``n`` (fewest pairs of a
+        row with >= 2),
         ``sd, df`` (pooled SD of the paired differences), ``mdd`` (minimum detectable paired
         difference at 80% power) and ``seeds`` (:func:`seed_estimate` for DETECT_POINTS at
         ``level``, floored by the rows' flip floors pooled on the variance scale).
@@ -237,7 +238,8 @@ def table_power(table, alpha: float = 0.05) -> dict[str, Any]:
     family = int(table["family_size"].max()) if len(table) else 0
     level = alpha / max(family, 1)
     sd, df = pooled_sd(rows["sd_diff"], rows["n_pairs"].fillna(0))
-    n = int(rows["n_pairs"].fillna(0).min()) if len(rows) else 0
+    pairs = rows["n_pairs"].fillna(0)
+    n = int(pairs[pairs >= 2].min()) if (pairs >= 2).any() else 0  # the weakest tested row
     floors = rows["churn_sd"].to_numpy(float)
     floors = floors[np.isfinite(floors)]
     floor = float(math.sqrt(np.mean(floors ** 2))) if floors.size else _NAN

@@ -108,21 +108,26 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05, metric: str = "test_error
     head = (f"Primary test: paired t on {n}{'+' if pairs.max() > n else ''} seeds, Holm over "
             f"the table's {m} test(s) (first threshold {alpha}/{max(m, 1)} = {level:.2g}).")
     mdd, sd, df = (float(col[k].iloc[0]) for k in ("mdd", "sd_diff_pooled", "df_pooled"))
-    if n < 2:
+    testable = pairs[pairs >= 2]
+    if not len(testable):
         reach = " With fewer than 2 pairs no test is possible."
     elif np.isfinite(mdd):
         reach = (f" Minimum detectable paired difference: {mdd:.2f} points (80% power at that "
-                 f"level on {n} pairs, pooled SD of the paired differences {sd:.2f} over this "
-                 f"column's rows, {int(df)} df). Smaller true differences are more likely missed "
-                 f"than found, so a row without † is no evidence of no difference.")
+                 f"level on {int(testable.min())} pairs, pooled SD of the paired differences "
+                 f"{sd:.2f} over this column's rows, {int(df)} df). Smaller true differences are "
+                 f"more likely missed than found, so a row without † is no evidence of no "
+                 f"difference.")
     else:
-        reach = " The differences have no spread: the t-test is undefined."
-    floor = stats.min_p_wilcoxon(n)
-    wil = (f" Wilcoxon (robustness, exact, on {cells.wilcoxon_basis(metric)}): on {n} pairs "
-           f"its p cannot go below 2/2^{n} = {floor:.3g}, above {level:.2g}, so it cannot "
-           f"reject and its column is left out." if not wilcoxon_shown(col) else
-           f" Wilcoxon (robustness, exact, on {cells.wilcoxon_basis(metric)}): its p cannot go "
-           f"below 2/2^k on k non-zero pairs ({floor:.3g} at k = {n}).")
+        reach = (" No minimum detectable difference: no row has paired differences with a "
+                 "spread (the t-test is undefined).")
+    most = int(pairs.max())  # the row that comes closest to the Wilcoxon's floor
+    floor = stats.min_p_wilcoxon(most)
+    basis = cells.wilcoxon_basis(metric)
+    wil = (f" Wilcoxon (robustness, exact, on {basis}): on {most} pairs its p cannot go below "
+           f"2/2^{most} = {floor:.3g}, above {level:.2g}, so it cannot reject and its column is "
+           f"left out." if not wilcoxon_shown(col) else
+           f" Wilcoxon (robustness, exact, on {basis}): its p cannot go below 2/2^k on k "
+           f"non-zero pairs ({floor:.3g} at k = {most}).")
     return head + reach + wil
 
 

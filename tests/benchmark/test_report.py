@@ -391,3 +391,33 @@ def test_every_known_reported_value_records_its_settings():
         assert s["protocol"] == {"comhe_75k": "paper_cifar", "mhe_42.5k": "mhe_cifar"}[e["schedule"]]
         if e["label"].startswith(("mhe_", "hs_mhe_")):
             assert {"power", "half_space", "strength", "output_strength"} <= set(s)
+
+
+def test_wilcoxon_column_appears_only_where_it_can_reject_and_mdd_is_by_hand(tmp_path):
+    """8 pairs, one comparison: the exact Wilcoxon can reach 2/2^8 = 0.0078 < 0.05, so its
+    column is printed; the MDD is the pooled SD times the effect whose noncentral-t power is
+    0.8 (checked by simulation in test_stats_power.py)."""
+    from benchmark import power
+
+    runs, _ = make_store(labels=("weight_decay", "mhe"), cells=CELLS[:1], seeds=range(8))
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    assert "p (Wilcoxon on counts, Holm)" in md and "so it cannot reject" not in md
+    table = cells.compare_to_baseline(runs)
+    row = table[~table["is_baseline"]].iloc[0]
+    assert row["mdd"] == pytest.approx(row["sd_diff"] * power.detectable_effect(8, 0.05))
+    assert f"Minimum detectable paired difference: {row['mdd']:.2f} points" in md
+
+
+def test_success_rates_and_their_fisher_test_sit_beside_the_means(tmp_path):
+    runs, _ = make_store(labels=("weight_decay", "mhe"), cells=CELLS[:1], seeds=range(6))
+    runs.loc[(runs["label"] == "mhe") & (runs["seed"] < 4), ["status", "outcome"]] = "diverged"
+    table = cells.compare_to_baseline(runs).set_index("label")
+    assert table.loc["mhe", "share_trained"] == pytest.approx(2 / 6)
+    # Fisher by hand: 2/6 vs 6/6 trained; 8 trained of 12, tables as or less likely than seen
+    from math import comb
+    prob = {k: comb(6, k) * comb(6, 8 - k) / comb(12, 8) for k in range(2, 7)}
+    expected = sum(p for p in prob.values() if p <= prob[2] + 1e-12)
+    assert table.loc["mhe", "p_success"] == pytest.approx(expected)
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    detail = [line for line in md.splitlines() if line.startswith("| mhe |")][1]
+    assert "| 2/6 (33%) |" in detail
