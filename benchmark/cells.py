@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark import stats
+from benchmark import power, stats
 from benchmark.config import ConfigError
 from benchmark.suites import load_suite
 
@@ -151,8 +151,8 @@ def _per_seed(group: pd.DataFrame, column: str) -> pd.Series:
 
 
 # Metrics that are a count of test images over n_test: their Wilcoxon test runs on the integer
-# counts and their paired test-set SE is McNemar's. Others (mean class accuracy: a mean of
-# per-class rates) use the per-seed values and have no McNemar SE.
+# counts and per-image correctness gives their seeds x images components. Others (mean class
+# accuracy: a mean of per-class rates) use the per-seed values and have no components.
 COUNT_METRICS = ("test_error", "test_acc")
 
 
@@ -198,11 +198,20 @@ def compare_to_baseline(
         tidy DataFrame, one row per (dataset, model, label), in row order: outcome counts
         ``n_complete, n_diverged, n_stuck, n_failed, diverged_at, outcomes``, the
         :func:`stats.cell_summary` fields and per-seed ``values``, the
-        :func:`stats.paired_comparison` fields (NaN on the baseline row), ``mcnemar_se``,
+        :func:`stats.paired_comparison` fields (NaN on the baseline row; P(X > Y) over every
+        counted run of the row and of the baseline), the seeds x images components
+        ``seed_sd, image_component, churn_sd`` (churn_sd: the flip floor;
+        :func:`benchmark.power.variance_components`; NaN without per-image correctness on >= 2
+        shared seeds),
+        ``n_runs, share_trained, share_diverged, share_stuck, share_failed``, ``p_success``
+        (Fisher exact on trained / not against the baseline) and ``p_success_holm``,
         ``family_size`` (tests in the whole table), ``p_ttest_holm, p_wilcoxon_holm,
-        sig_ttest, sig_wilcoxon`` (Holm over the whole table at ``alpha``), ``seeds_needed``
-        (paired t at alpha / family_size, 80% power, 0.3 points), ``noise_floor`` (the
-        column's binomial SE of one accuracy), ``is_baseline, synthetic, n_test, code``.
+        sig_ttest, sig_wilcoxon`` (Holm over the whole table at ``alpha``),
+        ``wilcoxon_reachable`` (the exact Wilcoxon on these pairs can go below Holm's first
+        threshold alpha / family_size), per column ``sd_diff_pooled, df_pooled`` and ``mdd``
+        (minimum detectable paired difference, 80% power, at alpha / family_size, on the
+        column's fewest pairs), ``noise_floor`` (the column's binomial SE of one accuracy),
+        ``is_baseline, synthetic, n_test, code``.
     Raises:
         SetupError: a column mixes set-ups (:func:`check_setup`).
     """
@@ -225,6 +234,8 @@ def compare_to_baseline(
         base_counts = _counts(base_grp, metric)
         base_bits = stats.decode_correct(base_grp.groupby("seed")["correct"].first()) \
             if "correct" in base_grp else {}
+        base_n = {o: int(((col["label"] == base_label) & (col["outcome"] == o)).sum())
+                  for o in OUTCOMES}
         n_test = pd.to_numeric(col.get("n_test", pd.Series(dtype=float)), errors="coerce").max()
         acc_src = base_grp if len(base_grp) else counted
         acc = float(acc_src["test_acc"].mean()) if "test_acc" in acc_src and len(acc_src) else np.nan
@@ -242,6 +253,10 @@ def compare_to_baseline(
             row["diverged_at"] = sorted(int(i) for i in div.get("final_iteration",
                                                                  pd.Series(dtype=float)).dropna())
             row["outcomes"] = _outcome_text(row)
+            rates = stats.success_rates({o: row["n_" + o] for o in OUTCOMES})
+            row.update({f"share_{k}": v for k, v in rates.items() if k != "runs"}, n_runs=rates["runs"])
+            row["p_success"] = np.nan if label == base_label else stats.success_test(
+                row["n_complete"], rates["runs"], base_n["complete"], sum(base_n.values()))
             summary = stats.cell_summary(vals.to_numpy())
             row.update({k: v for k, v in summary.items() if k != "reason"})
             row["values"] = [float(v) for v in vals.to_numpy()]
@@ -250,7 +265,7 @@ def compare_to_baseline(
                 comp = stats.paired_comparison([], [])
                 comp["reason"] = "baseline row" if label == base_label else \
                     f"no counted '{base_label}' runs in this cell"
-                row["mcnemar_se"] = np.nan
+                row.update(_no_components())
             else:
                 shared = vals.index.intersection(base.index)
                 cnt = _counts(grp, metric)
@@ -259,12 +274,13 @@ def compare_to_baseline(
                 comp = stats.paired_comparison(vals.loc[shared].to_numpy(),
                                                base.loc[shared].to_numpy(),
                                                higher_is_better=higher_is_better,
-                                               counts=pair_counts)
+                                               counts=pair_counts,
+                                               unpaired=(vals.to_numpy(), base.to_numpy()))
                 bits = stats.decode_correct(grp.groupby("seed")["correct"].first()) \
                     if "correct" in grp else {}
-                row["mcnemar_se"] = stats.mcnemar_se(
-                    [(bits.get(s), base_bits.get(s)) for s in shared]) \
-                    if metric in COUNT_METRICS else np.nan  # per-image bits: overall accuracy only
+                # per-image bits describe overall accuracy only (not a mean of class rates)
+                row.update(_components([(bits.get(s), base_bits.get(s)) for s in shared])
+                           if metric in COUNT_METRICS else _no_components())
             reasons.append(comp.pop("reason"))
             row.update(comp)
             row.update(
@@ -286,8 +302,43 @@ def compare_to_baseline(
         reject, adjusted = stats.holm(pv, alpha)
         out[adj_col], out[sig_col] = adjusted, reject
     level = alpha / max(family, 1)
-    out["seeds_needed"] = [stats.seeds_needed(sd, alpha=level) for sd in out["sd_diff"]]
+    # Success shares: their own Holm family over the same rows.
+    out["p_success_holm"] = stats.holm(out["p_success"].to_numpy(float), alpha)[1]
+    # What the Wilcoxon column can reach with every difference non-zero: below Holm's first
+    # threshold or never.
+    out["wilcoxon_reachable"] = [stats.min_p_wilcoxon(int(k)) <= level
+                                 for k in out["n_pairs"].fillna(0)]
+    for _, idx in out.groupby(["dataset", "model"]).groups.items():
+        col = out.loc[idx]
+        tested_rows = col[~col["is_baseline"].astype(bool)]
+        sd, df = power.pooled_sd(tested_rows["sd_diff"], tested_rows["n_pairs"].fillna(0))
+        n_min = _fewest_pairs(tested_rows)
+        out.loc[idx, "sd_diff_pooled"], out.loc[idx, "df_pooled"] = sd, df
+        out.loc[idx, "mdd"] = power.min_detectable_difference(sd, n_min, level)
     return out
+
+
+def _fewest_pairs(rows: pd.DataFrame) -> int:
+    """The fewest pairs among rows that can be tested (>= 2 pairs): the MDD is stated for the
+    weakest tested comparison; 0 when no row can be tested."""
+    pairs = rows["n_pairs"].fillna(0)
+    pairs = pairs[pairs >= 2]
+    return int(pairs.min()) if len(pairs) else 0
+
+
+def _no_components() -> dict[str, float]:
+    return {"seed_sd": np.nan, "image_component": np.nan, "churn_sd": np.nan}
+
+
+def _components(pairs: list) -> dict[str, float]:
+    """Seeds x images variance components of one row's shared seeds (churn_sd: the flip
+    floor), from per-image correctness (NaN where a seed lacks it)."""
+    if not pairs or any(a is None or b is None or a.shape != b.shape for a, b in pairs):
+        return _no_components()
+    diff = np.stack([a.astype(np.int8) - b.astype(np.int8) for a, b in pairs])
+    comp = power.variance_components(diff)
+    return {"seed_sd": comp["seed_sd"], "image_component": comp["image_component"],
+            "churn_sd": comp["churn_sd"]}
 
 
 _COLUMNS = [
@@ -296,6 +347,7 @@ _COLUMNS = [
     "ci_t_high", "ci_boot_low", "ci_boot_high", "values", "n_pairs", "mean_diff", "sd_diff",
     "diff_ci_low", "diff_ci_high", "diff_boot_low", "diff_boot_high", "t_stat", "p_ttest", "dz",
     "dz_ci_low", "dz_ci_high", "w_stat", "p_wilcoxon", "n_nonzero", "min_p_wilcoxon",
-    "win_rate", "p_superiority", "p_sup_ci_low", "p_sup_ci_high", "mcnemar_se", "reason",
-    "synthetic", "n_test", "noise_floor", "code",
+    "win_rate", "p_superiority", "p_sup_ci_low", "p_sup_ci_high", "seed_sd", "image_component",
+    "churn_sd", "n_runs", "share_trained", "share_diverged", "share_stuck",
+    "share_failed", "p_success", "reason", "synthetic", "n_test", "noise_floor", "code",
 ]

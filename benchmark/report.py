@@ -18,8 +18,9 @@ import pandas as pd
 import yaml
 from scipy import stats as sps
 
-from benchmark import cells, stats, stats_across
+from benchmark import cells, power, stats, stats_across
 from benchmark import plots as plotting
+from benchmark.leaderboard import render_leaderboard, render_leaderboards  # noqa: F401
 from benchmark.tables import (  # noqa: F401 - re-exported: the report's public names
     atomic_write,
     build_table,
@@ -29,8 +30,6 @@ from benchmark.tables import (  # noqa: F401 - re-exported: the report's public 
     mixed_code_notes,
     noise_text,
     power_note,
-    render_leaderboard,
-    render_leaderboards,
     suggested_seeds,
     template_env,
     tex_escape,
@@ -39,7 +38,7 @@ from benchmark.tables import (  # noqa: F401 - re-exported: the report's public 
 from regularizers import get as get_regularizer
 
 __all__ = [
-    "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
+    "DEFAULT_REPORTED", "EQUIVALENCE_MARGIN", "POINT_VERDICTS", "SCHEDULES", "TABLE2_LABELS", "VERDICTS", "build_table",
     "format_cell", "load_reported", "md_escape", "paper_comparison", "paper_verdict",
     "power_note", "prepare_report", "render_leaderboard", "render_leaderboards", "schedule_of", "settings_match",
     "tex_escape",
@@ -51,9 +50,11 @@ DEFAULT_REPORTED = Path(__file__).resolve().parents[1] / "results" / "paper" / "
 SCHEDULES = {75_000: "comhe_75k", 42_500: "mhe_42.5k"}  # iterations -> schedule name
 # Equivalence margin of the paper verdict, in percentage points of the metric.
 EQUIVALENCE_MARGIN = 1.0
-VERDICTS = ("reproduced", "consistent, not shown equivalent", "differs",
-            "differs by less than the margin", "not comparable (schedule differs)",
-            "unknown (no paper value)", "no runs", "one run: no prediction interval")
+VERDICTS = ("shown equivalent within ±margin", "differs by less than the margin", "differs",
+            "not shown equivalent", "not shown equivalent (no n can show it at this spread)",
+            "not comparable (schedule differs)", "unknown (no paper value)", "no runs",
+            "one run: no prediction interval")
+POINT_VERDICTS = ("within the margin (point estimate)", "beyond the margin (point estimate)")
 
 
 # --- paper comparison -------------------------------------------------------------------------
@@ -109,27 +110,32 @@ def _run_names(runs: pd.DataFrame) -> pd.Series:
 def paper_verdict(values: Sequence[float] | np.ndarray, paper: float, *,
                   margin: float = EQUIVALENCE_MARGIN, confidence: float = stats.CONFIDENCE,
                   bounds: tuple[float, float] = (0.0, 100.0)) -> dict[str, Any]:
-    """Verdict on one published run against our runs (docs/statistics.md, "Published single
-    runs").
+    """Verdicts on one published run against our runs (docs/statistics.md, "Published single
+    runs"), in two parts.
 
-    The prediction interval for ONE new run, mean ± t(n-1) s sqrt(1 + 1/n) (clipped to
-    ``bounds``), is where a faithful single run lands with probability ``confidence``; the
-    equivalence ``margin`` (points) is the difference we call negligible. Verdicts:
-    reproduced (inside the interval and |mean - paper| <= margin), consistent, not shown
-    equivalent (inside, but |mean - paper| > margin), differs (outside and beyond the margin),
-    differs by less than the margin (outside, within it), one run: no prediction interval.
+    ``point_verdict``: whether |mean - paper| <= ``margin`` (a point estimate, no test).
+    ``verdict``: the tests. The prediction interval for ONE new run, mean ± t(n-1) s
+    sqrt(1 + 1/n) (clipped to ``bounds``), is where a faithful single run lands with
+    probability ``confidence``; outside it the paper differs. Equivalence is TOST, each
+    one-sided test at 1 - ``confidence`` (size 0.05 at the margin), with the same SE (:func:`benchmark.power.equivalence_single_run`):
+    shown equivalent within ±margin / differs by less than the margin (equivalent, yet outside
+    the interval) / differs / not shown equivalent, with "(no n can show it at this spread)"
+    when z s >= margin, one run: no prediction interval.
 
     Returns:
-        dict with ``n, mean, pi_low, pi_high, difference`` (mean - paper), ``verdict``.
+        dict with ``n, mean, pi_low, pi_high, difference`` (mean - paper), ``point_verdict``,
+        ``p_tost``, ``equivalence_reachable``, ``verdict``.
     """
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = int(x.size)
     out = {"n": n, "mean": float(x.mean()) if n else math.nan, "pi_low": math.nan,
-           "pi_high": math.nan, "difference": math.nan, "verdict": "no runs"}
+           "pi_high": math.nan, "difference": math.nan, "point_verdict": "", "p_tost": math.nan,
+           "equivalence_reachable": None, "verdict": "no runs"}
     if not n:
         return out
     out["difference"] = out["mean"] - paper
+    out["point_verdict"] = POINT_VERDICTS[int(abs(out["difference"]) > margin)]
     if n < 2:
         out["verdict"] = "one run: no prediction interval"
         return out
@@ -138,9 +144,14 @@ def paper_verdict(values: Sequence[float] | np.ndarray, paper: float, *,
     out["pi_low"] = max(bounds[0], out["mean"] - half)
     out["pi_high"] = min(bounds[1], out["mean"] + half)
     inside = out["pi_low"] <= paper <= out["pi_high"]
-    close = abs(out["difference"]) <= margin
-    out["verdict"] = ("reproduced" if close else "consistent, not shown equivalent") if inside \
-        else ("differs by less than the margin" if close else "differs")
+    tost = power.equivalence_single_run(x, paper, margin=margin, alpha=1 - confidence)
+    out["p_tost"], out["equivalence_reachable"] = tost["p_tost"], tost["reachable"]
+    if tost["equivalent"]:
+        out["verdict"] = VERDICTS[0] if inside else VERDICTS[1]
+    elif not inside:
+        out["verdict"] = VERDICTS[2]
+    else:
+        out["verdict"] = VERDICTS[3] if tost["reachable"] is not False else VERDICTS[4]
     return out
 
 
@@ -209,8 +220,8 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
         protocol_schedule: the reproduction's schedule; None infers it from ``iterations``.
     Returns:
         one row per reported entry: the reported columns (``value`` renamed ``paper``) plus
-        ``reproduced_schedule, n, mean, pi_low, pi_high, difference, margin, verdict`` (one of
-        ``VERDICTS``), ``synthetic``.
+        ``reproduced_schedule, n, mean, pi_low, pi_high, difference, point_verdict, p_tost,
+        equivalence_reachable, margin, verdict`` (one of ``VERDICTS``), ``synthetic``.
     """
     runs = cells.select_runs(runs_df, include_synthetic=include_synthetic,
                              include_stuck=include_stuck)
@@ -226,7 +237,8 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
         paper = float(e["value"])
         v = paper_verdict(vals.to_numpy(), paper if np.isfinite(paper) else 0.0, margin=margin)
         if not np.isfinite(paper):
-            v.update(verdict="unknown (no paper value)", difference=math.nan)
+            v.update(verdict="unknown (no paper value)", difference=math.nan, point_verdict="",
+                     p_tost=math.nan, equivalence_reachable=None)
         elif sched is not None and e["schedule"] != sched:
             v["verdict"] = "not comparable (schedule differs)"
         rows.append({**{k: e[k] for k in _REPORTED_COLUMNS if k != "value"}, "paper": paper,
@@ -237,14 +249,16 @@ def paper_comparison(runs_df: pd.DataFrame, reported_df: pd.DataFrame,
 
 def _write_paper_comparison(comp: pd.DataFrame, out: Path, schedule: str | None) -> list[Path]:
     header = ["source", "schedule", "dataset / model", "label", "metric", "paper (runs)",
-              "reproduced mean [95% prediction interval] (n)", "difference", "verdict"]
+              "reproduced mean [95% prediction interval] (n)", "difference",
+              "point estimate", "p (TOST)", "verdict"]
     rows = [[md_escape(r["source"]),
              md_escape(r["schedule"]) if pd.notna(r["schedule"]) else "unknown",
              md_escape(f"{r['dataset']} / {r['model']}"), md_escape(r["label"]),
              md_escape(r["metric"]),
              f"{fmt_num(r['paper'])} ({int(r['n_runs']) if pd.notna(r['n_runs']) else '?'})",
              f"{fmt_num(r['mean'])} [{fmt_num(r['pi_low'])}, {fmt_num(r['pi_high'])}] (n={r['n']})",
-             fmt_num(r["difference"]), r["verdict"]] for _, r in comp.iterrows()]
+             fmt_num(r["difference"]), r["point_verdict"] or "–", fmt_num(r["p_tost"], 3),
+             md_escape(r["verdict"])] for _, r in comp.iterrows()]
     md = template_env().get_template("paper_comparison.md.j2").render(
         header=header, rows=rows, schedule_text=schedule or "inferred from each run's iterations",
         synthetic=bool(comp["synthetic"].any()) if len(comp) else False,
@@ -278,7 +292,7 @@ def prepare_report(runs_df: pd.DataFrame, *, baseline: str = "weight_decay",
             "notes": mixed_code_notes(table) if allow_mixed_code else [], "alpha": alpha,
             "baseline": baseline, "metric": metric, "include_stuck": include_stuck,
             "allow_mixed_code": allow_mixed_code,
-            "suggested_seeds": suggested_seeds(table) if len(table) else None}
+            "suggested_seeds": suggested_seeds(table, alpha) if len(table) else None}
 
 
 def _write_mean_class_table(runs_df: pd.DataFrame, out: Path, rep: dict[str, Any], baseline: str,

@@ -3,7 +3,8 @@
 Pure functions on arrays and DataFrames. The unit of replication is a training run with its
 own seed; pairs are matched on ``seed``. Tests are delegated to scipy.stats and statsmodels; this
 module arranges inputs and names outputs. The protocol (primary test, robustness column,
-intervals, noise floor) is docs/statistics.md; across-cell analyses are in
+intervals, noise floor) is docs/statistics.md; what a table can show (power, seeds, variance
+components, equivalence) is :mod:`benchmark.power`; across-cell analyses are in
 :mod:`benchmark.stats_across`, set-up checks in :mod:`benchmark.cells`.
 """
 
@@ -23,14 +24,13 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 from statsmodels.stats import multitest as _multitest
-from statsmodels.stats.power import TTestPower
 
 from benchmark import correct_bits
 
 __all__ = [
-    "BOOTSTRAP_MIN_N", "CONFIDENCE", "DETECT_POINTS", "POWER", "binomial_noise_floor",
-    "cell_summary", "dz_interval", "holm", "mcnemar_se", "min_p_wilcoxon", "paired_comparison",
-    "prob_superiority", "seeds_needed", "wilcoxon_exact",
+    "BOOTSTRAP_COVERAGE", "BOOTSTRAP_MIN_N", "CONFIDENCE", "binomial_noise_floor",
+    "cell_summary", "dz_interval", "holm", "min_p_wilcoxon", "paired_comparison",
+    "prob_superiority", "success_rates", "success_test", "wilcoxon_exact",
 ]
 
 CONFIDENCE = 0.95
@@ -39,8 +39,9 @@ BOOTSTRAP_RESAMPLES = 9999
 # Below this many values a percentile bootstrap undercovers badly (simulated coverage of a
 # nominal 95% interval: 0.75 at n=3, 0.84 at n=5); t intervals are used instead.
 BOOTSTRAP_MIN_N = 20
-DETECT_POINTS = 0.3  # the difference the power line is about, in percentage points
-POWER = 0.8
+# Its simulated coverage at BOOTSTRAP_MIN_N normal values, nominal 0.95 (the tables print it;
+# tests/benchmark/test_stats_power.py re-measures it).
+BOOTSTRAP_COVERAGE = 0.926
 _NAN = float("nan")
 # scipy >= 1.15 takes ``rng``; older releases take ``random_state``.
 _BOOT_RNG_KW = "rng" if "rng" in inspect.signature(sps.bootstrap).parameters else "random_state"
@@ -161,31 +162,6 @@ def dz_interval(t_stat: float, n: int, confidence: float = CONFIDENCE) -> tuple[
     return ncp_at(1 - a) / math.sqrt(n), ncp_at(a) / math.sqrt(n)
 
 
-def seeds_needed(sd_diff: float, *, alpha: float, delta: float = DETECT_POINTS,
-                 power: float = POWER) -> float:
-    """The smallest number of seeds (>= 2) for which a two-sided paired t-test at level
-    ``alpha`` detects a mean difference of ``delta`` with probability ``power``, given the SD of
-    the per-seed differences (power from statsmodels ``TTestPower``); NaN without a spread."""
-    if not np.isfinite(sd_diff) or sd_diff <= 0:
-        return _NAN
-    effect = delta / sd_diff
-
-    def enough(n: int) -> bool:
-        return TTestPower().power(effect_size=effect, nobs=n, alpha=alpha) >= power
-
-    # Power grows with n: double, then bisect (the smallest integer n, no solver tolerance).
-    hi = 2
-    while not enough(hi):
-        if hi > 10**7:
-            return _NAN
-        hi *= 2
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
-    return float(hi)
-
-
 def prob_superiority(x: np.ndarray, y: np.ndarray, *, x_better_when_lower: bool = True
                      ) -> float:
     """P(X > Y) as rliable's probability of improvement: the chance that a random run of x
@@ -197,31 +173,38 @@ def prob_superiority(x: np.ndarray, y: np.ndarray, *, x_better_when_lower: bool 
     return float(sps.mannwhitneyu(first, second).statistic) / (x.size * y.size)
 
 
-def mcnemar_se(pairs: Sequence[tuple[np.ndarray | None, np.ndarray | None]]) -> float:
-    """Test-set sampling SE (points) of the mean accuracy difference over seeds, paired on the
-    images: per seed, var = ((b + c)/n - ((b - c)/n)^2) / n with b, c the discordant counts
-    (McNemar); SE = sqrt(sum var) / seeds. NaN when any seed lacks per-image correctness."""
-    if not pairs:
+def success_rates(counts: dict[str, int]) -> dict[str, Any]:
+    """Outcome shares of one row: ``trained`` (complete), ``diverged``, ``stuck`` and
+    ``failed`` over all its runs. Returns those fractions and ``runs`` (the total)."""
+    total = int(sum(counts.get(k, 0) for k in ("complete", "diverged", "stuck", "failed")))
+    out: dict[str, Any] = {"runs": total}
+    for name, key in (("trained", "complete"), ("diverged", "diverged"), ("stuck", "stuck"),
+                      ("failed", "failed")):
+        out[name] = counts.get(key, 0) / total if total else _NAN
+    return out
+
+
+def success_test(trained: int, runs: int, base_trained: int, base_runs: int) -> float:
+    """Two-sided Fisher exact p (``scipy.stats.fisher_exact``) that a row's share of trained
+    runs equals the baseline's; NaN when either has no runs."""
+    if runs < 1 or base_runs < 1:
         return _NAN
-    total = 0.0
-    for a, b in pairs:
-        if a is None or b is None or a.shape != b.shape or a.size == 0:
-            return _NAN
-        n = a.size
-        only_a, only_b = float(np.sum(a & ~b)), float(np.sum(~a & b))
-        total += ((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n
-    return 100.0 * math.sqrt(total) / len(pairs)
+    table = [[trained, runs - trained], [base_trained, base_runs - base_trained]]
+    return float(sps.fisher_exact(table, alternative="two-sided").pvalue)
 
 
 def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float] | np.ndarray, *,
                       higher_is_better: bool = False, confidence: float = CONFIDENCE,
-                      counts: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                      counts: tuple[np.ndarray, np.ndarray] | None = None,
+                      unpaired: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Compare a method with the baseline on runs paired by seed.
 
     Args:
         x, baseline: shape (n,), aligned so that ``x[i]`` and ``baseline[i]`` share a seed.
         counts: the same runs as integer counts (errors or correct images on the test set) for
             the Wilcoxon column; None uses ``x - baseline`` as they are.
+        unpaired: (every counted run of x, every counted run of the baseline), shared seed or
+            not, for P(X > Y); None uses the pairs.
     Returns:
         dict with ``n_pairs, mean_diff`` (mean of x - baseline), ``sd_diff``, ``diff_ci_low,
         diff_ci_high`` (t interval, within [-100, 100]), ``diff_boot_low, diff_boot_high`` (percentile bootstrap of
@@ -229,8 +212,9 @@ def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float]
         test), ``dz, dz_ci_low, dz_ci_high`` (d_z = mean/sd of differences, noncentral-t CI),
         ``w_stat, p_wilcoxon, n_nonzero, min_p_wilcoxon`` (exact signed-rank on the counts),
         ``win_rate`` (paired: fraction of seeds where x beats the baseline, ties 1/2),
-        ``p_superiority`` (rliable's P(X > Y), unpaired) with ``p_sup_ci_low, p_sup_ci_high``
-        (bootstrap, n >= BOOTSTRAP_MIN_N) and ``reason``.
+        ``p_superiority`` (rliable's P(X > Y) over the ``unpaired`` runs) with
+        ``p_sup_ci_low, p_sup_ci_high`` (bootstrap, both samples >= BOOTSTRAP_MIN_N) and
+        ``reason``.
     """
     a = np.asarray(x, dtype=float).reshape(-1)
     b = np.asarray(baseline, dtype=float).reshape(-1)
@@ -253,7 +237,12 @@ def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float]
     out["mean_diff"] = float(np.mean(d))
     wins = (d < 0) if lower else (d > 0)
     out["win_rate"] = float((wins.sum() + 0.5 * (d == 0).sum()) / n)
-    out["p_superiority"] = prob_superiority(a, b, x_better_when_lower=lower)
+    ux, ub = (a, b) if unpaired is None else (_as_1d(unpaired[0]), _as_1d(unpaired[1]))
+    out["p_superiority"] = prob_superiority(ux, ub, x_better_when_lower=lower)
+    if min(ux.size, ub.size) >= BOOTSTRAP_MIN_N:
+        out["p_sup_ci_low"], out["p_sup_ci_high"] = _bootstrap(
+            (ux, ub), lambda u, v: prob_superiority(u, v, x_better_when_lower=lower),
+            confidence, 0)
     dc = d if counts is None else np.asarray(counts[0])[keep] - np.asarray(counts[1])[keep]
     out["w_stat"], out["p_wilcoxon"], out["n_nonzero"] = wilcoxon_exact(dc)
     out["min_p_wilcoxon"] = min_p_wilcoxon(out["n_nonzero"])
@@ -266,8 +255,6 @@ def paired_comparison(x: Sequence[float] | np.ndarray, baseline: Sequence[float]
                                                           (-100.0, 100.0))
     if n >= BOOTSTRAP_MIN_N:
         out["diff_boot_low"], out["diff_boot_high"] = _bootstrap((d,), np.mean, confidence, 0)
-        out["p_sup_ci_low"], out["p_sup_ci_high"] = _bootstrap(
-            (a, b), lambda u, v: prob_superiority(u, v, x_better_when_lower=lower), confidence, 0)
     if sd > 0:
         t = sps.ttest_rel(a, b)
         out["t_stat"], out["p_ttest"] = float(t.statistic), float(t.pvalue)

@@ -1,8 +1,10 @@
-"""Markdown / CSV / LaTeX rendering of the comparison table and the leaderboard.
+"""Markdown / CSV / LaTeX rendering of the comparison table (the leaderboard:
+:mod:`benchmark.leaderboard`).
 
 Renders the tidy table of :func:`benchmark.cells.compare_to_baseline` and the across-cell
 analysis of :mod:`benchmark.stats_across` through the jinja2 templates in
-``benchmark/templates``; computes no statistic. Every label is escaped for the format it is
+``benchmark/templates``; its only statistics are the table's pooled power and seed estimate
+(:func:`benchmark.power.table_power`). Every label is escaped for the format it is
 rendered in (:func:`md_escape`, :func:`tex_escape`). Files are written atomically.
 """
 
@@ -19,11 +21,12 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from benchmark import cells, stats
+from benchmark import cells, power, stats
 from benchmark.records import atomic_write
 
-__all__ = ["build_table", "format_cell", "md_escape", "noise_text", "power_note",
-           "render_leaderboard", "render_leaderboards", "suggested_seeds", "tex_escape", "write_tables"]
+__all__ = ["build_table", "column_values", "diff_text", "fmt_ci", "fmt_num", "fmt_p",
+           "format_cell", "md_escape", "mixed_code_notes", "noise_text", "pooled_power_text", "power_note",
+           "suggested_seeds", "tex_escape", "wilcoxon_shown", "write_tables"]
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -65,12 +68,12 @@ def fmt_num(x: Any, nd: int = 2) -> str:
     return f"{float(x):.{nd}f}" if ok else "–"
 
 
-def _p(p: Any) -> str:
+def fmt_p(p: Any) -> str:
     ok = p is not None and np.isfinite(float(p))
     return "–" if not ok else "<0.001" if p < 0.001 else f"{p:.3g}"
 
 
-def _ci(lo: Any, hi: Any, nd: int = 2) -> str:
+def fmt_ci(lo: Any, hi: Any, nd: int = 2) -> str:
     return f"[{fmt_num(lo, nd)}, {fmt_num(hi, nd)}]" if np.isfinite(float(lo)) else "(no interval)"
 
 
@@ -85,9 +88,16 @@ def format_cell(mean: float, std: float, n: int, decimals: int = 2, pm: str = "�
 
 # --- notes derived from the tests ---------------------------------------------------------------
 
+def wilcoxon_shown(col: pd.DataFrame) -> bool:
+    """Whether the Wilcoxon column can reject anywhere in ``col``: some row's exact p floor
+    2 / 2^pairs is at or below Holm's first threshold. Otherwise the column is not printed."""
+    return bool(col["wilcoxon_reachable"].astype(bool).any()) if len(col) else False
+
+
 def power_note(col: pd.DataFrame, alpha: float = 0.05, metric: str = "test_error") -> str:
-    """What the column's tests can show: the primary paired t-test (level alpha/m under Holm
-    over the table's m tests, seeds needed for 0.3 points) and the Wilcoxon column's floor."""
+    """What the column's tests can show: the primary paired t-test (Holm over the table's m
+    tests, first threshold alpha/m), its minimum detectable paired difference at 80% power from
+    the column's pooled SD of the differences, and whether the Wilcoxon column can reject."""
     others = col[~col["is_baseline"].astype(bool)]
     pairs = others["n_pairs"].fillna(0).astype(int)
     if not len(others) or pairs.max() < 1:
@@ -97,26 +107,31 @@ def power_note(col: pd.DataFrame, alpha: float = 0.05, metric: str = "test_error
     level = alpha / max(m, 1)
     head = (f"Primary test: paired t on {n}{'+' if pairs.max() > n else ''} seeds, Holm over "
             f"the table's {m} test(s) (first threshold {alpha}/{max(m, 1)} = {level:.2g}).")
-    need = others["seeds_needed"].dropna()
-    if n < 2:
-        power = " With fewer than 2 pairs no test is possible."
-    elif len(need):
-        power = (f" With the observed spread of the differences, detecting {stats.DETECT_POINTS} "
-                 f"points with {stats.POWER:.0%} power at that level needs "
-                 f"{int(need.median())} seeds (median over rows; range {int(need.min())}-"
-                 f"{int(need.max())}); a comparison that is not significant is weak evidence, not "
-                 f"proof of no effect.")
+    mdd, sd, df = (float(col[k].iloc[0]) for k in ("mdd", "sd_diff_pooled", "df_pooled"))
+    testable = pairs[pairs >= 2]
+    if not len(testable):
+        reach = " With fewer than 2 pairs no test is possible."
+    elif np.isfinite(mdd):
+        reach = (f" Minimum detectable paired difference: {mdd:.2f} points (80% power at that "
+                 f"level on {int(testable.min())} pairs, pooled SD of the paired differences "
+                 f"{sd:.2f} over this column's rows, {int(df)} df). Smaller true differences are "
+                 f"more likely missed than found, so a row without † is no evidence of no "
+                 f"difference.")
     else:
-        power = " The differences have no spread: the t-test is undefined."
-    floor = stats.min_p_wilcoxon(n)
-    wil = (f" Wilcoxon (robustness column, exact, on {cells.wilcoxon_basis(metric)}): on {n} pairs it cannot "
-           f"go below p = 2/2^{n} = {floor:.3g} (higher when differences are zero)"
-           + (", so its marker cannot appear." if floor > level else "."))
-    return head + power + wil
+        reach = (" No minimum detectable difference: no row has paired differences with a "
+                 "spread (the t-test is undefined).")
+    most = int(pairs.max())  # the row that comes closest to the Wilcoxon's floor
+    floor = stats.min_p_wilcoxon(most)
+    basis = cells.wilcoxon_basis(metric)
+    wil = (f" Wilcoxon (robustness, exact, on {basis}): on {most} pairs its p cannot go below "
+           f"2/2^{most} = {floor:.3g}, above {level:.2g}, so it cannot reject and its column is "
+           f"left out." if not wilcoxon_shown(col) else
+           f" Wilcoxon (robustness, exact, on {basis}): its p cannot go below 2/2^k on k "
+           f"non-zero pairs ({floor:.3g} at k = {most}).")
+    return head + reach + wil
 
 
-def noise_text(col: pd.DataFrame, paired_se: str = "the paired (McNemar) SE column",
-               metric: str = "test_error") -> str:
+def noise_text(col: pd.DataFrame, metric: str = "test_error") -> str:
     noise = col["noise_floor"].dropna()
     n_test = col["n_test"].max()
     if not len(noise) or not np.isfinite(n_test):
@@ -127,19 +142,40 @@ def noise_text(col: pd.DataFrame, paired_se: str = "the paired (McNemar) SE colu
                 f"per-class rates over small classes varies more.")
     return (f"Test-set sampling error of one run's accuracy (binomial SE on {int(n_test):,} "
             f"images): ±{noise.iloc[0]:.2f} points. It is not the noise of a difference between "
-            f"two models on the same images: see {paired_se}.")
+            f"two models on the same images; the part of a difference that seeds cannot "
+            f"remove is the image-level component (report table).")
 
 
-def suggested_seeds(table: pd.DataFrame) -> int | None:
-    """The largest per-column median of ``seeds_needed`` (None when unknown)."""
-    needs = [g["seeds_needed"].dropna().median() for _, g in table.groupby(["dataset", "model"])]
-    needs = [n for n in needs if np.isfinite(n)]
-    return int(max(needs)) if needs else None
+def suggested_seeds(table: pd.DataFrame, alpha: float = 0.05) -> int | None:
+    """The pooled seed estimate of the whole table (:func:`benchmark.power.table_power`):
+    seeds to detect DETECT_POINTS at Holm's first threshold; None when unknown."""
+    seeds = power.table_power(table, alpha)["seeds"]["seeds"] if len(table) else np.nan
+    return int(seeds) if np.isfinite(seeds) else None
+
+
+def pooled_power_text(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The table's pooled minimum detectable difference and seed estimate, as a sentence."""
+    tp = power.table_power(table, alpha)
+    se = tp["seeds"]
+    if not np.isfinite(tp["sd"]):
+        return "Pooled over the table: no spread of paired differences to size anything from."
+    text = (f"Pooled over the table's rows (SD of the paired differences {tp['sd']:.2f}, "
+            f"{tp['df']} df): minimum detectable paired difference {fmt_num(tp['mdd'])} points "
+            f"at {tp['n']} pairs (80% power at {tp['level']:.2g}).")
+    if np.isfinite(se["seeds"]):
+        text += (f" Seeds to detect {power.DETECT_POINTS} points with 80% power at that level: "
+                 f"{int(se['seeds'])} [{int(se['seeds_low'])}, {int(se['seeds_high'])}] (95% "
+                 f"interval from the pooled SD's chi-square interval).")
+    if np.isfinite(se["floor_seeds"]):
+        text += (f" Per-image churn alone (SD {se['floor_sd']:.2f} from `final_correct`) puts "
+                 f"the floor at {int(se['floor_seeds'])} seeds"
+                 + ("; the estimate is raised to it." if se["floored"] else "."))
+    return text
 
 
 # --- the comparison table -----------------------------------------------------------------------
 
-def _column_values(runs: pd.DataFrame, col: str) -> str | None:
+def column_values(runs: pd.DataFrame, col: str) -> str | None:
     """The distinct values of one column of ``runs``, sorted and joined; None if absent/empty."""
     if col not in runs:
         return None
@@ -149,7 +185,7 @@ def _column_values(runs: pd.DataFrame, col: str) -> str | None:
 
 def _setup_text(runs: pd.DataFrame) -> str:
     """The set-up of one column's runs (checked uniform by cells.check_setup)."""
-    one = functools.partial(_column_values, runs)
+    one = functools.partial(column_values, runs)
 
     parts = []
     if (proto := one("protocol")) is not None:
@@ -223,45 +259,58 @@ def build_table(table: pd.DataFrame, runs: pd.DataFrame | None = None,
             "alpha": alpha}
 
 
-def _diff_text(r: pd.Series) -> str:
+def diff_text(r: pd.Series) -> str:
     if not r["n_pairs"]:
         return "no shared seeds"
-    return (f"{fmt_num(r['mean_diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])} "
+    return (f"{fmt_num(r['mean_diff'])} {fmt_ci(r['diff_ci_low'], r['diff_ci_high'])} "
             f"(pairs={int(r['n_pairs'])})")
 
 
-def _detail_rows(col: pd.DataFrame) -> list[list[str]]:
+def _share(r: pd.Series) -> str:
+    """'3/3 (100%)': complete runs over all runs of the row."""
+    runs = int(r["n_runs"])
+    return f"{int(r['n_complete'])}/{runs}" + (f" ({r['n_complete'] / runs:.0%})" if runs else "")
+
+
+def _pts(x: Any) -> str:
+    return fmt_num(x) if np.isfinite(float(x)) else "n/a"
+
+
+def _detail_rows(col: pd.DataFrame, wilcoxon: bool) -> list[list[str]]:
     rows = []
     for _, r in col.iterrows():
         base = bool(r["is_baseline"])
-        rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), str(int(r["n"])),
-                     f"{fmt_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"] + (
-            ["baseline"] + ["–"] * 8 if base else [
-                _diff_text(r),
-                f"{fmt_num(r['dz'])} {_ci(r['dz_ci_low'], r['dz_ci_high'])}",
-                _p(r["p_ttest"]), _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
-                fmt_num(r["win_rate"]),
-                f"{fmt_num(r['p_superiority'])} {_ci(r['p_sup_ci_low'], r['p_sup_ci_high'])}",
-                fmt_num(r["mcnemar_se"]) if np.isfinite(r["mcnemar_se"]) else "n/a",
-                fmt_num(r["seeds_needed"], 0)]))
+        head = [md_escape(r["label"]), md_escape(r["outcomes"]), _share(r),
+                "baseline" if base else fmt_p(r["p_success_holm"]), str(int(r["n"])),
+                f"{fmt_num(r['mean'])} {fmt_ci(r['ci_t_low'], r['ci_t_high'])}"]
+        tail = ([fmt_p(r["p_wilcoxon_holm"])] if wilcoxon else []) + [
+            fmt_num(r["win_rate"]),
+            f"{fmt_num(r['p_superiority'])} {fmt_ci(r['p_sup_ci_low'], r['p_sup_ci_high'])}",
+            _pts(r["seed_sd"]), _pts(r["image_component"])]
+        rows.append(head + (["baseline"] + ["–"] * (len(tail) + 3) if base else [
+            diff_text(r), f"{fmt_num(r['dz'])} {fmt_ci(r['dz_ci_low'], r['dz_ci_high'])}",
+            fmt_p(r["p_ttest"]), fmt_p(r["p_ttest_holm"]), *tail]))
     return rows
 
 
-DETAIL_HEADER = ["label", "runs", "n", "mean [95% t CI, within 0-100]",
-                 "Δ vs baseline [95% t CI]", "d_z [95% CI]", "p (paired t)",
-                 "p (paired t, Holm)", "p (Wilcoxon on counts, Holm)", "paired win rate",
-                 "P(X > Y) [95% bootstrap CI]", "test-set SE of Δ (McNemar)", "seeds for 0.3"]
+DETAIL_HEADER = ["label", "runs", "trained", "p (trained share vs baseline, Fisher, Holm)",
+                 "n", "mean [95% t CI, within 0-100]", "Δ vs baseline [95% t CI]",
+                 "d_z [95% CI]", "p (paired t)", "p (paired t, Holm)",
+                 "p (Wilcoxon on counts, Holm)", "paired win rate",
+                 "P(X > Y), all complete runs [95% bootstrap CI]", "seed SD of Δ",
+                 "image-level SE of Δ (seeds cannot remove)"]
 
 
 METRIC_NAMES = {"test_error": "error", "test_acc": "accuracy",
                 "test_mean_class_acc": "mean class accuracy"}
 
 
-def detail_header(metric: str) -> list[str]:
-    """DETAIL_HEADER with the Wilcoxon column named for what it tests on ``metric``."""
+def detail_header(metric: str, wilcoxon: bool = True) -> list[str]:
+    """DETAIL_HEADER with the Wilcoxon column named for what it tests on ``metric``, or left
+    out when it cannot reject (``wilcoxon`` False)."""
     basis = "counts" if metric in cells.COUNT_METRICS else "per-seed values"
     return [f"p (Wilcoxon on {basis}, Holm)" if h == "p (Wilcoxon on counts, Holm)" else h
-            for h in DETAIL_HEADER]
+            for h in DETAIL_HEADER if wilcoxon or not h.startswith("p (Wilcoxon")]
 
 
 def _caption(t: dict) -> str:
@@ -272,33 +321,26 @@ def _caption(t: dict) -> str:
             f"in the cell and left out of the mean. † Holm-adjusted paired t-test (the primary "
             f"test) p < {t['alpha']}, Holm over every comparison in the table; * the same for "
             f"the exact Wilcoxon signed-rank test on {cells.wilcoxon_basis(t['metric'])} "
-            f"(robustness). No marker means "
-            f"the test did not reject, which at small n is expected even for a real effect.")
+            f"(robustness; its column is left out where its exact p cannot reach Holm's "
+            f"threshold). No marker means the test did not reject, which is expected even for a "
+            f"real effect smaller than the minimum detectable difference under each column.")
 
 
-def _across_text(across: dict[str, Any]) -> tuple[str, list[list[str]], list[list[str]]]:
-    """(sentence, contrast rows, pooled-difference rows) of the across-cell analysis."""
-    pooled = [[md_escape(r["label"]), str(int(r["pairs"])), fmt_num(r["mean_diff"]),
-               fmt_num(r["win_rate"])] for _, r in across["pooled"].iterrows()]
+def _across_text(across: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """(sentence, per-label count rows) of the across-cell analysis."""
+    counts = across.get("counts", pd.DataFrame())
+    rows = [[md_escape(r["label"]), str(int(r["cells"])), str(int(r["better"])),
+             str(int(r["worse"]))] for _, r in counts.iterrows()]
+    per_cell = ("The comparisons are the per-cell paired t-tests above, Holm over every "
+                "comparison in every cell; no model pools the cells.")
     if across["kind"] == "none":
-        return f"Not computed: {across['reason']}.", [], pooled
-    if across["kind"] == "friedman":
-        text = (f"Friedman test on the cell means ({across['n_labels']} labels, "
-                f"{across['n_cells']} cells): " + (
-                    f"chi2 = {across['statistic']:.3f}, p = {_p(across['pvalue'])}."
-                    if across["reason"] is None else f"not computed: {across['reason']}."))
-        return text, [], pooled
-    if across["reason"]:
-        return f"Mixed model not computed: {across['reason']}.", [], pooled
-    text = (f"Fewer cells ({across['n_cells']}) than labels ({across['n_labels']}): Friedman "
-            f"cannot reach small p here, so a linear mixed model metric ~ method + cell + "
-            f"(1 | cell:seed) (statsmodels MixedLM, REML) is fitted; each method's coefficient "
-            f"is its difference from the baseline, Wald z, Holm over the methods."
-            + ("" if across["converged"] else " The fit did NOT converge: read with care."))
-    rows = [[md_escape(r["label"]), fmt_num(r["estimate"]), fmt_num(r["se"]), _p(r["p"]),
-             _p(r["p_holm"]), "yes" if r["significant"] else "no"]
-            for _, r in across["contrasts"].iterrows()]
-    return text, rows, pooled
+        return f"Not computed: {across['reason']}.", []
+    if across["kind"] == "per-cell":
+        return f"No across-cell claim: {across['reason']}. {per_cell}", rows
+    return (f"{per_cell} Friedman test on the cell means ({across['n_labels']} labels, "
+            f"{across['n_cells']} cells): " + (
+                f"chi2 = {across['statistic']:.3f}, p = {fmt_p(across['pvalue'])}."
+                if across["reason"] is None else f"not computed: {across['reason']}.")), rows
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame | None = None,
@@ -311,26 +353,26 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
     t = build_table(table, runs, alpha)
     names = [c["name"] for c in t["columns"]]
     title = title or ("Test error by regularizer" + (" (SYNTHETIC)" if t["synthetic"] else ""))
-    across = across or {"kind": "none", "reason": "not requested", "pooled": pd.DataFrame(
-        columns=["label", "pairs", "mean_diff", "win_rate"])}
-    across_sentence, contrast_rows, pooled_rows = _across_text(across)
-    seeds = suggested_seeds(table)
+    across = across or {"kind": "none", "reason": "not requested"}
+    across_sentence, count_rows = _across_text(across)
     md = template_env().get_template("table.md.j2").render(
         title=md_escape(title), synthetic=t["synthetic"], caption=_caption(t),
         header=["label", *[md_escape(n) for n in names]],
         rows=[[md_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "md") for c in names]]
               for lab in t["labels"]],
         columns=[{**c, "name": md_escape(c["name"]), "setup": md_escape(c["setup"]),
-                  "detail": _detail_rows(c["rows"])} for c in t["columns"]],
-        detail_header=detail_header(t["metric"]), notes=[md_escape(n) for n in notes],
-        seeds=seeds, detect=stats.DETECT_POINTS, across_sentence=across_sentence,
-        contrast_rows=contrast_rows, pooled_rows=pooled_rows,
-        boot_min=stats.BOOTSTRAP_MIN_N)
+                  "detail": _detail_rows(c["rows"], wilcoxon_shown(c["rows"])),
+                  "detail_header": detail_header(t["metric"], wilcoxon_shown(c["rows"]))}
+                 for c in t["columns"]],
+        notes=[md_escape(n) for n in notes],
+        pooled_power=pooled_power_text(table, alpha) if len(table) else "",
+        across_sentence=across_sentence, count_rows=count_rows,
+        boot_min=stats.BOOTSTRAP_MIN_N, boot_coverage=stats.BOOTSTRAP_COVERAGE)
     csv = pd.DataFrame([[lab, *[_cell_text(t["cells"].get((lab, c)), "csv") for c in names]]
                         for lab in t["labels"]], columns=["label", *names])
     caption = tex_escape(_caption(t) + " " + " ".join(
         f"{c['name']}: {c['setup']}. {c['power_note']} {c['noise_text']}" for c in t["columns"])
-        + " " + " ".join(notes))
+        + " " + (pooled_power_text(table, alpha) if len(table) else "") + " " + " ".join(notes))
     tex = template_env().get_template("table.tex.j2").render(
         caption=caption, header=[tex_escape(h) for h in ["label", *names]],
         rows=[[tex_escape(lab), *[_cell_text(t["cells"].get((lab, c)), "tex") for c in names]]
@@ -341,133 +383,6 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path, *, runs: pd.DataFrame
             atomic_write(out / f"{stem}.csv", csv.to_csv(index=False)),
             atomic_write(out / f"{stem}.tex", tex),
             atomic_write(out / f"{stem}_stats.csv", tidy.to_csv(index=False))]
-
-
-# --- leaderboard ------------------------------------------------------------------------------
-
-def _seeds_text(seeds: Sequence[int]) -> str:
-    """Sorted seeds, runs of consecutive ones as ranges: [0, 1, 2, 7] -> '0-2, 7 (n=4)'."""
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds:
-        return "none"
-    parts, start = [], seeds[0]
-    for prev, cur in zip(seeds, seeds[1:] + [None]):
-        if cur != prev + 1:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = cur
-    return f"{', '.join(parts)} (n={len(seeds)})"
-
-
-def _kwargs_text(runs: pd.DataFrame) -> str:
-    """The model's constructor arguments as ``(width=0.25)``; '' when there are none."""
-    vals = sorted(runs["model_kwargs"].dropna().astype(str).unique()) if "model_kwargs" in runs \
-        else []
-    texts = []
-    for v in vals:
-        try:
-            kw = json.loads(v)
-        except ValueError:
-            kw = None
-        if isinstance(kw, dict):
-            if kw:
-                texts.append(", ".join(f"{k}={kw[k]}" for k in sorted(kw)))
-        else:
-            texts.append(v)
-    return f" ({'; '.join(texts)})" if texts else ""
-
-
-def _section_setup(runs: pd.DataFrame) -> str:
-    """Suite, protocol (content hash), seeds and code versions of one section's runs."""
-    one = functools.partial(_column_values, runs)
-
-    parts = []
-    if (suite := one("suite")) is not None:
-        parts.append(f"suite {suite}")
-    if (proto := one("protocol")) is not None:
-        parts.append(f"protocol {proto}" + (f" ({one('protocol_hash')})"
-                                            if one("protocol_hash") else ""))
-    parts.append(f"seeds {_seeds_text(runs['seed'].dropna())}" if "seed" in runs else "")
-    code = one("code") or (", ".join(cells.code_versions(runs)) if len(runs) else None)
-    if code:
-        parts.append(f"code {code}")
-    return ", ".join(p for p in parts if p)
-
-
-def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
-                          source: str) -> list[dict[str, Any]]:
-    sections = []
-    for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
-        rows = []
-        for _, r in col.iterrows():
-            diff = "baseline" if r["is_baseline"] else _diff_text(r)
-            rows.append([md_escape(r["label"]), md_escape(r["outcomes"]),
-                         f"{fmt_num(r['mean'])} {_ci(r['ci_t_low'], r['ci_t_high'])}"
-                         if r["n"] > 1 else f"{fmt_num(r['mean'])} (n={int(r['n'])})"
-                         if r["n"] else "no counted runs",
-                         diff, _p(r["p_ttest_holm"]), _p(r["p_wilcoxon_holm"]),
-                         md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
-        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
-        sections.append({"dataset": md_escape(dataset),
-                         "model": md_escape(f"{model}{_kwargs_text(col_runs)}"),
-                         "setup": md_escape(_section_setup(col_runs)),
-                         "source": md_escape(source), "n_runs": int(len(col_runs)),
-                         "rows": rows, "synthetic": bool(col["synthetic"].any()),
-                         "power_note": power_note(col, alpha),
-                         "noise_text": noise_text(col, "the McNemar SE in the report's table")})
-    return sections
-
-
-def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
-                        out_path: str | Path = "results/leaderboard.md", *,
-                        baseline: str = "weight_decay", metric: str = "test_error",
-                        include_synthetic: bool = True, include_stuck: bool = False,
-                        alpha: float = 0.05, declared: Sequence[str] | None = None,
-                        allow_mixed_code: bool = False) -> Path:
-    """Render one leaderboard from several groups of runs, e.g. one per results directory
-    (``[("results/fashion/runs", runs_a), ("results/quick/runs", runs_b)]``): each group is
-    compared on its own (its own cells, Holm family and row order: the order of its suites),
-    and each of its (dataset, model) cells becomes a section whose heading states the set-up
-    (dataset, model and kwargs, suite, protocol and its hash, seeds, code versions). Groups
-    keep the given order. ``declared`` (None: each group's suites' order) orders the rows
-    after the baseline in every group. Every group is computed before anything is written: a set-up mix
-    in any of them raises ``SetupError`` naming that group, and no file is written."""
-    sections, notes, n_runs = [], [], 0
-    for source, runs_df in groups:
-        try:
-            table = cells.compare_to_baseline(
-                runs_df, baseline=baseline, metric=metric, include_synthetic=include_synthetic,
-                include_stuck=include_stuck, alpha=alpha,
-                declared=cells.declared_order(runs_df) if declared is None else declared,
-                allow_mixed_code=allow_mixed_code)
-        except cells.SetupError as exc:
-            raise cells.SetupError(f"{source}: {exc}" if source else str(exc)) from None
-        if allow_mixed_code:
-            notes += mixed_code_notes(table)
-        sections += _leaderboard_sections(table, runs_df, alpha, source)
-        n_runs += int(len(runs_df))
-    header = ["label", "runs", f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
-              "p (paired t, Holm)", "p (Wilcoxon, Holm)", "code", "synthetic"]
-    sources = [md_escape(src) for src, _ in groups if src]
-    md = template_env().get_template("leaderboard.md.j2").render(
-        sections=sections, header=header, metric=metric, baseline=md_escape(baseline),
-        n_runs=n_runs, sources=sources, any_synthetic=any(s["synthetic"] for s in sections),
-        notes=[md_escape(n) for n in notes])
-    return atomic_write(Path(out_path), md)
-
-
-def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/leaderboard.md",
-                       *, baseline: str = "weight_decay", metric: str = "test_error",
-                       include_synthetic: bool = True, include_stuck: bool = False,
-                       alpha: float = 0.05, declared: Sequence[str] | None = None,
-                       allow_mixed_code: bool = False) -> Path:
-    """Render the leaderboard Markdown from one ``runs`` table (template
-    ``leaderboard.md.j2``): one section per (dataset, model), rows in suite order, baseline
-    first, every run counted by outcome. Refuses (SetupError) before writing on a set-up mix.
-    ``declared``: the row order after the baseline (None: the order of the runs' suites).
-    Several results directories in one file: :func:`render_leaderboards`."""
-    return render_leaderboards([("", runs_df)], out_path, baseline=baseline, metric=metric,
-                               include_synthetic=include_synthetic, include_stuck=include_stuck,
-                               alpha=alpha, declared=declared, allow_mixed_code=allow_mixed_code)
 
 
 def mixed_code_notes(table: pd.DataFrame) -> list[str]:

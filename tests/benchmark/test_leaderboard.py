@@ -128,3 +128,29 @@ def test_cli_leaderboard_refuses_a_pooled_setup_in_one_directory(two_dirs, tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f"error: {other.as_posix()}: ") and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+FASHION = QUICK.parents[1] / "fashion" / "runs"
+DOC = QUICK.parents[2] / "docs" / "leaderboard.md"
+
+
+@pytest.mark.skipif(not any(FASHION.glob("*.json")), reason="no committed fashion records")
+def test_what_the_fashion_docs_claim_is_what_the_table_can_show():
+    """docs/leaderboard.md's capability sentences quote the table's own power numbers: the
+    minimum detectable difference, the pooled seed estimate with its interval, the flip floor
+    and the image-level component, recomputed here from the committed records."""
+    from benchmark import power
+    from benchmark.store import build_store
+
+    runs, _ = build_store(FASHION)
+    table = cells.compare_to_baseline(runs, declared=cells.declared_order(runs))
+    tp = power.table_power(table)
+    doc = " ".join(DOC.read_text(encoding="utf-8").split())
+    se = tp["seeds"]
+    assert f"{tp['mdd']:.2f} points" in doc and f"pooled SD of the paired differences " \
+        f"{tp['sd']:.2f} over {tp['df']} df" in doc
+    assert f"{int(se['seeds'])} seeds [{int(se['seeds_low'])}, {int(se['seeds_high'])}]" in doc
+    assert f"floor of {int(se['floor_seeds'])} seeds" in doc
+    comp = table.loc[~table["is_baseline"], "image_component"]
+    assert f"{comp.min():.2f}-{comp.max():.2f} points" in doc
+    assert "No regularizer differs" not in doc and "McNemar" not in doc

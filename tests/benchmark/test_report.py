@@ -80,12 +80,16 @@ def test_tables_rows_in_order_no_bold_notes_and_formats(tmp_path):
     assert "Set-up: protocol paper\\_cifar (p1); code abc12340000" in md
     assert "Holm over the table's 6 test(s)" in md  # 3 rows x 2 columns: one family
     assert "±0.43 points" in md and "±0.23 points" in md  # one definition, both cells
-    assert "test-set SE of Δ (McNemar)" in md and "| n/a |" in md  # old records: n/a
+    assert "McNemar" not in md and "image-level SE of Δ (seeds cannot remove)" in md
+    assert "| n/a |" in md  # records without per-image correctness
+    assert "Minimum detectable paired difference:" in md and "What the table can show" in md
     tex = files["table.tex"]
     assert "\\toprule" in tex and "rp\\_comhe" in tex and "$\\pm$" in tex
     tidy = pd.read_csv(tmp_path / "table_stats.csv")
-    assert len(tidy) == 8 and {"p_ttest_holm", "p_wilcoxon_holm", "seeds_needed", "dz_ci_low",
-                               "p_superiority", "mcnemar_se", "n_diverged"} <= set(tidy)
+    assert len(tidy) == 8 and {"p_ttest_holm", "p_wilcoxon_holm", "mdd", "dz_ci_low",
+                               "p_superiority", "image_component", "n_diverged",
+                               "share_trained", "p_success_holm"} <= set(tidy)
+    assert "seeds_needed" not in tidy and "mcnemar_se" not in tidy
 
 
 def test_notes_are_true_for_every_column_at_n3(tmp_path):
@@ -97,8 +101,9 @@ def test_notes_are_true_for_every_column_at_n3(tmp_path):
     rp = _row(md, "rp\\_comhe")
     assert "†" in rp and "\\*" not in rp  # primary t rejects; Wilcoxon cannot at n=3
     assert "no difference can be significant" not in md
-    assert "cannot go below p = 2/2^3 = 0.25" in md and "its marker cannot appear" in md
-    assert "seeds (median over rows" in md
+    assert "cannot go below 2/2^3 = 0.25" in md and "its column is left out" in md
+    assert "p (Wilcoxon" not in md  # the column cannot reject at n=3: not printed
+    assert "median over rows" not in md and "Seeds to detect 0.3 points" in md
 
 
 def test_labels_are_escaped_in_markdown_and_latex(tmp_path):
@@ -170,9 +175,18 @@ def test_paper_verdict_prediction_interval_by_hand():
     v = report.paper_verdict([74.0, 75.0, 76.0], 75.5)
     half = sps.t.ppf(0.975, 2) * 1.0 * math.sqrt(1 + 1 / 3)  # 4.969
     assert (v["pi_low"], v["pi_high"]) == pytest.approx((75 - half, 75 + half))
-    assert v["verdict"] == "reproduced" and v["difference"] == pytest.approx(-0.5)
-    assert report.paper_verdict([74.0, 75.0, 76.0], 77.0)["verdict"] == \
-        "consistent, not shown equivalent"
+    assert v["point_verdict"] == "within the margin (point estimate)"
+    assert v["difference"] == pytest.approx(-0.5)
+    # s = 1: 1.645 s > the 1-point margin, so no number of seeds could show equivalence
+    assert v["verdict"] == "not shown equivalent (no n can show it at this spread)"
+    assert report.paper_verdict([74.0, 75.0, 76.0], 77.0)["point_verdict"] == \
+        "beyond the margin (point estimate)"
+    # TOST by hand at df = 2, where the t cdf is closed-form: sf(t) = (1 - t/sqrt(t^2 + 2)) / 2.
+    # mean 74.1, s 0.1, SE 0.1 sqrt(4/3); the binding side is t = (-0.4 + 1) / SE.
+    eq = report.paper_verdict([74.0, 74.1, 74.2], 74.5)
+    t = 0.6 / (0.1 * math.sqrt(4 / 3))
+    assert eq["p_tost"] == pytest.approx((1 - t / math.sqrt(t * t + 2)) / 2, rel=1e-6)
+    assert eq["verdict"] == "shown equivalent within ±margin"
     assert report.paper_verdict([74.0, 74.1, 74.2], 79.0)["verdict"] == "differs"
     assert report.paper_verdict([74.0, 74.01, 74.02], 74.5)["verdict"] == \
         "differs by less than the margin"
@@ -208,7 +222,8 @@ def test_paper_comparison_gives_every_verdict():
     ])
     rep["value"] = pd.to_numeric(rep["value"])
     comp = report.paper_comparison(runs, rep).set_index("label")
-    assert comp.loc["rp_comhe", "verdict"] == "reproduced"
+    assert comp.loc["rp_comhe", "point_verdict"] == "within the margin (point estimate)"
+    assert comp.loc["rp_comhe", "verdict"].startswith(("shown equivalent", "not shown equivalent"))
     assert comp.loc["mhe", "verdict"] == "differs"
     assert comp.loc["mhe", "difference"] == pytest.approx(comp.loc["mhe", "mean"] - 50.0)
     assert comp.loc["weight_decay", "verdict"] == "not comparable (schedule differs)"
@@ -376,3 +391,33 @@ def test_every_known_reported_value_records_its_settings():
         assert s["protocol"] == {"comhe_75k": "paper_cifar", "mhe_42.5k": "mhe_cifar"}[e["schedule"]]
         if e["label"].startswith(("mhe_", "hs_mhe_")):
             assert {"power", "half_space", "strength", "output_strength"} <= set(s)
+
+
+def test_wilcoxon_column_appears_only_where_it_can_reject_and_mdd_is_by_hand(tmp_path):
+    """8 pairs, one comparison: the exact Wilcoxon can reach 2/2^8 = 0.0078 < 0.05, so its
+    column is printed; the MDD is the pooled SD times the effect whose noncentral-t power is
+    0.8 (checked by simulation in test_stats_power.py)."""
+    from benchmark import power
+
+    runs, _ = make_store(labels=("weight_decay", "mhe"), cells=CELLS[:1], seeds=range(8))
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    assert "p (Wilcoxon on counts, Holm)" in md and "so it cannot reject" not in md
+    table = cells.compare_to_baseline(runs)
+    row = table[~table["is_baseline"]].iloc[0]
+    assert row["mdd"] == pytest.approx(row["sd_diff"] * power.detectable_effect(8, 0.05))
+    assert f"Minimum detectable paired difference: {row['mdd']:.2f} points" in md
+
+
+def test_success_rates_and_their_fisher_test_sit_beside_the_means(tmp_path):
+    runs, _ = make_store(labels=("weight_decay", "mhe"), cells=CELLS[:1], seeds=range(6))
+    runs.loc[(runs["label"] == "mhe") & (runs["seed"] < 4), ["status", "outcome"]] = "diverged"
+    table = cells.compare_to_baseline(runs).set_index("label")
+    assert table.loc["mhe", "share_trained"] == pytest.approx(2 / 6)
+    # Fisher by hand: 2/6 vs 6/6 trained; 8 trained of 12, tables as or less likely than seen
+    from math import comb
+    prob = {k: comb(6, k) * comb(6, 8 - k) / comb(12, 8) for k in range(2, 7)}
+    expected = sum(p for p in prob.values() if p <= prob[2] + 1e-12)
+    assert table.loc["mhe", "p_success"] == pytest.approx(expected)
+    md = _tables(tmp_path, runs=runs)["table.md"]
+    detail = [line for line in md.splitlines() if line.startswith("| mhe |")][1]
+    assert "| 2/6 (33%) |" in detail

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from benchmark import stats
+from benchmark import power, stats
 
 X = np.array([24.12, 24.55, 24.31, 23.98, 24.66, 24.20, 24.47])
 B = np.array([24.40, 24.93, 24.22, 24.51, 25.03, 24.71, 24.69])
@@ -144,9 +144,9 @@ def test_seeds_needed_against_a_hand_power_loop_and_the_docs():
             power = sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc)
             if power >= 0.8:
                 return n
-    assert stats.seeds_needed(0.3, alpha=0.05) == by_hand(0.3, 0.05) == 10
-    assert stats.seeds_needed(0.3, alpha=0.05 / 8) == by_hand(0.3, 0.05 / 8) == 17
-    assert math.isnan(stats.seeds_needed(0.0, alpha=0.05))
+    assert power.seeds_needed(0.3, alpha=0.05) == by_hand(0.3, 0.05) == 10
+    assert power.seeds_needed(0.3, alpha=0.05 / 8) == by_hand(0.3, 0.05 / 8) == 17
+    assert math.isnan(power.seeds_needed(0.0, alpha=0.05))
 
 
 def test_win_rate_and_p_superiority_by_counting_pairs():
@@ -159,12 +159,22 @@ def test_win_rate_and_p_superiority_by_counting_pairs():
     assert acc["p_superiority"] == pytest.approx(1 - np.mean(pairs))
 
 
-def test_mcnemar_se_equals_the_sampling_se_of_per_image_differences():
-    rng = np.random.default_rng(0)
-    pairs = [(rng.random(500) < 0.7, rng.random(500) < 0.72) for _ in range(3)]
-    var = [np.var(a.astype(float) - b.astype(float)) / a.size for a, b in pairs]
-    assert stats.mcnemar_se(pairs) == pytest.approx(100 * math.sqrt(sum(var)) / 3)
-    assert math.isnan(stats.mcnemar_se([(pairs[0][0], None)]))
+def test_p_superiority_uses_every_complete_run_not_only_shared_seeds():
+    x, b = np.array([1.0, 3.0]), np.array([2.0, 2.0])
+    out = stats.paired_comparison(x, b, unpaired=(np.array([1.0, 3.0, 0.0]), np.array([2.0])))
+    assert out["p_superiority"] == pytest.approx(2 / 3)  # 1 < 2 and 0 < 2; 3 > 2
+
+
+def test_success_test_is_fisher_exact_by_hypergeometric_enumeration():
+    # 1/4 trained vs 4/4: tables as or more extreme under fixed margins (5 trained of 8)
+    from math import comb
+    probs = {k: comb(4, k) * comb(4, 5 - k) / comb(8, 5) for k in range(1, 5)}
+    p_obs = probs[1]
+    assert stats.success_test(1, 4, 4, 4) == pytest.approx(
+        sum(p for p in probs.values() if p <= p_obs + 1e-12))
+    assert math.isnan(stats.success_test(0, 0, 3, 3))
+    rates = stats.success_rates({"complete": 2, "diverged": 1, "stuck": 1})
+    assert rates == {"runs": 4, "trained": 0.5, "diverged": 0.25, "stuck": 0.25, "failed": 0.0}
 
 
 def test_binomial_noise_floor_values_from_statistics_md():

@@ -1,4 +1,4 @@
-"""Across cells: mixed model with Holm contrasts when cells < methods, Friedman otherwise."""
+"""Across cells: per-cell tests with Holm over all; Friedman only from 4 cells and >= labels."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ def _across(runs):
                                             "test_error")
 
 
-def test_two_cells_and_three_methods_use_the_mixed_model():
+def test_two_cells_make_no_across_cell_claim_and_count_per_cell_results():
     runs = runs_table(cell_list=(("cifar10", "cnn9"), ("cifar100", "cnn9")), seeds=range(5))
     table, out = _across(runs)
-    assert out["kind"] == "mixed" and out["reason"] is None
-    con = out["contrasts"].set_index("label")
-    # Balanced design: the method coefficient is the mean of all its paired differences.
-    pooled = out["pooled"].set_index("label")
-    for lab in ("mhe", "rp_comhe"):
-        assert con.loc[lab, "estimate"] == pytest.approx(pooled.loc[lab, "mean_diff"], abs=1e-6)
-        assert pooled.loc[lab, "pairs"] == 10
-    assert con.loc["rp_comhe", "estimate"] == pytest.approx(-2.0, abs=0.2)
-    assert con["significant"].all() and (con["p_holm"] >= con["p"]).all()
+    assert out["kind"] == "per-cell" and "too few" in out["reason"]
+    assert "contrasts" not in out and "pooled" not in out  # no pooled model, no pooled points
+    counts = out["counts"].set_index("label")
+    tested = table[~table["is_baseline"]]
+    for lab, grp in tested.groupby("label"):
+        sig = grp[grp["sig_ttest"]]
+        assert counts.loc[lab, "cells"] == 2
+        assert counts.loc[lab, "better"] == int((sig["mean_diff"] < 0).sum())
+        assert counts.loc[lab, "worse"] == int((sig["mean_diff"] > 0).sum())
 
 
 def test_as_many_cells_as_methods_use_friedman_checked_by_hand():
@@ -45,4 +45,4 @@ def test_as_many_cells_as_methods_use_friedman_checked_by_hand():
 def test_one_cell_computes_nothing_across_cells():
     _, out = _across(runs_table())
     assert out["kind"] == "none" and "one cell" in out["reason"]
-    assert isinstance(out["pooled"], pd.DataFrame) and len(out["pooled"]) == 2
+    assert isinstance(out["counts"], pd.DataFrame) and out["counts"].empty
