@@ -7,7 +7,7 @@ PROFILE ?= paper
 PACK ?= 1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-quick benchmark reference reproduce-table2 perf lint clean-venv
+.PHONY: setup test test-quick benchmark reference sensitivity reproduce-table2 perf lint clean-venv
 
 # One shared virtual environment for every nox session (a CUDA torch build is ~5.8 GB:
 # one copy per session would be absurd). Re-installed when pyproject.toml changes.
@@ -33,6 +33,10 @@ benchmark: $(STAMP)
 # Regenerate the committed reference results/quick/ and results/leaderboard.md on purpose.
 reference: $(STAMP)
 	$(NOX) -s reference
+
+# Re-measure the quick suite's numerical noise (results/quick/sensitivity/), which `compare` uses.
+sensitivity: $(STAMP)
+	$(NOX) -s sensitivity
 
 reproduce-table2: $(STAMP)
 	$(NOX) -s reproduce_table2 -- --profile $(PROFILE) --pack-seeds $(PACK)

@@ -5,8 +5,10 @@ a CUDA build of torch is ~5.8 GB, and a copy per session would cost minutes and 
     nox -s tests -- -m "not slow" -q    # the quick loop while developing
     nox -s benchmark                    # retrain `quick` into runs/quick/, compare with results/quick
     nox -s benchmark -- --suite table2  # any suite; --regularizer NAME --plugin FILE also work
-    nox -s reference                    # regenerate results/quick and results/leaderboard.md
-    nox -s reference -- --suite fashion --jobs 2   # regenerate results/fashion (~25 min, 2 cores)
+    nox -s reference                    # regenerate results/quick (runs, report, sensitivity)
+                                        # and results/leaderboard.md
+    nox -s reference -- --suite fashion # regenerate results/fashion (~25 min + its sensitivity)
+    nox -s sensitivity -- --suite quick # only re-measure a suite's numerical noise
     nox -s leaderboard                  # only re-render results/leaderboard.md from the records
     nox -s reproduce_table2 -- --profile smoke
     nox -s perf                         # step-time ratios on whatever device is here
@@ -57,7 +59,8 @@ def _suite_args(session: nox.Session, prog: str) -> argparse.Namespace:
     p.add_argument("--regularizer", action="append", default=[],
                    help="add/restrict to this regularizer (e.g. a plugin's); repeatable")
     p.add_argument("--plugin", action="append", default=[])
-    p.add_argument("--jobs", default="1")
+    # 2: the CPU protocols run one thread per run (their runtime.threads), one run per core
+    p.add_argument("--jobs", default="2")
     p.add_argument("--pack-seeds", default="1", help="seeds per packed program (GPU)")
     return p.parse_args(session.posargs)
 
@@ -131,8 +134,24 @@ def reference(session: nox.Session) -> None:
     if target.exists():
         shutil.rmtree(target)
     _train_and_report(session, a, target, None)
+    # the protocol's numerical noise, measured beside the new reference: `compare` reads it
+    _bench(session, *_plugins(a), "sensitivity", "--suite", a.suite, "--base", str(target / "runs"),
+           "--out", str(target / "sensitivity"), "--jobs", a.jobs,
+           *(["--profile", a.profile] if a.profile else []))
     if not a.profile:  # a profile's records are not the committed table's
         _committed_leaderboard(session)
+
+
+@nox.session(python=False)
+def sensitivity(session: nox.Session) -> None:
+    """Re-measure a suite's numerical noise against its committed reference (results/<suite>/):
+    every run again under another instruction-set level; writes results/<suite>/sensitivity/."""
+    a = _suite_args(session, "nox -s sensitivity --")
+    name = Path(a.suite).stem + (f"-{a.profile}" if a.profile else "")
+    _bench(session, *_plugins(a), "sensitivity", "--suite", a.suite, "--jobs", a.jobs,
+           "--base", str(ROOT / "results" / name / "runs"),
+           "--out", str(ROOT / "results" / name / "sensitivity"),
+           *(["--profile", a.profile] if a.profile else []))
 
 
 @nox.session(python=False)

@@ -324,8 +324,11 @@ def _explain(v: Verdict, envs: dict[str, set]) -> str:
                 "round differently and training carries the difference to the end. No outcome "
                 "flipped and no label moved more than the protocol's numerical noise allows.")
     bad = [lab.label for lab in v.labels if lab.verdict == "inconsistent"]
-    runs = [f"{r.run_id} ({r.label}, seed {r.seed}: {r.note or r.verdict})" for r in v.runs
-            if r.verdict in ("inconsistent", "missing")][:8]
+    bad_keys = {lab.label for lab in v.labels if lab.verdict == "inconsistent"}
+    runs = [f"{r.run_id} ({r.label}, seed {r.seed}: {r.note or r.verdict}"
+            + (f", curves part at iteration {r.first_difference[0]}" if r.first_difference else "")
+            + ")" for r in v.runs
+            if r.verdict in ("inconsistent", "missing", "outside band") or r.label in bad_keys][:8]
     return (f"INCONSISTENT: a difference the numerical noise does not explain in {', '.join(bad)}. "
             + (f"Runs: {'; '.join(runs)}. " if runs else "")
             + "Look at what differs above (code, protocol, packages) before trusting either side.")

@@ -1,0 +1,73 @@
+"""The reproduction verdict end to end, on real training: a small digits suite, its measured
+numerical noise (`sensitivity`), then a hardware-like perturbation (another thread count) that
+must come out consistent and a real change (a 10x smaller learning rate) that must not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.compare import compare_dirs, format_comparison
+from benchmark.machine import isa_perturbation
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = """\
+description: reproduction test (two regularizers, three seeds, 60 iterations on digits)
+protocol: cpu_quick
+protocol_overrides:
+  iterations: 60
+  schedule.milestones: [40, 50]
+  schedule.warmup_iterations: 15
+  eval_every: 30
+  checkpoint_every: 60
+datasets: [digits]
+models:
+  - {name: cnn9, kwargs: {width: 0.25}}
+regularizers:
+  - {name: weight_decay, label: Baseline}
+  - {name: hs_mhe, label: HS-MHE}
+seeds: 3
+"""
+
+
+def _bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=ROOT, check=check,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_thread_count_is_consistent_and_a_changed_rate_is_not(tmp_path):
+    suite = tmp_path / "repro.yaml"
+    suite.write_text(SUITE)
+    ref = tmp_path / "reference" / "runs"
+    _bench("run", "--suite", str(suite), "--results", str(ref), "--jobs", "2", "--no-progress")
+    perturb = "isa" if isa_perturbation() else "threads"
+    _bench("sensitivity", "--suite", str(suite), "--base", str(ref), "--out",
+           str(tmp_path / "reference" / "sensitivity"), "--perturb", perturb, "--jobs", "2",
+           "--no-progress")
+    summary = json.loads((tmp_path / "reference" / "sensitivity" / "summary.json").read_text())
+    assert summary["pooled"]["pairs"] == 6 and summary["pooled"]["flips"] == 0
+
+    # another machine, as far as one machine can be: 2 threads instead of the protocol's 1
+    # (another run id: paired by label and seed)
+    threads = tmp_path / "threads"
+    _bench("run", "--suite", str(suite), "--results", str(threads), "--set", "runtime.threads=2",
+           "--jobs", "1", "--no-progress")
+    v = compare_dirs(threads, ref, match="label")
+    assert v.noise.measured and v.verdict in ("identical", "consistent"), format_comparison(v, threads, ref)
+    out = _bench("compare", "--results", str(threads), "--reference", str(ref), "--match", "label")
+    assert out.returncode == 0 and "verdict: " in out.stdout
+
+    # a real change: the learning rate 10x smaller
+    slow = tmp_path / "slow_lr"
+    _bench("run", "--suite", str(suite), "--results", str(slow), "--set", "optimizer.lr=0.001",
+           "--jobs", "2", "--no-progress")
+    v = compare_dirs(slow, ref, match="label")
+    assert v.verdict == "inconsistent", format_comparison(v, slow, ref)
+    out = _bench("compare", "--results", str(slow), "--reference", str(ref), "--match", "label",
+                 check=False)
+    assert out.returncode == 1 and "verdict: inconsistent" in out.stdout
