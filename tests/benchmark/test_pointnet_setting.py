@@ -323,14 +323,16 @@ def test_distributed_runs_refuse_point_clouds_and_auxiliary_losses(monkeypatch, 
 
 
 def test_a_regularizer_that_cannot_split_a_layer_fails_before_the_run():
-    """G-CoMHE's groups must divide every projected fan-in: at width 0.125 a T-Net layer has
-    fan-in 8, which 8 groups of >= 2 coordinates cannot split. validate says so in one line,
-    before any data loads (it used to fail only when the run attached the regularizer)."""
+    """G-CoMHE's groups must divide every projected fan-in: at width 0.125 a shared layer
+    (mlp1's second conv) has fan-in 8, which 8 groups of >= 2 coordinates cannot split; with
+    regularize_tnets a T-Net layer is the first such. validate says so in one line, before any
+    data loads (it used to fail only when the run attached the regularizer)."""
     proto = load_protocol("pointnet_cpu")
-    with pytest.raises(ConfigError, match=r"^g_comhe: layer 'input_tnet\.mlp\.3\.weight' has fan-in "
-                                          r"d=8; groups=8 must divide d .* \(model pointnet\)$"):
-        validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
-                         model_kwargs={"width": 0.125}))
+    for kwargs, layer in (({}, r"mlp1\.3\.weight"), ({"regularize_tnets": True}, r"input_tnet\.mlp\.3\.weight")):
+        with pytest.raises(ConfigError, match=rf"^g_comhe: layer '{layer}' has fan-in "
+                                              r"d=8; groups=8 must divide d .* \(model pointnet\)$"):
+            validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
+                             model_kwargs={"width": 0.125, **kwargs}))
     validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0, model_kwargs={"width": 0.25}))
 
 
