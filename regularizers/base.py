@@ -55,7 +55,9 @@ class HParam:
     """Declaration of one hyper-parameter.
 
     kind: a :class:`Kind` (or its string). default None means "resolved by the class" (for
-    example a strength that depends on the power); minimum is inclusive.
+    example a strength that depends on the power); minimum is inclusive. ``added``: declared
+    after run ids were first recorded; a run's identity leaves it out while it holds its
+    default (``benchmark.config``), so the runs made before it keep their ids.
     """
 
     default: Any
@@ -63,6 +65,7 @@ class HParam:
     minimum: float | None = None
     doc: str = ""
     choices: tuple[str, ...] = ()
+    added: bool = False
 
     def __post_init__(self) -> None:
         try:
