@@ -21,8 +21,11 @@ Learned projections (AP, Adv) are buffers, not parameters: the network's optimis
 decay never see them, and they go into the regularizer's state dict. Their inner updates run in
 ``before_step(lr)`` with the network frozen (W detached). In ``penalty()`` the network's energy
 uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the autograd graph so the
-gradient reaches W through grad_P as well (second order, the released code's behaviour and our
-default; ``first_order=True`` detaches it).
+gradient reaches W through grad_P as well (second order, the released code's behaviour:
+``angle_projection/architecture.py`` ``_add_thomson_project``, ``p = p - lr * tf.gradients(p_loss,
+p)[0]`` inside the network's graph; our default; ``first_order=True`` detaches it). P's step
+size, in the inner steps and the look-ahead, is ``proj_lr_scale`` x the network's lr (1 as
+released: ``train.py``, ``GradientDescentOptimizer(lr_)``; see docs/regularizers.md for Adam).
 
 Both gradients w.r.t. P (the inner steps, :meth:`_LearnedProjection.inner_update`, and the
 look-ahead, :meth:`_LearnedProjection.look_ahead`) go through :func:`_grad_p`: pure tensor
