@@ -550,6 +550,9 @@ def _resolved_regularizer(name: str, hparams: dict[str, Any]) -> tuple[dict | No
         resolved = cls.resolve_hparams(dict(hparams))
     except (ImportError, ValueError, TypeError):
         return None, None
+    # hyper-parameters declared after the first records (HParam.added) stay out at their default
+    resolved = {k: v for k, v in resolved.items()
+                if not (getattr(cls.HPARAMS.get(k), "added", False) and v == cls.HPARAMS[k].default)}
     return _canonical(_jsonable(resolved)), _plugin_source_hash(cls)
 
 

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 from torch import nn
 
-from regularizers.roles import ROLES, weight_names
+from regularizers.roles import ROLES, SKIPPED_ROLES, weight_names
 
 __all__ = ["weight_roles_from", "he_init", "check_roles"]
 
 
-def weight_roles_from(model: nn.Module, first: str | list[str], output: str | list[str]
-                      ) -> dict[str, str]:
-    """Roles for ``model``: the named weights are first/output, every other conv/linear hidden."""
+def weight_roles_from(model: nn.Module, first: str | list[str], output: str | list[str],
+                      transform: list[str] = ()) -> dict[str, str]:
+    """Roles for ``model``: the named weights are first/output/transform, every other conv/linear
+    hidden. "transform" (``regularizers.roles.SKIPPED_ROLES``) tags a weight that no regularizer
+    acts on unless a caller's ``roles=`` maps it to a regularized role (PointNet's T-Nets)."""
     firsts = [first] if isinstance(first, str) else list(first)
     outputs = [output] if isinstance(output, str) else list(output)
+    transforms = set(transform)
     names = weight_names(model)
-    missing = [n for n in firsts + outputs if n not in names]
+    missing = [n for n in firsts + outputs + sorted(transforms) if n not in names]
     if missing:
         raise ValueError(f"role names {missing} are not conv/linear weights of "
                          f"{type(model).__name__}")
     roles = {}
     for n in names:
-        roles[n] = "output" if n in outputs else "first" if n in firsts else "hidden"
+        roles[n] = ("output" if n in outputs else "first" if n in firsts
+                    else "transform" if n in transforms else "hidden")
     return roles
 
 
@@ -51,6 +55,6 @@ def check_roles(model: nn.Module, name: str = "") -> None:
         untagged = sorted(set(expected) - set(roles))
         raise ValueError(f"model {name!r}: weight_roles mismatch (untagged: {untagged[:3]}, "
                          f"not conv/linear weights: {extra[:3]})")
-    bad = {n: r for n, r in roles.items() if r not in ROLES}
+    bad = {n: r for n, r in roles.items() if r not in ROLES + SKIPPED_ROLES}
     if bad:
-        raise ValueError(f"model {name!r}: roles must be one of {ROLES}, got {bad}")
+        raise ValueError(f"model {name!r}: roles must be one of {ROLES + SKIPPED_ROLES}, got {bad}")

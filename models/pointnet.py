@@ -12,7 +12,19 @@ ReLU, as ``tf_util.conv2d(..., bn=True)``; FC 512 and 256 carry BN and ReLU; dro
 probability 0.7 follows FC 512 and FC 256 (the reference code has both; the paper mentions the
 one before the classifier). A T-Net is a shared MLP 64-128-1024, max pool, FC 512-256 (BN, ReLU)
 and a linear map 256 -> K*K whose weight starts at zero and whose bias starts at the identity.
-``pointnet_vanilla`` has no T-Nets (the same five shared layers, no transform loss).
+``pointnet_vanilla`` has no T-Nets (the same five shared layers, no transform loss) and keeps
+both dropouts: it is this project's ablation of ``pointnet``, not the released
+``pointnet_cls_basic.py``, which has one dropout only, after FC 256 (``dropout`` applies to both).
+
+Roles (what a regularizer acts on), THIS PROJECT's choice: the shared MLPs and the classifier's
+FC layers, as ``protocols/pointnet_modelnet40.yaml`` describes the CoMHE paper's point-cloud
+experiment ("this network's shared MLPs and FC layers"; the paper's section is not available to
+us, so the choice is ours). Role "first": ``mlp1``'s first conv (fan-in 3); "output": the
+classifier ``fc3``; "hidden": the other shared convs and FC 512 / 256. The 12 weights of the two
+T-Nets get role "transform" (``regularizers.roles.SKIPPED_ROLES``), which no regularizer acts
+on. ``regularize_tnets=True`` restores the earlier roles: T-Net weights regularized too (the
+input T-Net's first conv "first", the rest, the zero-initialised transform maps included,
+"hidden").
 
 The feature transform A (B, 64, 64) is pushed towards orthogonality by the auxiliary loss of
 ``pointnet_cls.get_loss``: ``0.001 * tf.nn.l2_loss(A A^T - I)``, where ``tf.nn.l2_loss`` is half
@@ -35,6 +47,7 @@ from torch import nn
 
 from models.builders import weight_roles_from
 from models.registry import register
+from regularizers.roles import weight_names
 
 _BN_EPS = 1e-3
 TRANSFORM_LOSS_WEIGHT = 0.001  # pointnet_cls.get_loss(reg_weight=0.001)
@@ -149,11 +162,16 @@ def transform_loss(a: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a @ a.transpose(1, 2) - eye).square().sum()
 
 
-def _roles(model: PointNet) -> dict[str, str]:
-    # first: the layers that see the raw coordinates (fan-in 3): mlp1's first conv and the
-    # input T-Net's; output: the classifier; every other conv/linear (T-Net maps included) hidden.
-    firsts = ["mlp1.0.weight"] + (["input_tnet.mlp.0.weight"] if model.input_tnet is not None else [])
-    return weight_roles_from(model, first=firsts, output="fc3.weight")
+def _roles(model: PointNet, regularize_tnets: bool = False) -> dict[str, str]:
+    """Default: T-Net weights "transform" (left alone by every regularizer); first = mlp1's
+    first conv, output = the classifier, the other shared convs and FCs hidden. With
+    ``regularize_tnets`` (the earlier rule): first = every layer that sees the raw coordinates
+    (mlp1's first conv and the input T-Net's), every other T-Net weight hidden."""
+    tnet_weights = [n for n in weight_names(model) if n.startswith(("input_tnet.", "feature_tnet."))]
+    if regularize_tnets:
+        firsts = ["mlp1.0.weight"] + (["input_tnet.mlp.0.weight"] if model.input_tnet is not None else [])
+        return weight_roles_from(model, first=firsts, output="fc3.weight")
+    return weight_roles_from(model, first="mlp1.0.weight", output="fc3.weight", transform=tnet_weights)
 
 
 def _check(width: float, dropout: float) -> None:
@@ -164,18 +182,24 @@ def _check(width: float, dropout: float) -> None:
 
 
 @register
-def pointnet(num_classes: int, in_chans: int = 3, width: float = 1.0, dropout: float = 0.3) -> PointNet:
-    """PointNet with input and feature T-Nets (Qi et al. 2017); ``width`` scales every layer."""
+def pointnet(num_classes: int, in_chans: int = 3, width: float = 1.0, dropout: float = 0.3,
+             regularize_tnets: bool = False) -> PointNet:
+    """PointNet with input and feature T-Nets (Qi et al. 2017); ``width`` scales every layer.
+    Regularizers act on the shared MLPs and FCs only, unless ``regularize_tnets`` (module
+    docstring: this project's choice)."""
     _check(width, dropout)
+    if not isinstance(regularize_tnets, bool):
+        raise ValueError(f"pointnet regularize_tnets must be true or false, got {regularize_tnets!r}")
     model = PointNet(num_classes, in_chans, width, transforms=True, dropout=dropout)
-    model.weight_roles = _roles(model)
+    model.weight_roles = _roles(model, regularize_tnets)
     return model
 
 
 @register
 def pointnet_vanilla(num_classes: int, in_chans: int = 3, width: float = 1.0,
                      dropout: float = 0.3) -> PointNet:
-    """PointNet without T-Nets (shared MLP 64-64-64-128-1024, FC 512-256, no transform loss)."""
+    """PointNet without T-Nets (shared MLP 64-64-64-128-1024, FC 512-256, no transform loss), two
+    dropouts: this project's ablation, not the released ``pointnet_cls_basic.py`` (one dropout)."""
     _check(width, dropout)
     model = PointNet(num_classes, in_chans, width, transforms=False, dropout=dropout)
     model.weight_roles = _roles(model)

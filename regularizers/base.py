@@ -55,7 +55,9 @@ class HParam:
     """Declaration of one hyper-parameter.
 
     kind: a :class:`Kind` (or its string). default None means "resolved by the class" (for
-    example a strength that depends on the power); minimum is inclusive.
+    example a strength that depends on the power); minimum is inclusive. ``added``: declared
+    after run ids were first recorded; a run's identity leaves it out while it holds its
+    default (``benchmark.config``), so the runs made before it keep their ids.
     """
 
     default: Any
@@ -63,6 +65,7 @@ class HParam:
     minimum: float | None = None
     doc: str = ""
     choices: tuple[str, ...] = ()
+    added: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -121,6 +124,8 @@ class Regularizer(nn.Module):
         self.seed: int | None = None
         self.lr: float = 0.0  # last learning rate given to before_step
         self.epoch: int = 0  # last training epoch given to set_epoch (0-based)
+        self.iteration: int = 0  # last iteration and run length given to set_progress
+        self.iterations: int | None = None
         # Tensors standing in for the attached parameters (by name) while ``penalty_for`` or
         # ``before_step_for`` runs: packed seeds keep S networks' weights stacked, and each seed's
         # regularizer reads its slice. None: the attached parameters themselves.
@@ -246,6 +251,18 @@ class Regularizer(nn.Module):
         so plugins that override only ``before_step`` keep working.
         """
         self.epoch = int(epoch)
+
+    def set_progress(self, iteration: int, iterations: int) -> None:
+        """Optional hook: the 0-based iteration of the coming step and the run's length.
+
+        The engine calls it eagerly right after ``set_epoch``, before every ``before_step``
+        (``benchmark/training/run.py`` ``Run.before_step``, ``benchmark/training/packed.py``
+        ``PackedRun.before_step``): iteration = the batch's epoch x iterations per epoch + its
+        position, iterations = the protocol's. For a schedule in fractions of the run (``srip``
+        with ``schedule="scaled"``); the same rules as ``set_epoch`` apply. The base class only
+        stores both; callers that never call it leave them at 0 and None.
+        """
+        self.iteration, self.iterations = int(iteration), int(iterations)
 
     def epoch_schedule(self, iterations_per_epoch: int, iterations: int) -> list[dict] | None:
         """The strength schedule in effect over a run, for the run record: a list of

@@ -21,8 +21,11 @@ Learned projections (AP, Adv) are buffers, not parameters: the network's optimis
 decay never see them, and they go into the regularizer's state dict. Their inner updates run in
 ``before_step(lr)`` with the network frozen (W detached). In ``penalty()`` the network's energy
 uses the one-step look-ahead P' = P - lr * grad_P p_loss(P, W), kept in the autograd graph so the
-gradient reaches W through grad_P as well (second order, the released code's behaviour and our
-default; ``first_order=True`` detaches it).
+gradient reaches W through grad_P as well (second order, the released code's behaviour:
+``angle_projection/architecture.py`` ``_add_thomson_project``, ``p = p - lr * tf.gradients(p_loss,
+p)[0]`` inside the network's graph; our default; ``first_order=True`` detaches it). P's step
+size, in the inner steps and the look-ahead, is ``proj_lr_scale`` x the network's lr (1 as
+released: ``train.py``, ``GradientDescentOptimizer(lr_)``; see docs/regularizers.md for Adam).
 
 Both gradients w.r.t. P (the inner steps, :meth:`_LearnedProjection.inner_update`, and the
 look-ahead, :meth:`_LearnedProjection.look_ahead`) go through :func:`_grad_p`: pure tensor
@@ -251,8 +254,12 @@ class _LearnedProjection(_CoMHEBase):
     """One learned P (k x d) per projected layer, stacked per group as buffer ``P<gi>`` (L, k, d)."""
 
     HPARAMS = {**_CoMHEBase.HPARAMS,
-               "inner_steps": HParam(1, "int", 0, "SGD steps on P per iteration, at the network's lr"),
-               "first_order": HParam(False, "bool", doc="detach the look-ahead (default: second order)")}
+               "inner_steps": HParam(1, "int", 0, "SGD steps on P per iteration, at the projection lr"),
+               "first_order": HParam(False, "bool", doc="detach the look-ahead (default: second order)"),
+               "proj_lr_scale": HParam(1.0, "float", 0.0, "P's step size (inner steps and look-ahead) = "
+                                       "proj_lr_scale x the network's current lr; 1 = as released "
+                                       "(train.py: updatep_op at lr_); Adam protocols: 0.1 / base lr",
+                                       added=True)}
 
     @staticmethod
     def _p_loss(W: Tensor, P: Tensor) -> Tensor:  # (L, N, d), (L, k, d) -> (L,)
@@ -284,7 +291,8 @@ class _LearnedProjection(_CoMHEBase):
         return total
 
     def inner_update(self, W: Tensor, P: Tensor, lr) -> Tensor:
-        """P after ``inner_steps`` plain-SGD steps on p_loss at learning rate lr, network frozen.
+        """P after ``inner_steps`` plain-SGD steps on p_loss at step size lr (P's: the network's
+        lr x ``proj_lr_scale``, see :attr:`proj_lr`), network frozen.
 
         Pure: (W (L, N, d), P (L, k, d), lr float or 0-dim tensor) -> new P (L, k, d), no grad
         history, inputs untouched; what ``before_step`` writes into the buffers, and what a
@@ -313,8 +321,16 @@ class _LearnedProjection(_CoMHEBase):
         P_next = P - lr * _grad_p(self._p_loss, W if second else W.detach(), P)
         return P_next if second else P_next.detach()
 
+    @property
+    def proj_lr(self) -> float:
+        """P's step size this iteration: ``proj_lr_scale`` x the network's lr from before_step.
+        The released code steps P by plain SGD at the network's own rate (``train.py``:
+        ``GradientDescentOptimizer(lr_)``, scale 1), 0.1 at the start of its SGD recipe; under
+        Adam at 1e-3 that rate leaves P almost where it started, hence the scale (docs)."""
+        return self.hparams["proj_lr_scale"] * self.lr
+
     def before_step(self, lr: float) -> None:
-        """Inner plain-SGD steps on every P at learning rate lr, network frozen, in place."""
+        """Inner plain-SGD steps on every P at the projection lr, network frozen, in place."""
         super().before_step(lr)
         if self.hparams["inner_steps"] == 0:
             return
@@ -322,12 +338,12 @@ class _LearnedProjection(_CoMHEBase):
             if mode == "proj":
                 buf = getattr(self, f"P{gi}")
                 # in place: the buffer's storage (state dict entry, captured graphs) is kept
-                buf.copy_(self.inner_update(self.stack(index), buf, self.lr))
+                buf.copy_(self.inner_update(self.stack(index), buf, self.proj_lr))
 
     def _projected(self, gi, W):
         P = getattr(self, f"P{gi}")
-        if self.lr != 0.0:  # before the first before_step lr is 0 and P' = P
-            P = self.look_ahead(W, P, self.lr)
+        if self.proj_lr != 0.0:  # before the first before_step lr is 0 and P' = P
+            P = self.look_ahead(W, P, self.proj_lr)
         return projected_energy(W, P.unsqueeze(-3), 2, half_space=True)
 
 

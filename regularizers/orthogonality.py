@@ -3,8 +3,10 @@ Bansal, Chen & Wang (NeurIPS 2018, "Can We Gain More from Orthogonality Regulari
 Training Deep CNNs?"), recipe.md section 7.
 
 For a neuron matrix W (N, d) let G be the Gram matrix of the SMALLER side: W W^T (N x N) when
-N <= d, else W^T W (d x d); m = min(N, d). (The released ``l2_reg_ortho`` makes the same choice:
-``W^T W`` when rows > cols, else ``W W^T``.)
+N <= d, else W^T W (d x d); m = min(N, d). (The released ``l2_reg_ortho`` of
+``Wide-Resnet/train_n.py`` makes the same choice: ``W^T W`` when rows > cols, else ``W W^T``;
+its copies in ``Imagenet/*/train_n.py`` and ``SVHN/train.py`` differ: they always take
+``W^T W`` (d x d) and a sigma from a normal start, ``torch.dot(u, A v)``, squared.)
 
 * SO   = ||G - I||_F^2
 * DSO  = ||W W^T - I||_F^2 + ||W^T W - I||_F^2
@@ -18,7 +20,11 @@ N <= d, else W^T W (d x d); m = min(N, d). (The released ``l2_reg_ortho`` makes 
   1 for the 0-based epochs 0..19, 1e-3 from epoch 20, 1e-4 from 50, 1e-6 from 70, 0 from 120
   (the released loop calls it with ``epoch + 1`` and tests ``> 20``, ``> 50``, ``> 70``,
   ``> 120``). The epoch comes from the engine (``set_epoch``: the data stream's epoch, i.e.
-  iteration // iterations per epoch of the protocol).
+  iteration // iterations per epoch of the protocol). ``schedule="scaled"`` (THIS PROJECT's
+  option, for protocols much shorter than the released 200 epochs, ``--epochs`` default of
+  ``train_n.py``): the same multipliers with the run mapped onto those 200 epochs, recipe epoch
+  floor(200 x iteration / iterations) (``set_progress``), so they change at 10 / 25 / 35 / 60 %
+  of the run; ``"constant"`` keeps 1.
 
   THIS PROJECT's earlier variant stays available through explicit hyper-parameters:
   ``squared=False, power_iters=2, persistent_vector=True, schedule="constant"`` (sigma_max(G - I)
@@ -41,7 +47,8 @@ from .base import HParam, Regularizer
 from .registry import register
 
 __all__ = ["WeightDecay", "SO", "DSO", "MC", "SRIP", "small_gram", "srip_sigma", "srip_power_term",
-           "srip_multiplier", "SRIP_RELEASED_SCHEDULE"]
+           "srip_multiplier", "srip_recipe_epoch", "SRIP_RELEASED_SCHEDULE", "SRIP_RELEASED_EPOCHS",
+           "SRIP_SCHEDULES"]
 
 
 def small_gram(W: Tensor) -> Tensor:
@@ -129,19 +136,37 @@ class MC(_Orthogonality):
 
 #: ``adjust_ortho_decay_rate`` as (first 0-based epoch, multiplier of the strength), latest first.
 SRIP_RELEASED_SCHEDULE: tuple[tuple[int, float], ...] = ((120, 0.0), (70, 1e-6), (50, 1e-4), (20, 1e-3))
+#: The released recipe's length in epochs (``Wide-Resnet/train_n.py``: ``--epochs`` default 200),
+#: onto which schedule "scaled" maps a run.
+SRIP_RELEASED_EPOCHS = 200
+SRIP_SCHEDULES = ("released", "constant", "scaled")
 
 
 def srip_multiplier(epoch: int, schedule: str = "released") -> float:
     """The strength multiplier at a 0-based epoch: ``adjust_ortho_decay_rate(epoch + 1) /
-    ortho_decay`` for schedule "released", 1 for "constant"."""
+    ortho_decay`` for schedule "released", 1 for "constant". (For "scaled" pass the recipe
+    epoch of :func:`srip_recipe_epoch`.)"""
     if schedule == "constant":
         return 1.0
-    if schedule != "released":
-        raise ValueError(f"srip schedule must be 'released' or 'constant'; got {schedule!r}")
+    if schedule not in SRIP_SCHEDULES:
+        raise ValueError(f"srip schedule must be one of {SRIP_SCHEDULES}; got {schedule!r}")
     for first, mult in SRIP_RELEASED_SCHEDULE:
         if epoch >= first:
             return mult
     return 1.0
+
+
+def srip_recipe_epoch(iteration: int, iterations: int) -> int:
+    """Schedule "scaled": the 0-based epoch of the released 200-epoch recipe that iteration
+    ``iteration`` of a run of ``iterations`` maps onto, floor(200 x iteration / iterations). The
+    released multipliers then change at 10 %, 25 %, 35 % and 60 % of the run (epochs 20, 50, 70,
+    120 of 200), whatever the protocol's epoch length."""
+    return SRIP_RELEASED_EPOCHS * int(iteration) // max(1, int(iterations))
+
+
+def _first_iteration(recipe_epoch: int, iterations: int) -> int:
+    """The first iteration i with srip_recipe_epoch(i, iterations) >= recipe_epoch."""
+    return -(-recipe_epoch * iterations // SRIP_RELEASED_EPOCHS)
 
 
 def srip_power_term(A: Tensor, b: Tensor, iters: int = 1, squared: bool = True) -> Tensor:
@@ -188,14 +213,16 @@ class SRIP(_Orthogonality):
         "persistent_vector": HParam(False, "bool", doc="keep the vector between steps, no-grad "
                                     "iterations (this project's variant); False: fresh torch.rand "
                                     "start each step, gradient through the power step (released)"),
-        "schedule": HParam("released", "choice", doc="strength multiplier by epoch: 'released' "
-                           "(adjust_ortho_decay_rate) or 'constant'", choices=("released", "constant")),
+        "schedule": HParam("released", "choice", doc="strength multiplier: 'released' "
+                           "(adjust_ortho_decay_rate by the protocol's epoch), 'constant', or 'scaled' "
+                           "(the released one with the run mapped onto its 200 epochs)",
+                           choices=SRIP_SCHEDULES),
     }
 
     def setup(self, device) -> None:
         super().setup(device)
         p0 = self.layers[0][1]
-        self._mult_host = srip_multiplier(self.epoch, self.hparams["schedule"])
+        self._mult_host = self._multiplier()
         self.register_buffer("decay", torch.full((), self._mult_host, device=device, dtype=p0.dtype),
                              persistent=False)
         for gi, index in enumerate(self._groups):
@@ -217,21 +244,43 @@ class SRIP(_Orthogonality):
             b = getattr(self, f"b{gi}")
             torch.rand(b.shape, generator=self.generator, out=b)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Store the epoch and set the strength multiplier of the schedule (a device scalar,
-        written only when it changes: five times in a released-schedule run)."""
-        super().set_epoch(epoch)
+    def _multiplier(self) -> float:
+        schedule = self.hparams["schedule"]
+        if schedule == "scaled":
+            if self.iterations is None:  # no set_progress yet: the start of a run
+                return 1.0
+            return srip_multiplier(srip_recipe_epoch(self.iteration, self.iterations), schedule)
+        return srip_multiplier(self.epoch, schedule)
+
+    def _update_decay(self) -> None:
         if self.layers:
-            mult = srip_multiplier(self.epoch, self.hparams["schedule"])
+            mult = self._multiplier()
             if mult != self._mult_host:
                 self.decay.fill_(mult)
                 self._mult_host = mult
 
+    def set_epoch(self, epoch: int) -> None:
+        """Store the epoch and set the strength multiplier of the schedule (a device scalar,
+        written only when it changes: five times in a released-schedule run)."""
+        super().set_epoch(epoch)
+        self._update_decay()
+
+    def set_progress(self, iteration: int, iterations: int) -> None:
+        """Store the iteration and run length; schedule "scaled" sets its multiplier here."""
+        super().set_progress(iteration, iterations)
+        self._update_decay()
+
     def epoch_schedule(self, iterations_per_epoch: int, iterations: int) -> list[dict]:
-        points = [(0, 1.0)] if self.hparams["schedule"] == "constant" else \
-            [(0, 1.0)] + [(e, m) for e, m in reversed(SRIP_RELEASED_SCHEDULE)]
+        schedule = self.hparams["schedule"]
+        if schedule == "constant":
+            return [{"epoch": 0, "iteration": 0, "multiplier": 1.0}]
+        pieces = [(0, 1.0)] + [(e, m) for e, m in reversed(SRIP_RELEASED_SCHEDULE)]
+        if schedule == "scaled":
+            its = [(_first_iteration(e, iterations), m) for e, m in pieces]
+            return [{"epoch": it // iterations_per_epoch, "iteration": it, "multiplier": m,
+                     "recipe_epoch": e} for (it, m), (e, _) in zip(its, pieces) if it < iterations]
         return [{"epoch": e, "iteration": e * iterations_per_epoch, "multiplier": m}
-                for e, m in points if e * iterations_per_epoch < iterations]
+                for e, m in pieces if e * iterations_per_epoch < iterations]
 
     def before_step(self, lr: float) -> None:
         """Fresh start vectors for this iteration (released behaviour; nothing to do with a

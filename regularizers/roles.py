@@ -3,6 +3,9 @@
 Contract (docs/internals.md): a model may carry ``model.weight_roles`` (parameter name ->
 role); otherwise :func:`infer_roles` finds every conv/linear weight and guesses the roles;
 ``roles=`` passed by the caller overrides either, entry by entry ("none" drops a weight).
+A model may also tag a weight with a role of :data:`SKIPPED_ROLES` ("transform": a weight of an
+auxiliary sub-network such as PointNet's T-Nets): it is a conv/linear weight of the model, but
+no regularizer acts on it unless ``roles=`` maps it to one of :data:`ROLES`.
 A weight's neurons are ``weight.reshape(weight.shape[0], -1)`` (rows = output units).
 """
 
@@ -15,9 +18,11 @@ from torch import nn
 
 from .hints import hint
 
-__all__ = ["ROLES", "infer_roles", "resolve_roles", "neurons", "weight_names"]
+__all__ = ["ROLES", "SKIPPED_ROLES", "infer_roles", "resolve_roles", "neurons", "weight_names"]
 
 ROLES = ("first", "hidden", "output")
+#: Roles a model may tag that no regularizer acts on by default (resolve_roles drops them).
+SKIPPED_ROLES = ("transform",)
 _WEIGHT_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
@@ -111,7 +116,8 @@ def resolve_roles(
     """The weights a regularizer acts on: [(param name, parameter, role)] in named_parameters order.
 
     Base mapping: ``model.weight_roles`` if present, else :func:`infer_roles`. ``roles``
-    overrides entries (role "none" removes a weight). Raises ValueError on unknown names/roles.
+    overrides entries (role "none" removes a weight). A weight whose final role is one of
+    :data:`SKIPPED_ROLES` ("transform") is left out too. Raises ValueError on unknown names/roles.
     """
     params = dict(model.named_parameters())
     base = getattr(model, "weight_roles", None)
@@ -120,17 +126,17 @@ def resolve_roles(
         for name, role in extra.items():
             if name not in params:
                 raise ValueError(f"{src} names unknown parameter {name!r}{hint(name, params)}")
-            if role not in ROLES and not (src == "roles" and role in (None, "none")):
-                allowed = ", ".join(ROLES) + (", 'none'" if src == "roles" else "")
+            if role not in ROLES + SKIPPED_ROLES and not (src == "roles" and role in (None, "none")):
+                allowed = ", ".join(ROLES + SKIPPED_ROLES) + (", 'none'" if src == "roles" else "")
                 raise ValueError(f"{src}[{name!r}] = {role!r}; allowed roles: {allowed}")
     for name, role in (roles or {}).items():
-        if role in (None, "none"):
+        if role in (None, "none") or role in SKIPPED_ROLES:
             mapping.pop(name, None)
         else:
             mapping[name] = role
     out = []
     for name, p in params.items():
-        if name in mapping:
+        if name in mapping and mapping[name] not in SKIPPED_ROLES:
             if p.ndim < 2:
                 raise ValueError(f"parameter {name!r} has shape {tuple(p.shape)}; roles need ndim >= 2")
             out.append((name, p, mapping[name]))

@@ -132,6 +132,8 @@ class PackedRun(Steps):
     def before_step(self, lr: float) -> None:
         for reg, w in zip(self.regs, self.seed_weights(detach=True)):
             reg.set_epoch(self.stream.epoch)  # as run.Run.before_step
+            reg.set_progress(self.stream.epoch * self.stream.per_epoch + self.stream.position,
+                             self.specs[0].protocol.iterations)
             reg.before_step_for(w, lr)
 
     # ----------------------------------------------------------------- diagnostics

@@ -236,6 +236,8 @@ class Run(Steps):
     def before_step(self, lr: float) -> None:
         # the epoch of the batch this step takes (Regularizer.set_epoch: SRIP's schedule)
         self.reg.set_epoch(self.stream.epoch)
+        self.reg.set_progress(self.stream.epoch * self.stream.per_epoch + self.stream.position,
+                              self.spec.protocol.iterations)  # Regularizer.set_progress
         self.reg.before_step(lr)
 
     # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).

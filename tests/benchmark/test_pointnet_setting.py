@@ -324,14 +324,16 @@ def test_distributed_runs_refuse_point_clouds_and_auxiliary_losses(monkeypatch, 
 
 
 def test_a_regularizer_that_cannot_split_a_layer_fails_before_the_run():
-    """G-CoMHE's groups must divide every projected fan-in: at width 0.125 a T-Net layer has
-    fan-in 8, which 8 groups of >= 2 coordinates cannot split. validate says so in one line,
-    before any data loads (it used to fail only when the run attached the regularizer)."""
+    """G-CoMHE's groups must divide every projected fan-in: at width 0.125 a shared layer
+    (mlp1's second conv) has fan-in 8, which 8 groups of >= 2 coordinates cannot split; with
+    regularize_tnets a T-Net layer is the first such. validate says so in one line, before any
+    data loads (it used to fail only when the run attached the regularizer)."""
     proto = load_protocol("pointnet_cpu")
-    with pytest.raises(ConfigError, match=r"^g_comhe: layer 'input_tnet\.mlp\.3\.weight' has fan-in "
-                                          r"d=8; groups=8 must divide d .* \(model pointnet\)$"):
-        validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
-                         model_kwargs={"width": 0.125}))
+    for kwargs, layer in (({}, r"mlp1\.3\.weight"), ({"regularize_tnets": True}, r"input_tnet\.mlp\.3\.weight")):
+        with pytest.raises(ConfigError, match=rf"^g_comhe: layer '{layer}' has fan-in "
+                                              r"d=8; groups=8 must divide d .* \(model pointnet\)$"):
+            validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0,
+                             model_kwargs={"width": 0.125, **kwargs}))
     validate(RunSpec(proto, "synthetic_shapes", "pointnet", "g_comhe", 0, model_kwargs={"width": 0.25}))
 
 
@@ -348,3 +350,69 @@ def test_more_points_than_a_shape_stores_fail_before_the_run(dataset, stored, mo
         validate(RunSpec(too_many, dataset, "pointnet", "weight_decay", 0, model_kwargs={"width": 0.25}))
     exact = load_protocol("pointnet_cpu", {"data.points.num_points": stored})
     validate(RunSpec(exact, dataset, "pointnet", "weight_decay", 0, model_kwargs={"width": 0.25}))
+
+
+def _summed_rate(proto, scale=1.0):
+    return scale * sum(proto.lr_at(it) for it in range(proto.iterations))
+
+
+def test_ap_adv_projections_move_comparably_under_sgd_and_adam():
+    """AP/Adv-CoMHE step P by plain SGD at proj_lr_scale x the network's lr (released: scale 1,
+    rmlin/CoMHE angle_projection/train.py updatep_op). Under paper_cifar (SGD 0.1) the default
+    is the released rate; the modelnet40 suite (Adam 1e-3, both profiles) sets 0.1 / 1e-3 = 100,
+    so P moves about as far as under the released SGD recipe, instead of ~150x less."""
+    import regularizers
+    from benchmark.suites import load_suite
+
+    paper = load_protocol("paper_cifar")
+    for profile in (None, "cpu"):
+        suite = load_suite("modelnet40", profile=profile, validate=False)
+        assert suite.protocol.optimizer.name == "adam" and suite.protocol.optimizer.lr == 1e-3
+        rows = {r.name: r.hparams for r in suite.regularizers}
+        for name in ("ap_comhe", "adv_comhe"):
+            assert rows[name] == {"proj_lr_scale": 0.1 / suite.protocol.optimizer.lr}
+    # over the whole run: the sum of P's step sizes
+    adam = load_protocol("pointnet_modelnet40")
+    sgd_total = _summed_rate(paper)                     # 3,216 (0.1 x 30k + 0.01 x 20k + ...)
+    assert 0.5 < _summed_rate(adam, 100.0) / sgd_total < 2       # 0.64
+    assert _summed_rate(adam) / sgd_total < 1 / 100             # the released rate: 1/155
+    # 200 inner steps on a PointNet layer, W fixed: relative movement of P
+    torch.manual_seed(0)
+    net = models.create("pointnet", num_classes=10, width=0.25).double()
+
+    only = {n: ("hidden" if n == "mlp2.3.weight" else "none") for n in net.weight_roles}
+
+    def moved(lr, **hp):
+        reg = regularizers.create("ap_comhe", **hp).attach(net, roles=only, seed=0)
+        p0 = reg.projection("mlp2.3.weight").clone()
+        for _ in range(200):
+            reg.before_step(lr)
+        return float((reg.projection("mlp2.3.weight") - p0).norm() / p0.norm())
+
+    at_sgd = moved(paper.lr_at(0))                                   # released: scale 1 at 0.1
+    at_adam = moved(adam.lr_at(0), proj_lr_scale=100.0)              # the suite's choice
+    frozen = moved(adam.lr_at(0))                                    # released rate under Adam
+    assert at_sgd > 1e-2
+    assert 0.5 < at_adam / at_sgd < 2
+    assert frozen < at_sgd / 20
+
+
+def test_proj_lr_scale_at_its_default_keeps_the_committed_run_ids():
+    """proj_lr_scale is HParam(added=True): at its default it stays out of the run identity, so
+    the committed SGD records of ap_comhe / adv_comhe (quick, fashion) keep their ids."""
+    from pathlib import Path
+
+    from benchmark.suites import load_suite
+
+    root = Path(__file__).resolve().parents[2] / "results"
+    for name in ("quick", "fashion"):
+        have = {p.stem for p in (root / name / "runs").glob("*.json")}
+        specs = [s for s in load_suite(name, validate=False).expand()
+                 if s.regularizer in ("ap_comhe", "adv_comhe")]
+        assert specs and all(s.run_id in have for s in specs), name
+    proto = load_protocol("cpu_quick")
+    ids = {RunSpec(proto, "digits", "cnn9", "ap_comhe", 0, regularizer_hparams=hp).run_id
+           for hp in ({}, {"proj_lr_scale": 1}, {"proj_lr_scale": 1.0})}
+    assert len(ids) == 1
+    scaled = RunSpec(proto, "digits", "cnn9", "ap_comhe", 0, regularizer_hparams={"proj_lr_scale": 100})
+    assert scaled.run_id not in ids and scaled.identity()["regularizer_hparams"]["proj_lr_scale"] == 100

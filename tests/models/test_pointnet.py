@@ -39,19 +39,59 @@ def test_parameter_counts_match_the_reference_code():
     assert _count(models.create("pointnet_vanilla", num_classes=40)) == REFERENCE_NO_TNETS
 
 
-def test_roles_first_is_fan_in_3_output_is_the_classifier():
+def test_roles_shared_mlps_and_fcs_regularized_tnets_left_alone():
+    # this project's choice (models/pointnet.py docstring): the shared MLPs and classifier FCs
     model = models.create("pointnet", num_classes=40)
     roles = model.weight_roles
     params = dict(model.named_parameters())
     assert list(roles) == weight_names(model)
-    assert {n for n, r in roles.items() if r == "first"} == {"mlp1.0.weight", "input_tnet.mlp.0.weight"}
-    assert all(params[n].shape[1] == 3 for n, r in roles.items() if r == "first")
+    tnet = {n for n in roles if n.startswith(("input_tnet.", "feature_tnet."))}
+    assert len(tnet) == 12 and {roles[n] for n in tnet} == {"transform"}
+    assert {n for n, r in roles.items() if r == "first"} == {"mlp1.0.weight"}
+    assert params["mlp1.0.weight"].shape[1] == 3
     assert [n for n, r in roles.items() if r == "output"] == ["fc3.weight"]
+    assert {n for n, r in roles.items() if r == "hidden"} == {
+        "mlp1.3.weight", "mlp2.0.weight", "mlp2.3.weight", "mlp2.6.weight", "fc1.0.weight", "fc2.0.weight"}
     assert params["fc3.weight"].shape == (40, 256)
     # every conv is a (N, d, 1) Conv1d weight
     assert params["mlp2.6.weight"].shape == (1024, 128, 1)
     vanilla = models.create("pointnet_vanilla", num_classes=10).weight_roles
     assert sorted(vanilla.values()).count("first") == 1 and "fc3.weight" in vanilla
+    assert "transform" not in vanilla.values()
+
+
+def test_regularize_tnets_restores_the_earlier_roles():
+    model = models.create("pointnet", num_classes=40, regularize_tnets=True)
+    roles = model.weight_roles
+    params = dict(model.named_parameters())
+    assert set(roles.values()) == {"first", "hidden", "output"}
+    assert {n for n, r in roles.items() if r == "first"} == {"mlp1.0.weight", "input_tnet.mlp.0.weight"}
+    assert all(params[n].shape[1] == 3 for n, r in roles.items() if r == "first")
+    assert roles["feature_tnet.transform.weight"] == "hidden"
+    with pytest.raises(ValueError, match="regularize_tnets"):
+        models.create("pointnet", num_classes=40, regularize_tnets="yes")
+
+
+@pytest.mark.parametrize("name", ["mhe", "rp_comhe", "ap_comhe", "srip", "so", "g_comhe"])
+def test_every_regularizer_acts_on_the_shared_mlps_and_fcs_only(name):
+    import regularizers
+
+    torch.manual_seed(0)
+    model = models.create("pointnet", num_classes=5, width=0.25)
+    reg = regularizers.create(name).attach(model)
+    seen = [n for n, _, _ in reg.layers]
+    assert seen == [n for n, r in model.weight_roles.items() if r != "transform"]
+    assert len(seen) == 8 and not any("tnet" in n for n in seen)
+    # no gradient of the penalty reaches a T-Net weight
+    reg.before_step(0.1)
+    reg.penalty().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if "tnet" in n)
+    # the earlier rule, on request: all 20 weights
+    wide = models.create("pointnet", num_classes=5, width=0.25, regularize_tnets=True)
+    assert len(regularizers.create(name).attach(wide).layers) == 20
+    # the engine passes the model's roles back as the caller's roles: same selection
+    again = regularizers.create(name).attach(model, roles=dict(model.weight_roles))
+    assert [n for n, _, _ in again.layers] == seen
 
 
 @pytest.mark.parametrize("name", ["pointnet", "pointnet_vanilla"])

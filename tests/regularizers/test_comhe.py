@@ -304,3 +304,55 @@ def test_rp_shared_projections_reproduce_the_released_seeding():
     ind = regularizers.create("rp_comhe", proj_dim=10, pnd=2).attach(net, seed=8)
     groups = [ind.projections(gi) for gi, m in enumerate(ind._modes) if m == "proj"]
     assert not torch.equal(groups[0][0, :2], groups[1][0])  # a's first draws are not c's
+
+
+# --- the projection's own learning rate (proj_lr_scale; issue 28) ---------------------------
+
+
+@pytest.mark.parametrize("name", ["ap_comhe", "adv_comhe"])
+def test_proj_lr_scale_is_the_released_step_at_a_scaled_rate(name):
+    """P's step size is proj_lr_scale x the network's lr, in the inner SGD steps and in the
+    look-ahead: scale s at lr equals the released scale 1 at lr * s (float64: P, penalty and
+    the second-order gradient w.r.t. every weight)."""
+    lr, s = 1e-3, 100.0
+    out = {}
+    for scale, rate in ((s, lr), (1.0, lr * s)):
+        net = TinyNet()
+        reg = regularizers.create(name, proj_dim=10, inner_steps=3, proj_lr_scale=scale).attach(net, seed=2)
+        reg.before_step(rate)
+        assert reg.proj_lr == pytest.approx(lr * s, rel=1e-15)
+        pen = reg.penalty()
+        pen.backward()
+        out[scale] = (reg.projection("h1").clone(), pen.detach(),
+                      [p.grad.clone() for p in (net.first, net.h1, net.h2, net.small, net.out)])
+    (Pa, pa, ga), (Pb, pb, gb) = out[s], out[1.0]
+    torch.testing.assert_close(Pa, Pb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pa, pb, rtol=1e-12, atol=0)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_proj_lr_scale_default_is_released_and_validated():
+    reg = regularizers.create("ap_comhe")
+    assert reg.hparams["proj_lr_scale"] == 1.0
+    net = TinyNet()
+    reg.attach(net).before_step(0.1)
+    assert reg.proj_lr == 0.1  # released: plain SGD on P at the network's own lr
+    with pytest.raises(ValueError, match="proj_lr_scale"):
+        regularizers.create("adv_comhe", proj_lr_scale=-1.0)
+
+
+def test_second_order_gradient_with_a_scaled_projection_rate_gradcheck():
+    """gradcheck (float64) of the penalty w.r.t. a projected weight under proj_lr_scale != 1:
+    the look-ahead's second-order term at P's own rate."""
+    net = TinyNet()
+    reg = regularizers.create("ap_comhe", proj_dim=10, inner_steps=0, proj_lr_scale=50.0).attach(net)
+    reg.before_step(0.04)  # P's rate 2.0: the second-order term is visible
+    w0 = net.h1.detach().clone()
+
+    others = {n: p.detach() for n, p in net.named_parameters() if n != "h1"}
+
+    def pen(w):
+        return reg.penalty_for({"h1": w, **others})
+
+    assert torch.autograd.gradcheck(pen, (w0.requires_grad_(),), eps=1e-6, atol=1e-6, rtol=1e-5)

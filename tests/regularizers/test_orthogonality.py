@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import regularizers
-from regularizers.orthogonality import srip_multiplier
+from regularizers.orthogonality import srip_multiplier, srip_recipe_epoch
 
 
 class TwoLayers(nn.Module):
@@ -256,3 +256,56 @@ def test_srip_at_cnn9_init_released_versus_variant():
 def test_weight_decay_penalty_is_zero_on_the_weights_device():
     p = regularizers.create("weight_decay").attach(TwoLayers()).penalty()
     assert p.shape == () and p.item() == 0.0 and p.dtype == torch.float64
+
+
+# --- schedule "scaled": the released schedule over the protocol's length (issue 28) ---------
+
+
+@pytest.mark.parametrize("iterations", [200, 500, 1_000, 75_000])
+def test_srip_scaled_schedule_is_the_released_one_over_200_recipe_epochs(iterations):
+    """Iteration i of a run of T maps onto 0-based recipe epoch floor(200 i / T) of the released
+    200-epoch recipe (Wide-Resnet/train_n.py --epochs 200), whose multiplier
+    adjust_ortho_decay_rate(epoch + 1) / ortho_decay gives: drops at 10/25/35/60 % of the run."""
+    step = max(1, iterations // 2_000)
+    for i in range(0, iterations, step):
+        e = 200 * i // iterations
+        assert srip_recipe_epoch(i, iterations) == e
+        assert srip_multiplier(e, "scaled") * 1e-2 == released_adjust_ortho_decay_rate(e + 1), i
+    firsts = {m: min(i for i in range(iterations) if srip_multiplier(srip_recipe_epoch(i, iterations)) == m)
+              for m in (1e-3, 1e-4, 1e-6, 0.0)}
+    assert [firsts[m] / iterations for m in (1e-3, 1e-4, 1e-6, 0.0)] == pytest.approx(
+        [0.10, 0.25, 0.35, 0.60], abs=1 / iterations)
+
+
+def test_srip_scaled_follows_set_progress_not_the_epoch():
+    net = TwoLayers()
+    reg = regularizers.create("srip", schedule="scaled").attach(net, seed=0)
+    full = reg.penalty()
+    reg.set_epoch(150)  # epochs do not move the scaled schedule
+    assert reg.decay.item() == 1.0
+    for it, mult in ((0, 1.0), (19, 1.0), (20, 1e-3), (49, 1e-3), (50, 1e-4), (70, 1e-6),
+                     (119, 1e-6), (120, 0.0), (199, 0.0), (5, 1.0)):
+        reg.set_progress(it, 200)
+        assert (reg.iteration, reg.iterations) == (it, 200)
+        assert reg.decay.item() == mult and reg.decay.shape == ()
+        assert reg.penalty().item() == pytest.approx(mult * full.item(), rel=1e-15, abs=0)
+    released = regularizers.create("srip").attach(net, seed=0)
+    released.set_progress(150, 200)  # the released schedule reads the epoch only
+    assert released.decay.item() == 1.0
+
+
+def test_srip_scaled_epoch_schedule_for_the_record():
+    reg = regularizers.create("srip", schedule="scaled").attach(TwoLayers())
+    # cpu_quick-like: 200 iterations, 44 per epoch
+    assert reg.epoch_schedule(44, 200) == [
+        {"epoch": 0, "iteration": 0, "multiplier": 1.0, "recipe_epoch": 0},
+        {"epoch": 0, "iteration": 20, "multiplier": 1e-3, "recipe_epoch": 20},
+        {"epoch": 1, "iteration": 50, "multiplier": 1e-4, "recipe_epoch": 50},
+        {"epoch": 1, "iteration": 70, "multiplier": 1e-6, "recipe_epoch": 70},
+        {"epoch": 2, "iteration": 120, "multiplier": 0.0, "recipe_epoch": 120}]
+    # a length 200 does not divide: each piece starts at the first iteration mapped into it
+    sched = reg.epoch_schedule(390, 333)
+    for piece in sched:
+        it = piece["iteration"]
+        assert srip_recipe_epoch(it, 333) >= piece["recipe_epoch"]
+        assert it == 0 or srip_recipe_epoch(it - 1, 333) < piece["recipe_epoch"]
