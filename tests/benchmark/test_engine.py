@@ -35,6 +35,10 @@ def test_record_has_every_field_and_curves(results_dir):
     assert rec["config"]["regularizer"] == "rp_comhe" and rec["seed"] == 0
     assert set(rec["versions"]) >= {"python", "torch", "torchvision", "timm"}
     assert rec["git"]["commit"] and rec["device"].startswith("cpu")
+    # what explains a numerical difference between machines (benchmark/machine.py); not identity
+    assert rec["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert rec["machine"]["intra_op_threads"] >= 1 and "cuda_device" not in rec["machine"]
+    assert "machine" not in json.dumps(rec["config"])
     assert rec["synthetic"] is False and rec["median_step_ms"] > 0
     assert not records.checkpoint_path(results_dir, rec["run_id"]).exists()
     assert not list(results_dir.rglob("*.tmp"))

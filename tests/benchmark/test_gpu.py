@@ -63,6 +63,9 @@ def test_short_run_on_gpu(tmp_path):
                    "synthetic", "cnn9", "rp_comhe", 0, model_kwargs={"width": 0.25})
     rec = train(spec, tmp_path, progress=False)
     assert rec["status"] == "complete" and "cpu" not in rec["device"]
+    m = rec["machine"]
+    assert m["cuda_device"] == torch.cuda.get_device_name() and m["cuda_runtime"] == torch.version.cuda
+    assert m["cudnn"] == torch.backends.cudnn.version() and isinstance(m["cudnn_deterministic"], bool)
 
 
 def test_compiled_cuda_graph_step_matches_eager():
