@@ -319,10 +319,14 @@ def _explain(v: Verdict, envs: dict[str, set]) -> str:
     if v.verdict == "identical":
         return "Every run is bit for bit the reference's: same stack, same kernels."
     if v.verdict == "consistent":
-        what = ", ".join(sorted(envs)) or "nothing recorded"
-        return (f"The runs are not bit-identical, as expected where {what} differ: other kernels "
-                "round differently and training carries the difference to the end. No outcome "
-                "flipped and no label moved more than the protocol's numerical noise allows.")
+        software = {"code", "torch", "numpy", "python"}
+        machine = ", ".join(sorted(k for k in envs if k not in software)) or "no recorded machine fact"
+        code = ", ".join(sorted(k for k in envs if k in software))
+        return (f"The runs are not bit-identical, as expected where {machine} differ: other kernels "
+                "round differently and training carries the difference to the end"
+                + (f" ({code} differ too, which may move numbers for other reasons)" if code else "")
+                + ". No outcome flipped and no label moved more than the protocol's measured "
+                "numerical noise allows: this machine reproduces the reference.")
     bad = [lab.label for lab in v.labels if lab.verdict == "inconsistent"]
     bad_keys = {lab.label for lab in v.labels if lab.verdict == "inconsistent"}
     runs = [f"{r.run_id} ({r.label}, seed {r.seed}: {r.note or r.verdict}"
