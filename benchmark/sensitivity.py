@@ -65,9 +65,10 @@ def perturbation(kind: str, protocol_threads: int) -> dict[str, Any]:
 def train_perturbed(suite: str, profile: str | None, runs: Path, pert: dict, jobs: int,
                     progress: bool = True) -> None:
     """Train the suite into ``runs`` in a child process that starts with the perturbation's
-    environment (torch reads the dispatch variables at import)."""
+    environment (torch reads the dispatch variables at import). A failed run is retried: a
+    failure (a full disk, a kill) is not an effect of the perturbation."""
     cmd = [sys.executable, "-m", "benchmark", "run", "--suite", suite, "--results", str(runs),
-           "--jobs", str(jobs), *(["--profile", profile] if profile else [])]
+           "--jobs", str(jobs), "--retry-failed", *(["--profile", profile] if profile else [])]
     for kv in pert["set"]:
         cmd += ["--set", kv]
     if not progress:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from benchmark.config import ConfigError, Data
@@ -23,10 +25,16 @@ def unpack_idx_gz(sources: list[Path], root: Path) -> None:
             if target.exists():
                 continue
             raw.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(gz, "rb") as f, open(tmp, "wb") as g:
-                shutil.copyfileobj(f, g)
-            tmp.replace(target)
+            # a temporary name of this process's own: two workers unpacking at once (the first
+            # runs of a sweep) must not move each other's half-written file
+            fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with gzip.open(gz, "rb") as f, os.fdopen(fd, "wb") as g:
+                    shutil.copyfileobj(f, g)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

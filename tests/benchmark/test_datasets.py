@@ -1,5 +1,6 @@
 """The dataset registry: a new dataset is one file and one decorator."""
 
+import os
 import textwrap
 
 import pytest
@@ -114,3 +115,35 @@ def test_preflight_rejects_before_loading(tmp_path, monkeypatch):
     datasets.preflight("digits", Data(), 32)  # fine: nothing raised, nothing loaded
     monkeypatch.setenv("COMHE_DOWNLOAD", "1")
     datasets.preflight("cifar100", Data(), 128)  # may be downloaded: not missing
+
+
+def test_two_unpackers_at_once_do_not_move_each_others_files(tmp_path, monkeypatch):
+    """Two sweep workers unpacking Fashion-MNIST's .gz files at the same moment (seen in a real
+    sweep: FileNotFoundError on a shared '.tmp' name): while one copies, the other unpacks the
+    same file completely; the first must still finish, and the file is whole."""
+    import gzip
+    import shutil
+
+    from benchmark.datasets import fashion_mnist
+
+    src = tmp_path / "gz"
+    src.mkdir()
+    payload = bytes(range(256)) * 64
+    with gzip.open(src / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(payload)
+    copy, inner = shutil.copyfileobj, []
+
+    def racing_copy(a, b, *args):
+        if not inner:  # the other worker runs to completion in the middle of this copy
+            inner.append(True)
+            fashion_mnist.unpack_idx_gz([src], tmp_path / "data")
+        return copy(a, b, *args)
+
+    monkeypatch.setattr(fashion_mnist.shutil, "copyfileobj", racing_copy)
+    target = tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    # the first worker saw no target yet (it checked before the other finished)
+    monkeypatch.setattr(fashion_mnist.Path, "exists", lambda self: False if self == target else
+                        os.path.exists(self))
+    fashion_mnist.unpack_idx_gz([src], tmp_path / "data")
+    assert target.read_bytes() == payload
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary left
