@@ -197,15 +197,23 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     finally:
         torch.set_num_threads(previous_threads)
 
+    # CPU time (the process's, all threads) besides wall time: on a shared machine a 1-thread
+    # step's CPU time is far less sensitive to other work than its wall time.
+    cpu_times = {k: [c for _, c in v] for k, v in times.items()}
+    times = {k: [w for w, _ in v] for k, v in times.items()}
     rows = []
     for (t, key), ts in times.items():
         base = statistics.median(times[(t, base_name)])
+        cpu_base = statistics.median(cpu_times[(t, base_name)])
         reg = packed_of.get(key, key)
         seeds = pack_seeds if key in packed_of else 1
         per_seed = statistics.median(ts) / seeds
         row = {"regularizer": reg, "hparams": regularizers.get(reg, {}), "packed_seeds": seeds,
                "threads": t, "median_ms": statistics.median(ts), "per_seed_ms": per_seed,
                "ratio": per_seed / base, "n_steps": len(ts)}
+        if not cuda:
+            cpu = statistics.median(cpu_times[(t, key)])
+            row.update(cpu_ms=cpu, cpu_ratio=cpu / seeds / cpu_base)
         if key in packed_of and (t, reg) in times:
             row["vs_single"] = per_seed / statistics.median(times[(t, reg)])
         rows.append(row)
@@ -239,12 +247,12 @@ def _time_steps(run, steps: int, lr: float, cuda: bool) -> list[float]:
             run.step(lr)
             end.record()
         torch.cuda.synchronize()
-        return [s.elapsed_time(e) for s, e in events]
+        return [(s.elapsed_time(e), float("nan")) for s, e in events]
     out = []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         run.step(lr)
-        out.append((time.perf_counter() - t) * 1000.0)
+        out.append(((time.perf_counter() - t) * 1000.0, (time.process_time() - c) * 1000.0))
     return out
 
 
@@ -264,17 +272,19 @@ def format_table(result: dict) -> str:
              f"compile={st['compile']}, bf16={st['bf16']}, channels_last={st['channels_last']}, "
              f"{result['date']}, load average after {load})",
              "| regularizer | threads | seeds per step | ms / step (median) | ms / seed-step "
-             "| x unregularized | packed / single |", "|---|---|---|---|---|---|---|"]
+             "| x unregularized | packed / single | CPU ms / step | x unregularized (CPU time) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         hp = ", ".join(f"{k}={v}" for k, v in r["hparams"].items())
         name = f"{r['regularizer']}{f' ({hp})' if hp else ''}"
         seeds = r.get("packed_seeds", 1)
         if "error" in r:
-            lines.append(f"| {name} | | {seeds} | failed: {r['error']} | | | |")
+            lines.append(f"| {name} | | {seeds} | failed: {r['error']} | | | | | |")
             continue
         vs = f"{r['vs_single']:.2f}" if "vs_single" in r else ""
         lines.append(f"| {name} | {r.get('threads', '')} | {seeds} | {r['median_ms']:.2f} "
-                     f"| {r['per_seed_ms']:.2f} | {r['ratio']:.3f} | {vs} |")
+                     f"| {r['per_seed_ms']:.2f} | {r['ratio']:.3f} | {vs} "
+                     f"| {r.get('cpu_ms', float('nan')):.2f} | {r.get('cpu_ratio', float('nan')):.3f} |")
     for e in result.get("evaluation", []):
         lines.append(f"evaluation of {e['images']} test images, {e['threads']} thread(s): engine "
                      f"{e['engine_ms']:.0f} ms, bare no_grad loop {e['bare_ms']:.0f} ms "
