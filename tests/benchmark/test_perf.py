@@ -37,6 +37,8 @@ def test_measure_interleaves_threads_and_times_the_bare_loop_and_evaluation():
     assert rows[("so", 1)]["hparams"] == {}
     for t in (1, 2):
         assert rows[("weight_decay", t)]["ratio"] == pytest.approx(1.0)
+        assert rows[("weight_decay", t)]["cpu_ratio"] == pytest.approx(1.0)
+    assert all(r["cpu_ms"] > 0 for r in rows.values())
     assert [e["threads"] for e in result["evaluation"]] == [1, 2]
     assert all(e["engine_ms"] > 0 and e["bare_ms"] > 0 for e in result["evaluation"])
     assert "evaluation of 1024 test images" in format_table(result)
