@@ -481,6 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also time S seeds packed into one program, per regularizer")
     perf.add_argument("--regularizers", default="default",
                       help="'default' (weight_decay, hs_mhe, rp_comhe), 'all', or a comma list")
+    perf.add_argument("--protocol", default="paper_cifar", help="protocol of the timed runs")
+    perf.add_argument("--dataset", default=None,
+                      help="dataset of the timed runs (default synthetic:<--classes>)")
+    perf.add_argument("--classes", type=int, default=100, help="classes of the synthetic data")
+    perf.add_argument("--width", type=float, default=None, help="model width (cnn9: 0.25 for CPU tables)")
+    perf.add_argument("--threads", default=None,
+                      help="torch thread counts, interleaved in every round, e.g. '1,2'")
+    perf.add_argument("--bare", action="store_true",
+                      help="also time a bare PyTorch loop of the same model (the engine's floor)")
+    perf.add_argument("--eval-rounds", type=int, default=0,
+                      help="also time evaluation of the test set against a bare no_grad loop")
+    perf.add_argument("--registry-defaults", action="store_true",
+                      help="regularizers at their registry defaults (the suites' settings)")
     perf.add_argument("--out", help="write the result as JSON here")
     command("gpu-check", "tests, step-time ratios and real-data runs on a CUDA device",
             "The one-call GPU check; options after `--` (see `python -m benchmark gpu-check -- "
