@@ -156,8 +156,9 @@ def _print_single_runs(specs, results: Path, summary) -> int:
             continue
         ok = ok and record["status"] == "complete"
         step = record["median_step_ms"]
-        print(f"[{spec.run_id}] {record['status']} ({how}): test accuracy {final['test_acc']:.2f}% "
-              f"(error {final['test_error']:.2f}%) at iteration {final['iteration']}, median step "
+        on = "val" if "val_acc" in final else "test"  # data.validation runs never see the test set
+        print(f"[{spec.run_id}] {record['status']} ({how}): {on} accuracy {final[on + '_acc']:.2f}% "
+              f"(error {final[on + '_error']:.2f}%) at iteration {final['iteration']}, median step "
               f"{'n/a' if step is None else f'{step:.1f}'} ms -> {path}")
     return 0 if ok else 1
 
