@@ -108,3 +108,15 @@ def test_stages_end_to_end(tmp_path, capsys):
     stale = write(tmp_path, SUITE.replace("values: [1e-4, 5.0e-3]", "values: [1e-4, 1.0e-3]"))
     with pytest.raises(ConfigError, match="stale"):
         final_specs(load_suite(stale, validate=False), results)
+
+
+def test_shipped_fashion_tuned_suite():
+    suite = load_suite("fashion_tuned", validate=False)
+    assert suite.protocol.name == "fashion_cpu_long" and suite.protocol.data.validation == 0
+    assert suite.protocol.schedule.warmup_iterations > 0
+    assert suite.tuning.validation == 10_000 and len(suite.seeds) >= 8
+    assert len({len(a.values) for a in suite.tuning.grid.values()}) == 1  # the same budget
+    assert suite.tuning.grid["Baseline"].param == "optimizer.weight_decay"
+    assert not set(suite.tuning.seeds) & set(suite.seeds)  # tuning seeds are not final seeds
+    n_values = len(suite.tuning.grid["Baseline"].values)
+    assert len(tune_specs(suite)) == len(suite.regularizers) * n_values * len(suite.tuning.seeds)
