@@ -295,6 +295,7 @@ def _summary(value: float, runs: list) -> dict:
 def final_specs(suite, results: Path) -> list[RunSpec]:
     """The final stage: the suite's runs, each method at its chosen value (full training set,
     test evaluation). One-line ConfigError for a missing, stale or unusable choice file."""
+    _require_tuning(suite)
     path = choice_path(results)
     if not path.is_file():
         raise ConfigError(f"no choice file {path}; run `--stage tune` on '{suite.name}' first")

@@ -13,7 +13,7 @@ from benchmark import records
 from benchmark.cli import main
 from benchmark.config import ConfigError
 from benchmark.suites import load_suite
-from benchmark.tuning import choice_path, final_specs, tune_specs
+from benchmark.tuning import choice_path, final_specs, stage_specs, tune_specs
 
 # digits, tiny: 4 iterations of 32 on 96 training images, 200 held out
 SUITE = """\
@@ -51,6 +51,13 @@ def test_bad_grids_fail_in_one_line(tmp_path, change, message):
     with pytest.raises(ConfigError, match="tuning") as err:
         load_suite(write(tmp_path, bad), validate=False)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stage", ["tune", "final"])
+def test_a_stage_needs_a_tuning_section(tmp_path, stage):
+    plain = load_suite(write(tmp_path, SUITE.split("tuning:")[0]), validate=False)
+    with pytest.raises(ConfigError, match="no tuning section"):
+        stage_specs(plain, stage, tmp_path)
 
 
 def test_grid_points_set_the_protocol_field_or_the_hyper_parameter(tmp_path):
