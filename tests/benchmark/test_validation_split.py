@@ -11,6 +11,7 @@ import torch
 from benchmark import datasets
 from benchmark.config import ConfigError, Data, RunSpec, load_protocol
 from benchmark.datasets.split import validation_indices
+from benchmark.store import build_store
 from benchmark.training import train, validate
 
 
@@ -71,3 +72,6 @@ def test_validation_run_has_no_test_evaluation(results_dir):
     for name in ("curves", "final"):
         assert not [k for k in on_disk[name] if k.startswith("test") or k == "n_test"], name
     assert "final_correct" not in on_disk
+    skipped = []  # no test table can take a validation record for a test result
+    runs, _ = build_store(results_dir, skipped)
+    assert len(runs) == 0 and "validation-split record" in skipped[0][1]
