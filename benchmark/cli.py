@@ -155,12 +155,15 @@ def _cmd_run(args) -> int:
 
 
 def _write_choice(suite, results: Path) -> None:
-    """Every tuning run has a record: pick each method's value (benchmark/tuning.py)."""
+    """Every tuning run has a record: pick each method's value (benchmark/tuning.py) and plot
+    validation error against strength beside the choice file."""
+    from .plots import plot_tuning
     from .tuning import choice_path, choose
 
     out = choose(suite, results)
     picked = ", ".join(f"{c['label']} {c['param']}={c['chosen']}" for c in out["choices"])
     print(f"choice ({out['metric']}, {len(out['seeds'])} seeds): {picked} -> {choice_path(results)}")
+    plot_tuning(out, choice_path(results).parent / "validation_curve")
 
 
 def _print_single_runs(specs, results: Path, summary) -> int:

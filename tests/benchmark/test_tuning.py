@@ -91,6 +91,7 @@ def test_stages_end_to_end(tmp_path, capsys):
         assert "final_correct" not in rec and rec["final"]["n_val"] == 200
 
     choice = yaml.safe_load(choice_path(results).read_text())
+    assert (results / "tuning" / "validation_curve_digits_cnn9.png").stat().st_size > 0
     by_label = {c["label"]: c for c in choice["choices"]}
     for label, c in by_label.items():
         assert [g["n"] for g in c["grid"]] == [2, 2] and len(c["grid"]) == 2
