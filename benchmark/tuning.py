@@ -24,9 +24,9 @@ Stages (``run --suite X --stage ...``):
   defines now: the grid, seeds, split, protocol or models changed).
 
 The choice: per (dataset, model, method) the grid value with the lowest mean validation error
-over the tuning seeds, among values none of whose runs diverged or failed (a setting that breaks
-training on a tuning seed is not chosen; a stuck run's high error counts in its mean, as every
-run counts, docs/statistics.md). Nothing reads a test metric.
+over the tuning seeds (ties: the smaller value), among values none of whose runs diverged or
+failed (a setting that breaks training on a tuning seed is not chosen; a stuck run's high error
+counts in its mean, as every run counts, docs/statistics.md). Nothing reads a test metric.
 """
 
 from __future__ import annotations
