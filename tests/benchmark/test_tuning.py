@@ -128,3 +128,13 @@ def test_shipped_fashion_tuned_suite():
     assert not set(suite.tuning.seeds) & set(suite.seeds)  # tuning seeds are not final seeds
     n_values = len(suite.tuning.grid["Baseline"].values)
     assert len(tune_specs(suite)) == len(suite.regularizers) * n_values * len(suite.tuning.seeds)
+
+
+def test_a_grid_point_with_a_diverged_run_is_not_eligible_and_stuck_runs_count():
+    from benchmark.tuning import _summary
+
+    broken = _summary(1.0, [(7, "complete", 10.0), (8, "diverged", None)])
+    assert broken["broken"] == 1 and broken["n"] == 1
+    stuck = _summary(2.0, [(7, "complete", 10.0), (8, "stuck", 90.0)])
+    assert stuck["broken"] == 0 and stuck["stuck"] == 1 and stuck["mean"] == 50.0
+    assert stuck["sd"] == pytest.approx(56.5685, abs=1e-4)  # sqrt(2 x 40^2): by hand
