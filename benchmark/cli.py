@@ -90,6 +90,10 @@ def _single_spec(args):
 
 
 def _suite_specs(args):
+    return _staged(_load_suite(args), args)
+
+
+def _load_suite(args):
     from .config import parse_set, split_overrides
     from .suites import load_suite
 
@@ -102,7 +106,17 @@ def _suite_specs(args):
     suite = load_suite(args.suite, overrides=sets, profile=args.profile)
     if args.regularizer:
         suite = suite.with_regularizers(list(args.regularizer), baseline="weight_decay")
-    return suite.expand()
+    return suite
+
+
+def _staged(suite, args):
+    """The suite's runs, or those of ``--stage`` (benchmark/tuning.py); the tune stage's
+    results directory is <results>/tuning/ (``args.results`` is changed to it)."""
+    from .tuning import stage_specs
+
+    specs, results = stage_specs(suite, getattr(args, "stage", None), Path(args.results))
+    args.results = str(results)
+    return specs
 
 
 def _cmd_run(args) -> int:
@@ -110,7 +124,8 @@ def _cmd_run(args) -> int:
     from .sweep.dispatch import execute
     from .sweep.slurm import SlurmOptions
 
-    specs = _suite_specs(args) if args.suite else _single_spec(args)  # suites validate here
+    suite = _load_suite(args) if args.suite else None
+    specs = _staged(suite, args) if suite else _single_spec(args)  # suites validate here
     if not args.suite:
         for spec in specs:  # every seed, before anything is created or runs
             training.validate(spec)
@@ -130,10 +145,25 @@ def _cmd_run(args) -> int:
                       pack_seeds=args.pack_seeds)
     if not summary.reporting:  # a rank > 0 under torchrun / Slurm: rank 0 reports
         return 0
+    counts = summary.counts()
+    if suite and args.stage == "tune" and not summary.jobs and counts["pending"] == counts["running"] == 0:
+        _write_choice(suite, Path(args.results).parent)  # args.results is <results>/tuning here
     if args.suite or summary.jobs:
         print(summary)
         return 0 if summary.ok or summary.jobs else 1
     return _print_single_runs(specs, Path(args.results), summary)
+
+
+def _write_choice(suite, results: Path) -> None:
+    """Every tuning run has a record: pick each method's value (benchmark/tuning.py) and plot
+    validation error against strength beside the choice file."""
+    from .plots import plot_tuning
+    from .tuning import choice_path, choose
+
+    out = choose(suite, results)
+    picked = ", ".join(f"{c['label']} {c['param']}={c['chosen']}" for c in out["choices"])
+    print(f"choice ({out['metric']}, {len(out['seeds'])} seeds): {picked} -> {choice_path(results)}")
+    plot_tuning(out, choice_path(results).parent / "validation_curve")
 
 
 def _print_single_runs(specs, results: Path, summary) -> int:
@@ -156,8 +186,9 @@ def _print_single_runs(specs, results: Path, summary) -> int:
             continue
         ok = ok and record["status"] == "complete"
         step = record["median_step_ms"]
-        print(f"[{spec.run_id}] {record['status']} ({how}): test accuracy {final['test_acc']:.2f}% "
-              f"(error {final['test_error']:.2f}%) at iteration {final['iteration']}, median step "
+        on = "val" if "val_acc" in final else "test"  # data.validation runs never see the test set
+        print(f"[{spec.run_id}] {record['status']} ({how}): {on} accuracy {final[on + '_acc']:.2f}% "
+              f"(error {final[on + '_error']:.2f}%) at iteration {final['iteration']}, median step "
               f"{'n/a' if step is None else f'{step:.1f}'} ms -> {path}")
     return 0 if ok else 1
 
@@ -355,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--regularizer", action="append", default=[], metavar="NAME",
                         help="repeatable: the runs' regularizers (single runs), or the ones a "
                              "suite is restricted to (its weight_decay baseline is kept)")
+        sp.add_argument("--stage", choices=["tune", "final"],
+                        help="a suite with a tuning section: 'tune' trains its grid on the "
+                             "validation split into RESULTS/tuning/ and writes "
+                             "RESULTS/tuning/choice.yaml; 'final' trains each method's chosen "
+                             "value on the full training set into RESULTS/")
 
     run = command("run", "one run, several, or a whole suite",
                   "Train runs into a results directory. Finished runs are skipped, interrupted "
@@ -481,6 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also time S seeds packed into one program, per regularizer")
     perf.add_argument("--regularizers", default="default",
                       help="'default' (weight_decay, hs_mhe, rp_comhe), 'all', or a comma list")
+    perf.add_argument("--protocol", default="paper_cifar", help="protocol of the timed runs")
+    perf.add_argument("--dataset", default=None,
+                      help="dataset of the timed runs (default synthetic:<--classes>)")
+    perf.add_argument("--classes", type=int, default=100, help="classes of the synthetic data")
+    perf.add_argument("--width", type=float, default=None, help="model width (cnn9: 0.25 for CPU tables)")
+    perf.add_argument("--threads", default=None,
+                      help="torch thread counts, interleaved in every round, e.g. '1,2'")
+    perf.add_argument("--bare", action="store_true",
+                      help="also time a bare PyTorch loop of the same model (the engine's floor)")
+    perf.add_argument("--eval-rounds", type=int, default=0,
+                      help="also time evaluation of the test set against a bare no_grad loop")
+    perf.add_argument("--registry-defaults", action="store_true",
+                      help="regularizers at their registry defaults (the suites' settings)")
     perf.add_argument("--out", help="write the result as JSON here")
     command("gpu-check", "tests, step-time ratios and real-data runs on a CUDA device",
             "The one-call GPU check; options after `--` (see `python -m benchmark gpu-check -- "

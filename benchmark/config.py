@@ -117,6 +117,11 @@ class Data:
     max_train: int = 0
     # Cap the test set used by evaluation; 0 = all of it (the paper uses all 10,000).
     max_test: int = 0
+    # Images held out of the training set as a validation split (0 = none): the same images
+    # for every seed and method (benchmark/datasets/split.py). With it on, a run trains on the
+    # rest and evaluates on these, never on the test set (its record says val_*, not test_*);
+    # max_train caps the rest, max_test is not used. Left out of a run's identity at 0.
+    validation: int = 0
     points: PointData = field(default_factory=PointData)
 
 
@@ -212,6 +217,8 @@ class Protocol:
         _require(self.data.augmentation.pad >= 0, "data.augmentation.pad", "must be >= 0")
         _require(self.data.max_train >= 0, "data.max_train", "must be >= 0 (0 = all)")
         _require(self.data.max_test >= 0, "data.max_test", "must be >= 0 (0 = all)")
+        _require(self.data.validation >= 0, "data.validation",
+                 "must be >= 0 (images held out of the training set; 0 = none)")
         o, sch, pts = self.optimizer, self.schedule, self.data.points
         _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
                  f"must be two numbers in [0, 1), got {list(o.betas)}")
@@ -278,7 +285,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "optimizer.betas": [0.9, 0.999], "optimizer.eps": 1e-8,
     "schedule.every": 0, "schedule.minimum": 0.0, "schedule.warmup_iterations": 0,
     "runtime.sync_bn": False, "runtime.loader_workers": 0,
-    "bn_momentum_schedule": None,
+    "bn_momentum_schedule": None, "data.validation": 0,
     "data.points": dataclasses.asdict(PointData()),  # scalars only
 }
 

@@ -1,4 +1,5 @@
-"""Figures: interval plots of final test error, training dynamics over iterations.
+"""Figures: interval plots of final test error, training dynamics over iterations, the tuning
+stage's validation error against strength.
 
 matplotlib with the Agg backend (no display); each figure is saved as PNG and PDF, atomically.
 """
@@ -18,7 +19,8 @@ import pandas as pd
 
 from benchmark.records import atomic_write
 
-__all__ = ["FORMATS", "method_colors", "mpl_escape", "plot_intervals", "plot_training_dynamics"]
+__all__ = ["FORMATS", "method_colors", "mpl_escape", "plot_intervals", "plot_training_dynamics",
+           "plot_tuning"]
 
 FORMATS = ("png", "pdf")
 
@@ -178,4 +180,43 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
                                 + (f"\n{setup}" if setup else "")), fontsize=9)
         fig.tight_layout()
         paths += _save(fig, Path(out_dir) / _slug(f"{prefix}_{dataset}_{model}"))
+    return paths
+
+
+def plot_tuning(choice: dict, out_stem: str | Path) -> list[Path]:
+    """The tuning stage's validation curves, from a choice file's content (benchmark/tuning.py):
+    one panel per method (their strengths live on different scales), validation error against
+    the grid value on a log axis, each tuning seed a point, the mean a line, the chosen value a
+    star; the y axis is shared so the methods compare. One figure per (dataset, model); returns
+    the written paths (``<out_stem>_<dataset>_<model>.png`` and ``.pdf``)."""
+    cells: dict[tuple, list[dict]] = {}
+    for c in choice["choices"]:
+        cells.setdefault((c["dataset"], c["model"]), []).append(c)
+    paths = []
+    colors = method_colors([c["label"] for c in choice["choices"]])
+    for (dataset, model), methods in cells.items():
+        cols = min(3, len(methods))
+        rows = -(-len(methods) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharey=True,
+                                 squeeze=False)
+        for ax, c in zip(axes.flat, methods):
+            grid = sorted(c["grid"], key=lambda g: g["value"])
+            x = [g["value"] for g in grid]
+            for g in grid:
+                errs = [e for e in g["val_error_by_seed"].values() if e is not None]
+                ax.plot([g["value"]] * len(errs), errs, "o", ms=3, alpha=0.6, color=colors[c["label"]])
+            means = [g["mean"] if g["mean"] is not None else np.nan for g in grid]
+            ax.plot(x, means, "-", color=colors[c["label"]])
+            if c["chosen"] is not None:
+                ax.plot([c["chosen"]], [means[x.index(c["chosen"])]], "*", ms=12, color="black")
+            ax.set_xscale("log")
+            ax.set_title(mpl_escape(c["label"]), fontsize=9)
+            ax.set_xlabel(mpl_escape(c["param"]), fontsize=8)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("validation error (%)")
+        for ax in list(axes.flat)[len(methods):]:
+            ax.set_visible(False)
+        fig.suptitle(mpl_escape(f"{choice['suite']}: {dataset}, {model}; "
+                                f"{len(choice['seeds'])} tuning seeds (star: chosen)"), fontsize=9, y=1.03)
+        paths += _save(fig, Path(f"{out_stem}_{_slug(dataset)}_{_slug(model)}"))
     return paths

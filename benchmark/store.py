@@ -190,6 +190,9 @@ def _record_problem(record: Any) -> str | None:
         return f"missing field(s) {', '.join(missing)}"
     if record["status"] not in STATUSES:
         return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    if isinstance(record["final"], dict) and "val_error" in record["final"]:
+        # a tuning-stage run (data.validation): its error is not a test error (benchmark/tuning.py)
+        return "a validation-split record (data.validation), not a test result"
     return None
 
 

@@ -8,6 +8,7 @@ A suite lives in ``benchmark/configs/suites/<name>.yaml`` (or any path)::
     models: [cnn9, {name: cnn9, kwargs: {width: 0.5}}]
     regularizers: [weight_decay, {name: rp_comhe, hparams: {proj_dim: 40}, label: RP-CoMHE-40}]
     seeds: 5                          # 0..4, or an explicit list [0, 1, 7]
+    tuning: {validation: 10000, seeds: [100, 101], grid: {...}}  # optional: benchmark.tuning
 
 :func:`load_suite` checks everything (unknown keys, empty lists, duplicates, and every expanded
 run through the engine's ``validate``) before anything runs; bad input raises a one-line
@@ -46,11 +47,12 @@ from benchmark.config import (
     split_overrides,
 )
 from benchmark.training import validate
+from benchmark.tuning import Tuning, parse_tuning
 from regularizers import hint
 
 SUITE_DIR = CONFIG_DIR / "suites"
 SUITE_KEYS = ("description", "protocol", "protocol_overrides", "datasets", "models",
-              "regularizers", "seeds")
+              "regularizers", "seeds", "tuning")
 MODEL_KEYS = ("name", "kwargs")
 REGULARIZER_KEYS = ("name", "hparams", "label")
 
@@ -110,6 +112,8 @@ class Suite:
     description: str = ""
     profile: str | None = None
     path: Path | None = None
+    # A tuning stage (benchmark/tuning.py): validation split, tuning seeds, grid per method.
+    tuning: Tuning | None = None
 
     def expand(self) -> list[RunSpec]:
         """All runs, ordered dataset > model > seed > regularizer (stable across calls)."""
@@ -256,9 +260,10 @@ def _parse(name: str, raw: Any, path: Path, overrides: dict, profile: str | None
 
     if profile is not None:
         name = f"{name}:{profile}"  # keeps profiled runs apart from real ones in the store
+    tuning = None if raw.get("tuning") is None else parse_tuning(raw["tuning"], where, regularizers)
     suite = Suite(name=name, protocol=protocol, datasets=datasets, models=models,
                   regularizers=regularizers, seeds=seeds, description=description,
-                  profile=profile, path=path)
+                  profile=profile, path=path, tuning=tuning)
     ids: dict[str, RunSpec] = {}
     for spec in suite.expand():
         if spec.run_id in ids:

@@ -99,21 +99,30 @@ def _inv_norms(W: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return torch.rsqrt(sq + eps), sq
 
 
+def _unit_rows(W: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(W with every row scaled by 1 / n_i, ||w_i||^2). W (..., N, d) -> (..., N, d), (..., N).
+
+    Scaling the rows once (N x d, or N x k for projected neurons) and taking their Gram gives the
+    cosines in one matmul: two elementwise passes over the N x N Gram, and their backward nodes,
+    fewer than scaling the Gram by r_i r_j; at these sizes the number of operations decides.
+    """
+    r, sq = _inv_norms(W, eps)
+    return W * r.unsqueeze(-1), sq
+
+
 def neuron_cosines(W: Tensor, eps: float = 1e-4) -> Tensor:
     """Eps-normalised cosine matrix c_ij = <w_i, w_j> / (n_i n_j). W (..., N, d) -> (..., N, N)."""
-    r, _ = _inv_norms(W, eps)
-    return (W @ W.transpose(-1, -2)) * r.unsqueeze(-1) * r.unsqueeze(-2)
+    U, _ = _unit_rows(W, eps)
+    return U @ U.transpose(-1, -2)
 
 
-def _block_sum(W: Tensor, r: Tensor, row0: int, rows: int, power, half_space: bool) -> Tensor:
+def _block_sum(U: Tensor, row0: int, rows: int, power, half_space: bool) -> Tensor:
     """Sum over pairs (i, j), i in [row0, row0+rows), j > i, of e(c) (+ e(-c) if half-space).
 
-    W (..., N, d), r (..., N) inverse norms -> (...). The cosines are the Gram block scaled by
-    r_i r_j (N x N work instead of rescaling the N x d rows, d is usually the larger); pairs j > i
-    are kept by ``triu`` with an offset (no boolean indexing, no mask to build).
+    U (..., N, d): the rows scaled to (eps-)unit norm -> (...). The cosines are the Gram block
+    of U; pairs j > i are kept by ``triu`` with an offset (no boolean indexing, no mask to build).
     """
-    G = W[..., row0:row0 + rows, :] @ W.transpose(-1, -2)  # (..., rows, N)
-    c = G * r[..., row0:row0 + rows].unsqueeze(-1) * r.unsqueeze(-2)
+    c = U[..., row0:row0 + rows, :] @ U.transpose(-1, -2)  # (..., rows, N)
     return torch.triu(_pair_energy(c, power, half_space), diagonal=row0 + 1).sum((-2, -1))
 
 
@@ -160,18 +169,18 @@ def hyperspherical_energy(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
 
-    r, sq = _inv_norms(W, eps)
+    U, sq = _unit_rows(W, eps)
     if chunk_size >= N:
-        total = _block_sum(W, r, 0, N, power, half_space)
+        total = _block_sum(U, 0, N, power, half_space)
     else:
         total = W.new_zeros(W.shape[:-2])
         use_ckpt = torch.is_grad_enabled() and W.requires_grad
         for row0 in range(0, N, chunk_size):
             rows = min(chunk_size, N - row0)
             if use_ckpt:
-                part = checkpoint(_block_sum, W, r, row0, rows, power, half_space, use_reentrant=False)
+                part = checkpoint(_block_sum, U, row0, rows, power, half_space, use_reentrant=False)
             else:
-                part = _block_sum(W, r, row0, rows, power, half_space)
+                part = _block_sum(U, row0, rows, power, half_space)
             total = total + part
 
     if not half_space:
@@ -215,10 +224,12 @@ def projected_energy(
     if P.ndim == 2:
         return hyperspherical_energy(W @ P.transpose(-1, -2), s, half_space, eps, chunk_size)
     C, k = P.shape[-3], P.shape[-2]
-    # One GEMM against all C*k projection rows: W (..., N, d) @ (..., d, C*k). Broadcasting W to
-    # (..., C, N, d) instead would make matmul materialise C copies of W (and of its gradient).
-    Z = W @ P.flatten(-3, -2).transpose(-1, -2)  # (..., N, C*k)
-    Z = Z.unflatten(-1, (C, k)).movedim(-2, -3)  # (..., C, N, k)
+    # One GEMM against all C*k projection rows: (..., C*k, d) @ W^T (..., d, N). Broadcasting W
+    # to (..., C, N, d) instead would make matmul materialise C copies of W (and of its
+    # gradient). Projections first, so that each projection's (k, N) block is contiguous and
+    # its transpose, the (N, k) neurons the kernel takes, needs no copy for the Gram matmul.
+    Z = (P.flatten(-3, -2) @ W.transpose(-1, -2)).unflatten(-2, (C, k))  # (..., C, k, N)
+    Z = Z.transpose(-1, -2)  # (..., C, N, k), a view
     return hyperspherical_energy(Z, s, half_space, eps, chunk_size).mean(-1)
 
 

@@ -5,7 +5,8 @@
 
 A loader gets the name's argument (``synthetic:100`` -> "100", else None) and the protocol's
 ``data`` settings, and returns the full dataset on the CPU at its native image size; :func:`load` then fits
-the images to the protocol's ``data.image_size`` and applies ``max_train`` / ``max_test``.
+the images to the protocol's ``data.image_size``, holds out ``data.validation`` images
+(``benchmark.datasets.split``: they replace the test set) and applies ``max_train`` / ``max_test``.
 ``offline`` says whether the loader works with no network and no files outside the Python
 packages; profiles that must run anywhere replace every other dataset by its stand-in,
 ``synthetic:<num_classes>`` (:func:`offline_stand_in`).
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from benchmark.config import ConfigError, Data
 from regularizers import hint
 
+from . import split
+
 __all__ = ["Dataset", "DatasetInfo", "register_dataset", "available", "info", "check_name",
            "load", "preflight", "offline_stand_in", "data_dir", "download_allowed"]
 
@@ -42,6 +45,9 @@ class Dataset:
     num_classes: int
     synthetic: bool = False
     kind: str = "image"  # "image" or "points"
+    # What test_x/test_y hold: "test" (the test set) or "validation" (images held out of the
+    # training set by data.validation; the test set is not loaded into the dataset then).
+    split: str = "test"
 
     @property
     def in_chans(self) -> int:
@@ -150,8 +156,12 @@ def preflight(name: str, cfg: Data, batch_size: int) -> None:
     if entry.kind == "points" and entry.points is not None and cfg.points.num_points > entry.points:
         raise ConfigError(f"data.points.num_points={cfg.points.num_points} is more than the "
                           f"{entry.points} points {name} stores per shape; allowed: 1-{entry.points}")
+    if cfg.validation and entry.train_size is not None and cfg.validation >= entry.train_size:
+        raise ConfigError(f"data.validation={cfg.validation} holds out all of {name}'s "
+                          f"{entry.train_size} training images; allowed: 0-{entry.train_size - 1}")
     if entry.train_size is not None:
-        n_train = min(entry.train_size, cfg.max_train) if cfg.max_train else entry.train_size
+        rest = entry.train_size - cfg.validation
+        n_train = min(rest, cfg.max_train) if cfg.max_train else rest
         per_epoch = n_train // batch_size if cfg.drop_last else -(-n_train // batch_size)
         if per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set of {name} "
@@ -181,18 +191,25 @@ def download_allowed() -> bool:
 
 
 def load(name: str, cfg: Data) -> Dataset:
-    """Load ``name`` on the CPU, images fitted to ``cfg.image_size``, capped by max_train/max_test."""
+    """Load ``name`` on the CPU, images fitted to ``cfg.image_size``; with ``cfg.validation``
+    the validation images replace the test set (``split.apply``); then capped by max_train (and
+    max_test when there is no validation split)."""
     entry = info(name)
     arg = name.partition(":")[2] or None
     ds = entry.loader(arg, cfg)
     ds.name = name
     if getattr(ds, "files", False):  # file-backed (datasets.folders): sizes and caps are its own
+        if cfg.validation:
+            raise ConfigError(f"data.validation is not supported for the file-backed dataset "
+                              f"{name} (not built yet); use data.validation: 0")
         return ds
     if ds.kind == "image":
         ds.train_x, ds.test_x = (_fit_size(x, cfg.image_size) for x in (ds.train_x, ds.test_x))
+    if cfg.validation:
+        split.apply(ds, cfg.validation)  # before max_train: the split never depends on the cap
     if cfg.max_train:
         ds.train_x, ds.train_y = ds.train_x[: cfg.max_train], ds.train_y[: cfg.max_train]
-    if cfg.max_test:
+    if cfg.max_test and not cfg.validation:
         ds.test_x, ds.test_y = ds.test_x[: cfg.max_test], ds.test_y[: cfg.max_test]
     return ds
 

@@ -101,7 +101,9 @@ class Workers:
         # Threads are not set here: the engine sets runtime.threads in every process, so a
         # run's numbers do not depend on --jobs (docs/sweeps.md).
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
+        # the repository root (above benchmark/), so a worker imports `benchmark.records`, never
+        # a top-level `records` that would shadow an installed package of that name
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device

@@ -5,7 +5,8 @@
 
 Evaluation uses running BN statistics on the whole test set; the reported metrics (overall
 accuracy, and mean class accuracy: the mean over classes of each class's accuracy) are those
-at the final iteration. A model's auxiliary losses (``forward_with_aux``: PointNet's
+at the final iteration. Under ``data.validation`` the evaluated set is the validation split
+(the test set is not in the dataset) and the record names its metrics ``val_*``. A model's auxiliary losses (``forward_with_aux``: PointNet's
 feature-transform loss) are in the training loss and logged by name as window means in
 ``curves["aux"]``. A run resumes from its checkpoint exactly (model, optimiser,
 regularizer, batch stream, RNG states, curves).
@@ -29,6 +30,7 @@ import torch
 from benchmark import machine, records, stopping
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
+from benchmark.datasets.split import validation_names
 from benchmark.progress import progress as progress_bar
 from benchmark.training.distributed import (
     all_mean,
@@ -204,13 +206,16 @@ def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_
         wall = elapsed_before + time.perf_counter() - t0
         for s, spec in enumerate(specs):
             it = last_it if diverged[s] is None else diverged[s]
+            evaluation = {"curves": _truncate(curves[s], it),
+                          "final": _final(_truncate(curves[s], it), it, data.test_y.shape[0]),
+                          **_correct_of(run, s, diverged[s] is None
+                                        and curves[s]["iteration"][-1:] == [it])}
+            if spec.protocol.data.validation:  # evaluated on held-out training images
+                evaluation = validation_names(evaluation)
             record = records.make_record(
                 spec, status="complete" if diverged[s] is None else "diverged",
                 reason=None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
-                **base_record, curves=_truncate(curves[s], it),
-                final=_final(_truncate(curves[s], it), it, data.test_y.shape[0]),
-                **_correct_of(run, s, diverged[s] is None and curves[s]["iteration"][-1:] == [it]),
-                wall_time_s=wall, resumed_from=resumed_from,
+                **base_record, **evaluation, wall_time_s=wall, resumed_from=resumed_from,
                 median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             out.append(record)

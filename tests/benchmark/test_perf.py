@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmark.perf import ALL_REGULARIZERS, format_table, measure, parse_regularizers
+from benchmark.perf import ALL_REGULARIZERS, BARE, format_table, measure, parse_regularizers
 
 
 def test_parse_regularizers_puts_the_baseline_first():
@@ -26,3 +26,19 @@ def test_measure_reports_single_and_packed_rows():
             assert r["vs_single"] == pytest.approx(r["per_seed_ms"] / rows[(name, 1)]["median_ms"])
     table = format_table(result)
     assert "| rp_comhe (proj_dim=30, num_projections=20) | 2 |" in table
+
+
+def test_measure_interleaves_threads_and_times_the_bare_loop_and_evaluation():
+    result = measure(batch_size=8, steps=1, warmup=1, rounds=1, device="cpu",
+                     model_kwargs={"width": 0.125}, num_classes=10, threads="1,2", bare=True,
+                     eval_rounds=1, regularizers=parse_regularizers("so", registry_defaults=True))
+    rows = {(r["regularizer"], r["threads"]): r for r in result["rows"]}
+    assert set(rows) == {(n, t) for n in ("weight_decay", "so", BARE) for t in (1, 2)}
+    assert rows[("so", 1)]["hparams"] == {}
+    for t in (1, 2):
+        assert rows[("weight_decay", t)]["ratio"] == pytest.approx(1.0)
+        assert rows[("weight_decay", t)]["cpu_ratio"] == pytest.approx(1.0)
+    assert all(r["cpu_ms"] > 0 for r in rows.values())
+    assert [e["threads"] for e in result["evaluation"]] == [1, 2]
+    assert all(e["engine_ms"] > 0 and e["bare_ms"] > 0 for e in result["evaluation"])
+    assert "evaluation of 1024 test images" in format_table(result)

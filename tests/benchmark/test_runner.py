@@ -247,3 +247,21 @@ def test_end_to_end_smoke_suite_with_real_engine(tmp_path):
     assert len(runs) == len(specs) and set(runs["status"]) <= {"complete", "diverged"}
     assert runs["synthetic"].all() and len(curves) >= len(specs)
     assert run_suite(specs, tmp_path, progress=False, train_fn=engine.train).executed == {}
+
+
+def test_workers_see_the_repository_root_not_the_package_folder(tmp_path):
+    """Workers get the repository root on PYTHONPATH: `benchmark` imports, while `records` (a
+    module inside benchmark/) is not importable as a top-level module that could shadow an
+    installed package of that name."""
+    import subprocess
+    import sys
+
+    from benchmark.sweep.local import Workers
+
+    env = Workers(1, fake_train, False, None, False)._env(None)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[2])
+    code = ("import importlib.util, benchmark; "
+            "print(importlib.util.find_spec('records') is None, importlib.util.find_spec('stats') is None)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

@@ -65,7 +65,7 @@ def test_auto_chunking_above_threshold(monkeypatch):
     full = hyperspherical_energy(W, 1, True)
     calls = []
     real = energy_mod._block_sum
-    monkeypatch.setattr(energy_mod, "_block_sum", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(energy_mod, "_block_sum", lambda *a: calls.append(a[2]) or real(*a))
     monkeypatch.setattr(energy_mod, "AUTO_CHUNK_THRESHOLD", 8)
     monkeypatch.setattr(energy_mod, "_DEFAULT_CHUNK", 4)
     chunked = hyperspherical_energy(W, 1, True)
