@@ -35,12 +35,14 @@ REQUIRED_FIELDS = (
 )
 
 
-def git_state() -> dict[str, Any]:
+def git_state(root: str | Path | None = None) -> dict[str, Any]:
     """{"commit": the checkout's commit or "unknown", "dirty": modified code (None if unknown)}.
 
-    "Dirty" is about the code: ``results/`` holds the committed outputs that runs rewrite.
+    "Dirty" is about the code and configs: ``results/`` holds the committed outputs that runs
+    rewrite, and an edited document (``docs/``, ``*.md``) changes no number, so neither counts
+    (a sweep whose docs were edited mid-way is not split into two code versions).
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
 
     def git(*args):
         try:
@@ -52,7 +54,8 @@ def git_state() -> dict[str, Any]:
     commit = git("rev-parse", "--verify", "-q", "HEAD")
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         return {"commit": "unknown", "dirty": None}
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results",
+                ":(exclude)docs", ":(exclude)*.md")
     return {"commit": commit, "dirty": bool(dirty)}
 
 

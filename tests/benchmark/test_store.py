@@ -169,3 +169,26 @@ def test_world_size_column_from_the_records(results):
     runs, _ = build_store(results)
     by_path = runs.set_index("record_path")["world_size"]
     assert by_path[complete.iloc[0]] == "1" and by_path[complete.iloc[1]] == "1+2"
+
+
+def test_dirty_means_code_not_docs_or_results(tmp_path):
+    """An edited document or result leaves a checkout clean; an edited source file does not."""
+    import subprocess
+
+    from benchmark.records import git_state
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("code.py", "docs/notes.md", "README.md", "results/r.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    for name in ("docs/notes.md", "README.md", "results/r.json"):
+        (tmp_path / name).write_text("edited\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("edited\n")
+    assert git_state(tmp_path)["dirty"] is True
