@@ -5,7 +5,8 @@
 Runs are matched by run id (same set-up and seed), or with ``match="label"`` by (dataset, model,
 label, seed), for runs whose ids differ on purpose (another thread count, a changed strength).
 
-- ``identical``: same outcome and every curve value equal, bit for bit (same stack, same kernels).
+- ``identical``: same outcome and every curve value equal, bit for bit (kernels that round alike;
+  usually the same stack, though another torch version can give it too).
 - ``consistent``: numerically different, but no more than the protocol's own numerical noise
   predicts. That noise is what `benchmark sensitivity` measured: the root-mean-square change of
   a run's final test error when the same run is trained with the kernels of another
@@ -317,7 +318,8 @@ def format_comparison(v: Verdict, results: str | Path, reference: str | Path) ->
 
 def _explain(v: Verdict, envs: dict[str, set]) -> str:
     if v.verdict == "identical":
-        return "Every run is bit for bit the reference's: same stack, same kernels."
+        return ("Every run is bit for bit the reference's: the kernels that ran here round as "
+                "the reference's did (differing facts above, if any, did not change a bit).")
     if v.verdict == "consistent":
         software = {"code", "torch", "numpy", "python"}
         machine = ", ".join(sorted(k for k in envs if k not in software)) or "no recorded machine fact"
