@@ -1,6 +1,11 @@
-"""The reproduction verdict end to end, on real training: a small digits suite, its measured
-numerical noise (`sensitivity`), then a hardware-like perturbation (another thread count) that
-must come out consistent and a real change (a 10x smaller learning rate) that must not."""
+"""The reproduction verdict end to end, on real training: two rows of the quick suite (its
+protocol, cpu_quick), their measured numerical noise (`sensitivity`), then a hardware-like
+perturbation (another thread count) that must come out consistent and a real change (a 100x
+smaller learning rate) that must not.
+
+A shortened protocol will not do: at 60 or 100 iterations some seeds are still mid-collapse
+(final errors of 7-55 % at 60), the measured noise is heavy-tailed, and the verdict's Gaussian
+bound is then either too wide to see a real change or too narrow for one outlier (both seen)."""
 
 from __future__ import annotations
 
@@ -16,14 +21,8 @@ from benchmark.machine import isa_perturbation
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = """\
-description: reproduction test (two regularizers, three seeds, 60 iterations on digits)
+description: reproduction test (two regularizers of the quick suite, its protocol, three seeds)
 protocol: cpu_quick
-protocol_overrides:
-  iterations: 60
-  schedule.milestones: [40, 50]
-  schedule.warmup_iterations: 15
-  eval_every: 30
-  checkpoint_every: 60
 datasets: [digits]
 models:
   - {name: cnn9, kwargs: {width: 0.25}}
@@ -62,9 +61,9 @@ def test_thread_count_is_consistent_and_a_changed_rate_is_not(tmp_path):
     out = _bench("compare", "--results", str(threads), "--reference", str(ref), "--match", "label")
     assert out.returncode == 0 and "verdict: " in out.stdout
 
-    # a real change: the learning rate 10x smaller
+    # a real change: the learning rate 100x smaller
     slow = tmp_path / "slow_lr"
-    _bench("run", "--suite", str(suite), "--results", str(slow), "--set", "optimizer.lr=0.001",
+    _bench("run", "--suite", str(suite), "--results", str(slow), "--set", "optimizer.lr=0.0001",
            "--jobs", "2", "--no-progress")
     v = compare_dirs(slow, ref, match="label")
     assert v.verdict == "inconsistent", format_comparison(v, slow, ref)

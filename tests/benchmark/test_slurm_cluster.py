@@ -133,7 +133,7 @@ def test_suite_as_one_job_array_equals_a_local_run(cluster, tmp_path):
     run_suite(specs, tmp_path / "local", progress=False)
     _wait(lambda: _final(tmp_path / "slurm", specs), 900, "the job array's records", jobs=jobs,
           logs=tmp_path / "slurm" / "slurm")
-    rows = compare_dirs(tmp_path / "slurm", tmp_path / "local")
+    rows = compare_dirs(tmp_path / "slurm", tmp_path / "local").runs
     assert [r.verdict for r in rows] == ["identical"] * len(specs), [(r.verdict, r.note) for r in rows]
     # nothing left to submit on a second call
     assert submit_slurm(specs, tmp_path / "slurm", options=_options()) == []
@@ -148,7 +148,7 @@ def test_preempted_task_checkpoints_requeues_and_resumes(cluster, tmp_path):
     record = load_record(record_path(tmp_path / "slurm", spec.run_id))
     assert record["status"] == "complete" and record["resumed_from"], record.get("resumed_from")
     run_suite([spec], tmp_path / "local", progress=False)
-    (row,) = compare_dirs(tmp_path / "slurm", tmp_path / "local")
+    (row,) = compare_dirs(tmp_path / "slurm", tmp_path / "local").runs
     assert row.verdict == "identical", (row.verdict, row.first_difference)
 
 
