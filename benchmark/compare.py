@@ -22,8 +22,9 @@ mean(d) must lie within q * sigma / sqrt(n), sigma the measured noise (floored a
 image), q the t quantile (the noise estimate's degrees of freedom) at 1 - alpha / (2 L), alpha
 0.01 family-wise over the L labels (Bonferroni). A run's own |d_s| beyond q_N * sigma (the same
 rule over all N runs) is flagged ``outside band``: a pointer, not by itself a failure. docs/sweeps.md
-gives the reasoning; tests/benchmark/test_compare.py shows a thread-count or instruction-set
-perturbation passing and a changed learning rate or strength failing.
+gives the reasoning; tests/benchmark/test_compare.py checks each rule on constructed records,
+and tests/benchmark/test_reproduction.py trains two rows of the quick suite: another thread count
+passes, a 100x smaller learning rate fails.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ thread count (``threads``). Same seed, same data order, same hyper-parameters: a
 the outcome is rounding carried through training. Per label, the summary sets the RMS change of
 final test error against the SD across seeds and lists every outcome flip (trained vs diverged
 or stuck). A protocol fit for comparing regularizers has no flip and a perturbation spread well
-below the seed spread. The RMS can reach sqrt(2) x the seed SD and no further in expectation: a
-difference that decorrelates the run completely, as a new seed would. Training is often that
+below the seed spread. A perturbation that decorrelates the run completely, as a new seed would,
+gives sqrt(2) x the seed SD in expectation (the difference of two independent draws). Training is often that
 unstable (Summers & Dinneen, "Nondeterminism and Instability in Neural Network Optimization",
 ICML 2021, arXiv 2103.04514: one-bit changes of the initial weights give runs as diverse as new
 seeds); such a suite reproduces in distribution, not run by run, and ``compare``, which reads the
