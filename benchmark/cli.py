@@ -15,18 +15,18 @@ from pathlib import Path
 
 from benchmark.records import record_files
 
-from . import __version__
-from .config import ConfigError
-from .plugins import load_plugins
+from benchmark import __version__
+from benchmark.config import ConfigError
+from benchmark.plugins import load_plugins
 
 
 def _cmd_list(args) -> int:
     import models
     import regularizers
 
-    from . import datasets
-    from .config import available_protocols, load_protocol
-    from .suites import available_suites, load_suite
+    from benchmark.data import datasets
+    from benchmark.config import available_protocols, load_protocol
+    from benchmark.suites import available_suites, load_suite
 
     def regularizer_lines(name):
         cls = regularizers.get(name)
@@ -72,7 +72,7 @@ def _cmd_list(args) -> int:
 
 
 def _single_spec(args):
-    from .config import RunSpec, load_protocol, parse_set, split_overrides
+    from benchmark.config import RunSpec, load_protocol, parse_set, split_overrides
 
     missing = [f"--{k}" for k in ("protocol", "dataset", "model", "regularizer")
                if getattr(args, k) in (None, [])]
@@ -94,8 +94,8 @@ def _suite_specs(args):
 
 
 def _load_suite(args):
-    from .config import parse_set, split_overrides
-    from .suites import load_suite
+    from benchmark.config import parse_set, split_overrides
+    from benchmark.suites import load_suite
 
     sets = parse_set(args.set)
     _, _, reg_kw = split_overrides(sets)
@@ -112,7 +112,7 @@ def _load_suite(args):
 def _staged(suite, args):
     """The suite's runs, or those of ``--stage`` (benchmark/tuning.py); the tune stage's
     results directory is <results>/tuning/ (``args.results`` is changed to it)."""
-    from .tuning import stage_specs
+    from benchmark.tuning import stage_specs
 
     specs, results = stage_specs(suite, getattr(args, "stage", None), Path(args.results))
     args.results = str(results)
@@ -120,9 +120,9 @@ def _staged(suite, args):
 
 
 def _cmd_run(args) -> int:
-    from . import training
-    from .sweep.dispatch import execute
-    from .sweep.slurm import SlurmOptions
+    from benchmark import training
+    from benchmark.sweep.dispatch import execute
+    from benchmark.sweep.slurm import SlurmOptions
 
     suite = _load_suite(args) if args.suite else None
     specs = _staged(suite, args) if suite else _single_spec(args)  # suites validate here
@@ -157,8 +157,9 @@ def _cmd_run(args) -> int:
 def _write_choice(suite, results: Path) -> None:
     """Every tuning run has a record: pick each method's value (benchmark/tuning.py) and plot
     validation error against strength beside the choice file."""
-    from .plots import plot_tuning
-    from .tuning import choice_path, choose
+    from benchmark.analysis.plots import plot_tuning
+    from benchmark.analysis.choice import choose
+    from benchmark.tuning import choice_path
 
     out = choose(suite, results)
     picked = ", ".join(f"{c['label']} {c['param']}={c['chosen']}" for c in out["choices"])
@@ -168,7 +169,7 @@ def _write_choice(suite, results: Path) -> None:
 
 def _print_single_runs(specs, results: Path, summary) -> int:
     """One line per run given without --suite; 0 when every one is complete."""
-    from .records import load_record, record_path
+    from benchmark.records import load_record, record_path
 
     ok = True
     for spec in specs:
@@ -194,7 +195,7 @@ def _print_single_runs(specs, results: Path, summary) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .sweep.status import format_status, suite_status
+    from benchmark.sweep.status import format_status, suite_status
 
     if not args.suite:
         raise ConfigError("status needs --suite NAME_OR_PATH")
@@ -226,8 +227,8 @@ def _report_filter(runs, args):
 
 
 def _cmd_report(args) -> int:
-    from .report import prepare_report, render_leaderboard, write_report
-    from .store import STORE_DIR, build_store, load_store, save_store, store_losses
+    from benchmark.analysis.report import prepare_report, render_leaderboard, write_report
+    from benchmark.analysis.store import STORE_DIR, build_store, load_store, save_store, store_losses
 
     results = Path(args.results)
     if not results.is_dir():
@@ -272,8 +273,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
-    from .report import render_leaderboards
-    from .store import build_store, load_store
+    from benchmark.analysis.report import render_leaderboards
+    from benchmark.analysis.store import build_store, load_store
 
     dirs = [Path(d) for d in args.results]
     seen: set[Path] = set()
@@ -300,8 +301,8 @@ def _cmd_leaderboard(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_dirs, format_comparison
-    from .records import iter_records
+    from benchmark.analysis.compare import compare_dirs, format_comparison
+    from benchmark.records import iter_records
 
     for flag, path in (("--results", args.results), ("--reference", args.reference)):
         if not any(True for _ in iter_records(path)):
@@ -313,9 +314,9 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_sensitivity(args) -> int:
-    from .records import iter_records
-    from .sensitivity import perturbation, summarize, train_perturbed, write
-    from .suites import load_suite
+    from benchmark.records import iter_records
+    from benchmark.analysis.sensitivity import perturbation, summarize, train_perturbed, write
+    from benchmark.suites import load_suite
 
     suite = load_suite(args.suite, profile=args.profile)  # validates before anything runs
     name = Path(args.suite).stem + (f"-{args.profile}" if args.profile else "")
@@ -539,13 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_perf(args) -> int:
-    from .perf import main as perf_main
+    from benchmark.tools.perf import main as perf_main
 
     return perf_main(args)
 
 
 def _cmd_gpu_check(args) -> int:
-    from .gpu_check import main as gpu_check_main
+    from benchmark.tools.gpu_check import main as gpu_check_main
 
     extra = args.gpu_args[1:] if args.gpu_args[:1] == ["--"] else args.gpu_args
     return gpu_check_main(extra)
@@ -554,7 +555,7 @@ def _cmd_gpu_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
-    from .stopping import DiskFull, Interrupted
+    from benchmark.stopping import DiskFull, Interrupted
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

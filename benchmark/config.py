@@ -89,7 +89,7 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class PointData:
-    """Point-cloud datasets only (``benchmark.point_data``): points per shape and augmentation,
+    """Point-cloud datasets only (``benchmark.data.points``): points per shape and augmentation,
     drawn per (seed, epoch) as the image augmentation is."""
 
     num_points: int = 1024
@@ -118,7 +118,7 @@ class Data:
     # Cap the test set used by evaluation; 0 = all of it (the paper uses all 10,000).
     max_test: int = 0
     # Images held out of the training set as a validation split (0 = none): the same images
-    # for every seed and method (benchmark/datasets/split.py). With it on, a run trains on the
+    # for every seed and method (benchmark/data/datasets/split.py). With it on, a run trains on the
     # rest and evaluates on these, never on the test set (its record says val_*, not test_*);
     # max_train caps the rest, max_test is not used. Left out of a run's identity at 0.
     validation: int = 0

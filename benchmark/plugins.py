@@ -12,7 +12,7 @@ import os
 
 import regularizers
 
-from .config import ConfigError
+from benchmark.config import ConfigError
 
 PLUGIN_ENV = "COMHE_PLUGINS"  # os.pathsep-separated; inherited by worker processes
 _loaded: set[str] = set()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark import datasets as datasets_registry
+from benchmark.data import datasets as datasets_registry
 from benchmark.config import (
     CONFIG_DIR,
     ConfigError,

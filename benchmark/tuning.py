@@ -16,7 +16,8 @@ one of the regularizer's hyper-parameters (``python -m benchmark list regularize
 Stages (``run --suite X --stage ...``):
 
 - ``tune``: every (dataset, model, regularizer, grid value, tuning seed) on the train/validation
-  split, records under ``<results>/tuning/``; when all have a record, :func:`choose` writes
+  split, records under ``<results>/tuning/``; when all have a record,
+  :func:`benchmark.analysis.choice.choose` writes
   ``<results>/tuning/choice.yaml``.
 - ``final``: the suite's own seeds, each method at its chosen value, on the full training set
   with the test evaluation, records under ``<results>/``. It refuses, in one line, a missing
@@ -41,9 +42,7 @@ from typing import Any
 
 import yaml
 
-from benchmark import records
 from benchmark.config import ConfigError, Protocol, RunSpec, from_dict
-from benchmark.store import classify_outcome
 from benchmark.training import validate
 
 TUNING_KEYS = ("validation", "seeds", "grid")
@@ -215,81 +214,9 @@ def choice_path(results: Path) -> Path:
     return Path(results) / TUNING_DIR / CHOICE_FILE
 
 
-def _cell(spec: RunSpec) -> tuple:
+def cell_key(spec: RunSpec) -> tuple:
+    """What one choice is made for: (dataset, model, model kwargs, method label)."""
     return (spec.dataset, spec.model, repr(sorted(spec.model_kwargs.items())), spec.display_label)
-
-
-def choose(suite, results: Path) -> dict:
-    """Pick each method's value from the tuning records under ``<results>/tuning/`` and write
-    the choice file there (atomically); returns its content. One-line ConfigError naming the
-    count when a tuning run has no record yet (the stage is not finished)."""
-    specs = tune_specs(suite)
-    tdir = Path(results) / TUNING_DIR
-    found = {spec.run_id: records.load_record(records.record_path(tdir, spec.run_id))
-             for spec in specs}
-    absent = [rid for rid, rec in found.items() if rec is None]
-    if absent:
-        raise ConfigError(f"{len(absent)} of {len(specs)} tuning runs of '{suite.name}' have no "
-                          f"record under {tdir} (first {absent[0]}); finish `run --stage tune`")
-    points: dict[tuple, dict[float, list]] = {}
-    for spec in specs:
-        rec = found[spec.run_id]
-        axis = suite.tuning.grid[spec.display_label]
-        value = (_protocol_value(spec.protocol, axis.param) if axis.on_protocol
-                 else float(spec.regularizer_hparams[axis.param]))
-        outcome, _ = classify_outcome(rec["status"], _as_test_names(rec.get("final") or {}),
-                                      spec.protocol.softmax_eps, spec.dataset)
-        err = (rec.get("final") or {}).get("val_error")
-        points.setdefault(_cell(spec), {}).setdefault(value, []).append((spec.seed, outcome, err))
-    choices = []
-    for spec in [s for s in specs if s.seed == suite.tuning.seeds[0]]:
-        cell = _cell(spec)
-        if any(c["_cell"] == cell for c in choices):
-            continue
-        axis = suite.tuning.grid[spec.display_label]
-        grid = [_summary(v, runs) for v, runs in points[cell].items()]
-        ok = [g for g in grid if g["broken"] == 0]
-        best = min(ok, key=lambda g: (g["mean"], g["value"])) if ok else None
-        choices.append({"_cell": cell, "dataset": spec.dataset, "model": spec.model,
-                        "model_kwargs": dict(spec.model_kwargs), "label": spec.display_label,
-                        "regularizer": spec.regularizer, "param": axis.param,
-                        "chosen": None if best is None else best["value"], "grid": grid})
-    for c in choices:
-        del c["_cell"]
-    out = {"suite": suite.name, "grid_hash": grid_hash(suite), "metric": "val_error",
-           "validation_images": suite.tuning.validation, "seeds": list(suite.tuning.seeds),
-           "rule": "lowest mean validation error over the tuning seeds; values with a "
-                   "diverged or failed run are not chosen (stuck runs count with their error)",
-           "choices": choices}
-    records.atomic_write(choice_path(results), "# written by `python -m benchmark run --stage "
-                         "tune` (benchmark/tuning.py); do not edit\n"
-                         + yaml.safe_dump(out, sort_keys=False))
-    return out
-
-
-def _as_test_names(final: dict) -> dict:
-    """The stuck rule reads test_acc/n_test: give it the validation ones (same meaning here)."""
-    return {**final, "test_acc": final.get("val_acc"), "n_test": final.get("n_val")}
-
-
-def _protocol_value(protocol: Protocol, dotted: str) -> float:
-    node: Any = protocol
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return float(node)
-
-
-def _summary(value: float, runs: list) -> dict:
-    """One grid point over its tuning seeds. A stuck run's error is a real (high) error and
-    counts; a diverged or failed run has none, and makes the point ``broken``."""
-    errors = [e for _, outcome, e in runs if outcome in ("complete", "stuck")
-              and e is not None and math.isfinite(e)]
-    return {"value": value, "n": len(errors),
-            "mean": statistics.fmean(errors) if errors else None,
-            "sd": statistics.stdev(errors) if len(errors) > 1 else None,
-            "stuck": sum(outcome == "stuck" for _, outcome, _ in runs),
-            "broken": len(runs) - len(errors),
-            "val_error_by_seed": {int(s): e for s, _, e in sorted(runs)}}
 
 
 def final_specs(suite, results: Path) -> list[RunSpec]:
@@ -307,7 +234,7 @@ def final_specs(suite, results: Path) -> list[RunSpec]:
                c["label"]): c.get("chosen") for c in choice.get("choices") or []}
     out = []
     for spec in suite.expand():
-        value = chosen.get(_cell(spec))
+        value = chosen.get(cell_key(spec))
         if value is None:
             raise ConfigError(f"choice file {path} chose no value for '{spec.display_label}' on "
                               f"{spec.dataset} (every grid value broke a tuning run); widen the grid")

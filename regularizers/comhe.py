@@ -28,7 +28,7 @@ size, in the inner steps and the look-ahead, is ``proj_lr_scale`` x the network'
 released: ``train.py``, ``GradientDescentOptimizer(lr_)``; see docs/regularizers.md for Adam).
 
 Both gradients w.r.t. P (the inner steps, :meth:`_LearnedProjection.inner_update`, and the
-look-ahead, :meth:`_LearnedProjection.look_ahead`) go through :func:`_grad_p`: pure tensor
+look-ahead, :meth:`_LearnedProjection.look_ahead`) go through :func:`grad_p`: pure tensor
 functions, taken with ``torch.func.grad`` while ``torch.compile`` traces them (dynamo breaks the
 graph at ``torch.autograd.grad``) and with ``torch.autograd.grad`` eagerly (cheaper there). Either
 way W, closed over, stays differentiable, which is the second-order term.
@@ -78,7 +78,7 @@ def adv_p_loss(W: Tensor, P: Tensor, eps: float = 1e-4, chunk_size: int | None =
     return -energy + P_L2 * P.square().sum((-2, -1)) / 2
 
 
-def _grad_p(p_loss, W: Tensor, P: Tensor) -> Tensor:
+def grad_p(p_loss, W: Tensor, P: Tensor) -> Tensor:
     """grad_P of p_loss(W, P).sum(), same shape as P: a pure function (``torch.func.grad`` while
     torch.compile traces, where ``torch.autograd.grad`` would break the graph; autograd eager).
 
@@ -300,7 +300,7 @@ class _LearnedProjection(_CoMHEBase):
         """
         W, P = W.detach(), P.detach()
         for _ in range(self.hparams["inner_steps"]):
-            P = P - lr * _grad_p(self._p_loss, W, P)
+            P = P - lr * grad_p(self._p_loss, W, P)
         return P
 
     def look_ahead(self, W: Tensor, P: Tensor, lr) -> Tensor:
@@ -318,7 +318,7 @@ class _LearnedProjection(_CoMHEBase):
         """
         second = torch.is_grad_enabled() and not self.hparams["first_order"]
         P = P.detach()
-        P_next = P - lr * _grad_p(self._p_loss, W if second else W.detach(), P)
+        P_next = P - lr * grad_p(self._p_loss, W if second else W.detach(), P)
         return P_next if second else P_next.detach()
 
     @property

@@ -1,18 +1,37 @@
-"""The house rules of docs/architecture.md, checked on the source: rooms depend one way, no module
-imports a private name of another, no import cycle, and imports sit at the top of a module."""
+"""The house rules of docs/architecture.md, checked on the source: rooms depend one way, the layers
+inside ``benchmark/`` depend one way, no module imports a private name of another (product,
+tests and tools alike), no import cycle, and imports sit at the top of a module. Each rule is a
+function of a source tree, so ``test_each_rule_fails_on_a_planted_violation`` can show it fails."""
 
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("regularizers", "models", "benchmark")
+# Importers checked for private names only (they are not rooms of the product).
+CONSUMERS = ("tests", "tools", "examples")
 # What each room may import from the project (architecture.md).
 ALLOWED = {"regularizers": {"regularizers"}, "models": {"models", "regularizers"},
            "benchmark": {"benchmark", "models", "regularizers"}}
+# The layers inside benchmark/, bottom to top (docs/architecture.md draws them): a module may
+# import its own layer and those below, never one above. A prefix ending in "." is a room.
+LAYERS = (
+    ("base", ("benchmark", "benchmark.config", "benchmark.records", "benchmark.progress",
+              "benchmark.stopping", "benchmark.plugins", "benchmark.machine",
+              "benchmark.correct_bits")),
+    ("data", ("benchmark.data", "benchmark.data.")),
+    ("training", ("benchmark.training", "benchmark.training.")),
+    ("plan", ("benchmark.suites", "benchmark.tuning")),
+    ("sweep", ("benchmark.sweep", "benchmark.sweep.")),
+    ("analysis", ("benchmark.analysis", "benchmark.analysis.")),
+    ("tools", ("benchmark.tools", "benchmark.tools.")),
+    ("cli", ("benchmark.cli", "benchmark.__main__")),
+)
 # Imports a module may make inside a function, and why (everything else sits at the top).
 LAZY_OK = {
     "torch._dynamo", "torch._inductor",  # compile internals, only where compiling
@@ -25,45 +44,45 @@ LAZY_OK = {
 
 # The command line imports each command's room when that command runs, so `--help`, `list` and
 # one-line errors do not wait for torch, pandas and matplotlib to load.
-LAZY_MODULES = {"benchmark.cli", "benchmark.gpu_check"}
+LAZY_MODULES = {"benchmark.cli", "benchmark.tools.gpu_check"}
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path, packages=PACKAGES) -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             out[name] = path
     return out
 
 
-MODULES = _modules()
+MODULES = _modules(ROOT)
 
 
-def _resolve(module: str, node: ast.ImportFrom) -> str:
+def _resolve(module: str, node: ast.ImportFrom, modules: dict) -> str:
     if not node.level:
         return node.module or ""
     base = module.split(".")
-    is_pkg = MODULES[module].name == "__init__.py"
+    is_pkg = modules[module].name == "__init__.py"
     base = base if is_pkg else base[:-1]
     base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _imports(module: str):
+def _imports(module: str, modules: dict = MODULES, known: dict = MODULES):
     """(imported module, imported name or None, line, at top level?) for every import."""
-    tree = ast.parse(MODULES[module].read_text(), filename=str(MODULES[module]))
+    tree = ast.parse(modules[module].read_text(), filename=str(modules[module]))
     top = {id(n) for n in tree.body}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield a.name, None, node.lineno, id(node) in top
         elif isinstance(node, ast.ImportFrom):
-            target = _resolve(module, node)
+            target = _resolve(module, node, modules)
             for a in node.names:
                 sub = f"{target}.{a.name}"
-                if sub in MODULES:  # `from . import data` imports a module, not a name
+                if sub in known:  # `from . import data` imports a module, not a name
                     yield sub, None, node.lineno, id(node) in top
                 else:
                     yield target, a.name, node.lineno, id(node) in top
@@ -73,32 +92,55 @@ def _project(name: str) -> bool:
     return name.split(".")[0] in PACKAGES
 
 
-def test_rooms_depend_one_way():
-    bad = [f"{m}:{line} imports {target}" for m in MODULES for target, _, line, _ in _imports(m)
-           if _project(target) and target.split(".")[0] not in ALLOWED[m.split(".")[0]]]
-    assert not bad, "\n".join(bad)
+def layer_of(module: str) -> int | None:
+    """The index of ``module``'s layer in LAYERS (None outside benchmark/)."""
+    for i, (_, members) in enumerate(LAYERS):
+        if any(module == m or (m.endswith(".") and module.startswith(m)) for m in members):
+            return i
+    return None
 
 
-def test_no_private_name_crosses_a_module():
+def room_violations(modules: dict) -> list[str]:
+    return [f"{m}:{line} imports {target}" for m in modules for target, _, line, _ in _imports(m, modules, modules)
+            if _project(target) and target.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+
+
+def layer_violations(modules: dict) -> list[str]:
     bad = []
-    for m in MODULES:
-        for target, name, line, _ in _imports(m):
+    for m in modules:
+        if not m.startswith("benchmark"):
+            continue
+        mine = layer_of(m)
+        if mine is None:
+            bad.append(f"{m} sits in no layer of LAYERS (docs/architecture.md)")
+            continue
+        for target, _, line, _ in _imports(m, modules, modules):
+            theirs = layer_of(target) if target.startswith("benchmark") else None
+            if theirs is not None and theirs > mine:
+                bad.append(f"{m}:{line} ({LAYERS[mine][0]}) imports {target} ({LAYERS[theirs][0]}), a layer above")
+    return bad
+
+
+def private_violations(importers: dict, known: dict) -> list[str]:
+    bad = []
+    for m in importers:
+        for target, name, line, _ in _imports(m, importers, known):
             if not _project(target) or target == m:
                 continue
             private_module = any(p.startswith("_") and p != "__init__" for p in target.split("."))
             private_name = name and name.startswith("_") and not name.startswith("__")
             if private_name or private_module:
                 bad.append(f"{m}:{line} imports {target}{'.' + name if name else ''}")
-    assert not bad, "\n".join(bad)
+    return bad
 
 
-def test_no_import_cycle_between_modules():
-    graph = {m: set() for m in MODULES}
-    for m in MODULES:
-        for target, _, _, _ in _imports(m):
+def cycles_in(modules: dict) -> list[str]:
+    graph = {m: set() for m in modules}
+    for m in modules:
+        for target, _, _, _ in _imports(m, modules, modules):
             # a package's __init__ re-exporting its own modules is not a cycle of rooms
-            if target in MODULES and target != m and not m.startswith(target + "."):
-                if not (MODULES[m].name == "__init__.py" and target.startswith(m + ".")):
+            if target in modules and target != m and not m.startswith(target + "."):
+                if not (modules[m].name == "__init__.py" and target.startswith(m + ".")):
                     graph[m].add(target)
     cycles, state = [], {}
 
@@ -114,14 +156,64 @@ def test_no_import_cycle_between_modules():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+    return cycles
+
+
+def lazy_violations(modules: dict) -> list[str]:
+    return [f"{m}:{line} imports {target} inside a function" for m in modules
+            for target, _, line, top in _imports(m, modules, modules) if not top and target not in LAZY_OK
+            and m not in LAZY_MODULES]
+
+
+def test_rooms_depend_one_way():
+    bad = room_violations(MODULES)
+    assert not bad, "\n".join(bad)
+
+
+def test_layers_inside_benchmark_depend_one_way():
+    bad = layer_violations(MODULES)
+    assert not bad, "\n".join(bad)
+
+
+def test_no_private_name_crosses_a_module():
+    """Product modules, and the tests, tools and examples that use them."""
+    consumers = _modules(ROOT, tuple(c for c in CONSUMERS if (ROOT / c).is_dir()))
+    bad = private_violations(MODULES, MODULES) + private_violations(consumers, MODULES)
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_between_modules():
+    cycles = cycles_in(MODULES)
     assert not cycles, "\n".join(cycles)
 
 
 def test_imports_sit_at_the_top():
-    bad = [f"{m}:{line} imports {target} inside a function" for m in MODULES
-           for target, _, line, top in _imports(m) if not top and target not in LAZY_OK
-           and m not in LAZY_MODULES]
+    bad = lazy_violations(MODULES)
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("plant, check", [
+    # progress.py (base) importing the statistics (analysis): the violation review found passing
+    ("benchmark/progress.py", layer_violations),
+    ("regularizers/energy.py", room_violations),
+    ("tests/test_planted.py", None),  # a test importing a private name
+])
+def test_each_rule_fails_on_a_planted_violation(tmp_path, plant, check):
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    modules = _modules(tmp_path)
+    assert not room_violations(modules) and not layer_violations(modules)  # the copy is clean
+    target = tmp_path / plant
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if check is None:
+        target.write_text("from benchmark.analysis.choice import _protocol_value\n")
+        consumers = _modules(tmp_path, ("tests",))
+        assert private_violations(consumers, modules) == ["tests.test_planted:1 imports benchmark.analysis.choice._protocol_value"]
+        return
+    line = "from benchmark.analysis import stats\n"
+    target.write_text(target.read_text() + line)
+    bad = check(_modules(tmp_path))
+    assert len(bad) == 1 and "benchmark.analysis.stats" in bad[0], bad
 
 
 @pytest.mark.parametrize("name", ["examples/spectral_plugin/comhe_example_plugin.py",

@@ -25,9 +25,9 @@ if not root.exists():
                 img = (img + rng.normal(0, 20, img.shape)).clip(0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i}.JPEG", quality=90)
 os.environ["COMHE_DATA"] = data
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import load_protocol
-from benchmark.file_stream import FileBatchStream, eval_batches
+from benchmark.data.files import FileBatchStream, eval_batches
 cfg = load_protocol("imagenet_resnet").data
 ds = datasets.load("imagenet", cfg)
 sizes = [os.path.getsize(p) for p, _ in ds.train_samples]

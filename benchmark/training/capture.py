@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmark.data import take_batch
+from benchmark.data.images import take_batch
 
 
 class StaticBatches:

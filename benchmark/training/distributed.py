@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.config import ConfigError, Protocol
-from benchmark.data import BatchStream
+from benchmark.data.images import BatchStream
 from benchmark.training.metrics import eval_sums
 
 __all__ = ["DistInfo", "GlobalBatchNorm", "ShardedBatchStream", "all_mean", "all_reduce_sum", "broadcast_flag",

@@ -30,7 +30,7 @@ import torch
 from benchmark import machine, records, stopping
 from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
-from benchmark.datasets.split import validation_names
+from benchmark.data.datasets.split import validation_names
 from benchmark.progress import progress as progress_bar
 from benchmark.training.distributed import (
     all_mean,

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 import regularizers
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import ConfigError, RunSpec
-from benchmark.data import BatchStream, PackedBatchStream, scale_input
-from benchmark.datasets import Dataset
+from benchmark.data.images import BatchStream, PackedBatchStream, scale_input
+from benchmark.data.datasets import Dataset
 from benchmark.training.metrics import layer_energies, smoothed_cross_entropy, weight_decay_term
 from benchmark.training.run import (
     build_model,

@@ -20,13 +20,13 @@ import torch
 
 import models
 import regularizers
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import ConfigError, RunSpec
-from benchmark.data import BatchStream, scale_input
-from benchmark.datasets import Dataset
-from benchmark.file_stream import FileBatchStream, eval_batches
+from benchmark.data.images import BatchStream, scale_input
+from benchmark.data.datasets import Dataset
+from benchmark.data.files import FileBatchStream, eval_batches
 from benchmark.plugins import load_plugins
-from benchmark.point_data import PointStream, points_input, stream_for
+from benchmark.data.points import PointStream, points_input, stream_for
 from benchmark.training.distributed import (
     ShardedBatchStream,
     all_mean,

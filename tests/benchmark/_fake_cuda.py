@@ -14,7 +14,7 @@ What it cannot run: the autograd engine starts a worker per CUDA device and need
 ``backward`` and ``torch.autograd.grad`` are replaced by stand-ins that hand every input a zero
 gradient of its own shape, device and dtype. The code around them (AP/Adv's inner steps, the
 SGD update) runs for real. The numerics of the CUDA path are checked on a GPU
-(tests/*/test_gpu.py, run by ``python -m benchmark.gpu_check``).
+(tests/*/test_gpu.py, run by ``python -m benchmark.tools.gpu_check``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import cells, stats
-from benchmark.store import classify_outcome
+from benchmark.analysis import cells, stats
+from benchmark.analysis.store import classify_outcome
 
 
 def runs_table(labels=("weight_decay", "mhe", "rp_comhe"), seeds=range(4),

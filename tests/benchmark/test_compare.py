@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.compare import compare_dirs, environment_of, format_comparison, load_noise, seed_noise
+from benchmark.analysis.compare import compare_dirs, environment_of, format_comparison, load_noise, seed_noise
 from benchmark.records import iter_records, record_path, write_json_atomic
 from tests.benchmark.test_runner import fake_train, make_specs
 

@@ -9,7 +9,7 @@ import pytest
 from benchmark import correct_bits
 from benchmark import training as engine
 from benchmark.config import RunSpec, load_protocol
-from benchmark.store import build_store
+from benchmark.analysis.store import build_store
 
 
 def test_encode_decode_round_trip_and_malformed_input():

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError, Data, load_protocol
-from benchmark.data import BatchStream, augment, pad_index
-from benchmark.datasets import check_name as check_dataset_name
-from benchmark.datasets import load as load_dataset
+from benchmark.data.images import BatchStream, augment, pad_index
+from benchmark.data.datasets import check_name as check_dataset_name
+from benchmark.data.datasets import load as load_dataset
 
 
 @pytest.mark.parametrize("mode", ["symmetric", "reflect"])

@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import ConfigError, Data, RunSpec, load_protocol
-from benchmark.datasets import registry
+from benchmark.data.datasets import registry
 from benchmark.suites import load_suite
 from benchmark.training import train
 
@@ -22,7 +22,7 @@ def clean_registry(monkeypatch):
 def _write_dataset_file(path, name="stripes", offline=True, classes=3):
     path.write_text(textwrap.dedent(f'''
         import torch
-        from benchmark.datasets import Dataset, register_dataset
+        from benchmark.data.datasets import Dataset, register_dataset
 
         @register_dataset("{name}", num_classes={classes}, offline={offline},
                           description="horizontal vs vertical stripes, 12x12")
@@ -103,7 +103,7 @@ def test_synthetic_images_follow_the_protocol_size():
 
 def test_preflight_rejects_before_loading(tmp_path, monkeypatch):
     monkeypatch.setenv("COMHE_DATA", str(tmp_path))
-    monkeypatch.setattr("benchmark.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr("benchmark.data.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "absent")
     with pytest.raises(ConfigError, match=r"^cifar100 not found under .*cifar-100-python \(missing train\)"):
         datasets.preflight("cifar100", Data(), 128)
     with pytest.raises(ConfigError, match=r"^fashion_mnist not found under .*missing train-images"):
@@ -124,7 +124,7 @@ def test_two_unpackers_at_once_do_not_move_each_others_files(tmp_path, monkeypat
     import gzip
     import shutil
 
-    from benchmark.datasets import fashion_mnist
+    from benchmark.data.datasets import fashion_mnist
 
     src = tmp_path / "gz"
     src.mkdir()

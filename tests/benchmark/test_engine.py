@@ -193,7 +193,7 @@ def test_end_to_end_on_cifar_format_files(tiny_cifar, results_dir, dataset, clas
 def test_fashion_mnist_through_torchvision(tmp_path, monkeypatch):
     """Tiny idx files where torchvision's FashionMNIST looks (the Debian package's layout)."""
     from benchmark.config import Data
-    from benchmark.datasets import load as load_dataset
+    from benchmark.data.datasets import load as load_dataset
 
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -207,7 +207,7 @@ def test_fashion_mnist_through_torchvision(tmp_path, monkeypatch):
         idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     monkeypatch.setenv("COMHE_DATA", str(tmp_path))
-    monkeypatch.setattr("benchmark.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr("benchmark.data.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "absent")
     ds = load_dataset("fashion_mnist", Data())
     assert ds.train_x.shape == (64, 1, 32, 32) and ds.test_x.shape == (16, 1, 32, 32)
     # 28 -> 32 by zero padding: the border is empty, the centre is the original image.

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from benchmark.config import RunSpec, load_protocol
-from benchmark.data import scale_input
-from benchmark.datasets import load as load_dataset
+from benchmark.data.images import scale_input
+from benchmark.data.datasets import load as load_dataset
 from benchmark.training import (
     build_model,
     layer_energies,

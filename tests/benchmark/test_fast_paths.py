@@ -3,7 +3,7 @@
 `runtime.compile` (torch.compile of forward + loss + penalty, backward compiled with it) is on
 by default on CUDA; here the same compiled code runs through inductor's CPU backend and is
 compared with the eager path step by step. CUDA-graph replay itself needs a GPU
-(tests/*/test_gpu.py, run by `python -m benchmark.gpu_check`).
+(tests/*/test_gpu.py, run by `python -m benchmark.tools.gpu_check`).
 """
 
 import pytest
@@ -96,8 +96,8 @@ def test_whole_step_graph_body_matches_eager(regularizer, packed_seeds, over):
 
 def test_graph_batches_follow_the_stream_across_epochs():
     """The device-counter batches are the stream's batches, position by position."""
-    from benchmark.data import BatchStream
-    from benchmark.datasets import load as load_dataset
+    from benchmark.data.images import BatchStream
+    from benchmark.data.datasets import load as load_dataset
     from benchmark.training.capture import StaticBatches
 
     proto = load_protocol("smoke", {"data.max_train": 200, "batch_size": 48})

@@ -1,6 +1,6 @@
-"""Checks that need CUDA: the GPU path gives the CPU path's results (run by benchmark.gpu_check).
+"""Checks that need CUDA: the GPU path gives the CPU path's results (run by benchmark.tools.gpu_check).
 
-Skipped on machines without a GPU (CI); `python -m benchmark.gpu_check` runs them on one.
+Skipped on machines without a GPU (CI); `python -m benchmark.tools.gpu_check` runs them on one.
 """
 
 import pytest
@@ -9,8 +9,8 @@ import torch
 import models
 import regularizers
 from benchmark.config import RunSpec, load_protocol
-from benchmark.data import BatchStream
-from benchmark.datasets import load as load_dataset
+from benchmark.data.images import BatchStream
+from benchmark.data.datasets import load as load_dataset
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

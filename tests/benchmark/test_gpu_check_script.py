@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark.gpu_check import Report
+from benchmark.tools.gpu_check import Report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_report_keeps_each_section_and_survives_failures(tmp_path):
 
 
 def test_script_with_no_budget_skips_everything_and_says_so(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmark.gpu_check", "--out", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "benchmark.tools.gpu_check", "--out", str(tmp_path),
                         "--budget-s", "0", "--paper-run"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.data import scale_input
-from benchmark.datasets.folders import even_subset
-from benchmark.file_stream import FileBatchStream, eval_batches
+from benchmark.data.images import scale_input
+from benchmark.data.datasets.folders import even_subset
+from benchmark.data.files import FileBatchStream, eval_batches
 from benchmark.suites import load_suite
 from benchmark.training import train, validate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cells, report
+from benchmark.analysis import cells, report
 from benchmark.cli import main
 from benchmark.records import record_files
 from tests.benchmark.test_report import make_store
@@ -139,8 +139,8 @@ def test_what_the_fashion_docs_claim_is_what_the_table_can_show():
     """docs/leaderboard.md's capability sentences quote the table's own power numbers: the
     minimum detectable difference, the pooled seed estimate with its interval, the flip floor
     and the image-level component, recomputed here from the committed records."""
-    from benchmark import power
-    from benchmark.store import build_store
+    from benchmark.analysis import power
+    from benchmark.analysis.store import build_store
 
     runs, _ = build_store(FASHION)
     table = cells.compare_to_baseline(runs, declared=cells.declared_order(runs))

@@ -17,8 +17,8 @@ import torch
 import regularizers
 from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.data import BatchStream, PackedBatchStream
-from benchmark.datasets import load as load_dataset
+from benchmark.data.images import BatchStream, PackedBatchStream
+from benchmark.data.datasets import load as load_dataset
 from benchmark.training import pack_id, setup, train, train_packed
 from benchmark.training.packed import check_packable, setup_packed
 

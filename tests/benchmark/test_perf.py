@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmark.perf import ALL_REGULARIZERS, BARE, format_table, measure, parse_regularizers
+from benchmark.tools.perf import ALL_REGULARIZERS, BARE, format_table, measure, parse_regularizers
 
 
 def test_parse_regularizers_puts_the_baseline_first():

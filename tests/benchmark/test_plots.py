@@ -1,4 +1,4 @@
-"""benchmark.plots: interval and training-dynamics figures from a synthetic results store."""
+"""benchmark.analysis.plots: interval and training-dynamics figures from a synthetic results store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
 
-from benchmark import cells, plots
+from benchmark.analysis import cells, plots
 from tests.benchmark.test_report import CELLS, LABELS, make_store
 
 
@@ -31,8 +31,8 @@ def captured(monkeypatch):
 
 
 def test_backend_is_agg_even_when_the_environment_asks_for_another():
-    """Importing benchmark.plots must select Agg itself (MPLBACKEND=pdf would win otherwise)."""
-    code = "import benchmark.plots, matplotlib; print(matplotlib.get_backend())"
+    """Importing benchmark.analysis.plots must select Agg itself (MPLBACKEND=pdf would win otherwise)."""
+    code = "import benchmark.analysis.plots, matplotlib; print(matplotlib.get_backend())"
     env = {**os.environ, "MPLBACKEND": "pdf"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 import models
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.cli import main
 from benchmark.config import ConfigError, RunSpec, load_protocol
-from benchmark.datasets.modelnet40 import TEST_FILES, TRAIN_FILES, read_h5, write_release
-from benchmark.datasets.synthetic_shapes import make_shapes
-from benchmark.store import build_store
-from benchmark.point_data import PointStream, augment_points, rotation_about_up
+from benchmark.data.datasets.modelnet40 import TEST_FILES, TRAIN_FILES, read_h5, write_release
+from benchmark.data.datasets.synthetic_shapes import make_shapes
+from benchmark.analysis.store import build_store
+from benchmark.data.points import PointStream, augment_points, rotation_about_up
 from benchmark.training import check_packable, setup, train, validate
 from benchmark.training.loop import mean_class_accuracy
 from models.builders import weight_roles_from

@@ -197,7 +197,7 @@ def test_single_run_results_is_a_file_and_every_seed_validated(tmp_path, capsys)
 def test_knowable_problems_fail_before_anything_is_written(tmp_path, monkeypatch, capsys, args,
                                                            message):
     monkeypatch.setenv("COMHE_DATA", str(tmp_path / "no-data"))
-    monkeypatch.setattr("benchmark.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr("benchmark.data.datasets.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     # two seeds: before issue 18 these went through the runner, which recorded them as failed
     base = ["run", "--protocol", "smoke", "--model", "cnn9", "--regularizer", "weight_decay",
             "--set", "model.width=0.125", "--no-progress", "--seed", "0", "1"]

@@ -1,4 +1,4 @@
-"""benchmark.report: tables, paper verdict, leaderboard, write_report on a synthetic store."""
+"""benchmark.analysis.report: tables, paper verdict, leaderboard, write_report on a synthetic store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from benchmark import cells, report
+from benchmark.analysis import cells, report
 
 LABELS = ("weight_decay", "so", "mhe", "rp_comhe")
 CELLS = (("cifar10", "cnn9"), ("cifar100", "cnn9"))
@@ -397,7 +397,7 @@ def test_wilcoxon_column_appears_only_where_it_can_reject_and_mdd_is_by_hand(tmp
     """8 pairs, one comparison: the exact Wilcoxon can reach 2/2^8 = 0.0078 < 0.05, so its
     column is printed; the MDD is the pooled SD times the effect whose noncentral-t power is
     0.8 (checked by simulation in test_stats_power.py)."""
-    from benchmark import power
+    from benchmark.analysis import power
 
     runs, _ = make_store(labels=("weight_decay", "mhe"), cells=CELLS[:1], seeds=range(8))
     md = _tables(tmp_path, runs=runs)["table.md"]

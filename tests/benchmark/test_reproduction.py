@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.compare import compare_dirs, format_comparison
+from benchmark.analysis.compare import compare_dirs, format_comparison
 from benchmark.machine import isa_perturbation
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -234,7 +234,7 @@ def test_slurm_path_with_submitit_debug_and_local_executors(tmp_path, fake_env):
 @pytest.mark.slow
 def test_end_to_end_smoke_suite_with_real_engine(tmp_path):
     from benchmark import training as engine
-    from benchmark.store import build_store
+    from benchmark.analysis.store import build_store
     from benchmark.suites import load_suite
 
     # The smoke suite's grid, shortened further: this CPU is shared and slow.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.compare import compare_dirs
+from benchmark.analysis.compare import compare_dirs
 from benchmark.config import RunSpec, load_protocol
 from benchmark.records import checkpoint_path, load_record, record_path
 from benchmark.sweep import run_suite

@@ -1,4 +1,4 @@
-"""benchmark.stats against independent computations: hand cases, enumeration of sign
+"""benchmark.analysis.stats against independent computations: hand cases, enumeration of sign
 patterns, closed forms and simulation, not the same scipy call with the same arguments."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from benchmark import power, stats
+from benchmark.analysis import power, stats
 
 X = np.array([24.12, 24.55, 24.31, 23.98, 24.66, 24.20, 24.47])
 B = np.array([24.40, 24.93, 24.22, 24.51, 25.03, 24.71, 24.69])

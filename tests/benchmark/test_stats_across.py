@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import cells, stats_across
+from benchmark.analysis import cells, stats_across
 from tests.benchmark.test_cells import runs_table
 
 

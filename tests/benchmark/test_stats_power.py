@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmark import power, stats
-from benchmark.report import EQUIVALENCE_MARGIN, paper_verdict
+from benchmark.analysis import power, stats
+from benchmark.analysis.report import EQUIVALENCE_MARGIN, paper_verdict
 
 
 def _paired_t_p(d: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmark.config import ConfigError
-from benchmark.store import (
+from benchmark.analysis.store import (
     CURVES_SCHEMA,
     RUNS_SCHEMA,
     build_store,
@@ -140,7 +140,7 @@ def test_null_numbers_read_as_nan_and_outcomes_are_derived(tmp_path):
 
 
 def test_store_losses_names_runs_a_rebuild_would_drop(tmp_path):
-    from benchmark.store import store_losses
+    from benchmark.analysis.store import store_losses
 
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()

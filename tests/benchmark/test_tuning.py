@@ -131,10 +131,10 @@ def test_shipped_fashion_tuned_suite():
 
 
 def test_a_grid_point_with_a_diverged_run_is_not_eligible_and_stuck_runs_count():
-    from benchmark.tuning import _summary
+    from benchmark.analysis.choice import grid_point
 
-    broken = _summary(1.0, [(7, "complete", 10.0), (8, "diverged", None)])
+    broken = grid_point(1.0, [(7, "complete", 10.0), (8, "diverged", None)])
     assert broken["broken"] == 1 and broken["n"] == 1
-    stuck = _summary(2.0, [(7, "complete", 10.0), (8, "stuck", 90.0)])
+    stuck = grid_point(2.0, [(7, "complete", 10.0), (8, "stuck", 90.0)])
     assert stuck["broken"] == 0 and stuck["stuck"] == 1 and stuck["mean"] == 50.0
     assert stuck["sd"] == pytest.approx(56.5685, abs=1e-4)  # sqrt(2 x 40^2): by hand

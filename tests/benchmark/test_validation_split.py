@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from benchmark import datasets
+from benchmark.data import datasets
 from benchmark.config import ConfigError, Data, RunSpec, load_protocol
-from benchmark.datasets.split import validation_indices
-from benchmark.store import build_store
+from benchmark.data.datasets.split import validation_indices
+from benchmark.analysis.store import build_store
 from benchmark.training import train, validate
 
 

@@ -217,17 +217,18 @@ def test_before_step_and_penalty_compile_fullgraph():
 # ----------------------------------------------------------------- eager cost, old vs new
 def _bench(reps: int = 5, threads: int = 1) -> None:
     """Eager before_step(lr) + penalty() forward+backward over the paper CNN-9's weights
-    (float32, regularizers._bench's shapes): the current code (torch.autograd.grad when eager),
+    (float32, ``models.create("cnn9", num_classes=100)``): the current code (torch.autograd.grad when eager),
     the current code forced onto its traced path (torch.func.grad, run eagerly), and the former
     autograd.grad code, interleaved in one process; prints the median ms and the ratio."""
     import statistics
     import time
     from unittest import mock
 
-    from regularizers._bench import CNN9Weights
+    import models
 
     torch.set_num_threads(threads)
-    net = CNN9Weights()
+    torch.manual_seed(0)
+    net = models.create("cnn9", num_classes=100)
     cases = {}
     for name, steps in (("ap_comhe", 1), ("adv_comhe", 10)):
         for label, cls, func in (("current", CLASSES[name], False), ("torch.func path", CLASSES[name], True),
@@ -265,9 +266,9 @@ if __name__ == "__main__":  # python -m tests.regularizers.test_comhe_compile [r
 
 @pytest.mark.parametrize("p_loss", [ap_p_loss, adv_p_loss])
 def test_traced_and_eager_gradients_of_p_agree(p_loss, monkeypatch):
-    """``_grad_p`` takes torch.func.grad while compiling and torch.autograd.grad eagerly: the
+    """``grad_p`` takes torch.func.grad while compiling and torch.autograd.grad eagerly: the
     two must give the same grad_P and the same second-order gradient w.r.t. W (float64)."""
-    from regularizers.comhe import _grad_p
+    from regularizers.comhe import grad_p
 
     gen = torch.Generator().manual_seed(3)
     W = torch.randn(2, 12, 40, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -275,7 +276,7 @@ def test_traced_and_eager_gradients_of_p_agree(p_loss, monkeypatch):
     R = torch.randn(2, 6, 40, generator=gen, dtype=torch.float64)
 
     def both():
-        g = _grad_p(p_loss, W, P)
+        g = grad_p(p_loss, W, P)
         (gw,) = torch.autograd.grad((g * R).sum(), W)
         return g.detach(), gw
 

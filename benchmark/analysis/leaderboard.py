@@ -1,0 +1,169 @@
+"""The leaderboard: one Markdown page of several results directories, one section per cell.
+
+Each group of runs is compared on its own (:func:`benchmark.analysis.cells.compare_to_baseline`: its own
+cells and Holm family) and rendered through ``templates/leaderboard.md.j2`` with the same
+formatting, power note and noise line as the report's table (:mod:`benchmark.analysis.tables`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.analysis import cells
+from benchmark.records import atomic_write
+from benchmark.analysis.tables import (
+    column_values,
+    diff_text,
+    fmt_ci,
+    fmt_num,
+    fmt_p,
+    md_escape,
+    mixed_code_notes,
+    noise_text,
+    power_note,
+    template_env,
+    wilcoxon_shown,
+)
+
+__all__ = ["render_leaderboard", "render_leaderboards"]
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    """Sorted seeds, runs of consecutive ones as ranges: [0, 1, 2, 7] -> '0-2, 7 (n=4)'."""
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds:
+        return "none"
+    parts, start = [], seeds[0]
+    for prev, cur in zip(seeds, seeds[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return f"{', '.join(parts)} (n={len(seeds)})"
+
+
+def _kwargs_text(runs: pd.DataFrame) -> str:
+    """The model's constructor arguments as ``(width=0.25)``; '' when there are none."""
+    vals = sorted(runs["model_kwargs"].dropna().astype(str).unique()) if "model_kwargs" in runs \
+        else []
+    texts = []
+    for v in vals:
+        try:
+            kw = json.loads(v)
+        except ValueError:
+            kw = None
+        if isinstance(kw, dict):
+            if kw:
+                texts.append(", ".join(f"{k}={kw[k]}" for k in sorted(kw)))
+        else:
+            texts.append(v)
+    return f" ({'; '.join(texts)})" if texts else ""
+
+
+def _section_setup(runs: pd.DataFrame) -> str:
+    """Suite, protocol (content hash), seeds and code versions of one section's runs."""
+    one = functools.partial(column_values, runs)
+
+    parts = []
+    if (suite := one("suite")) is not None:
+        parts.append(f"suite {suite}")
+    if (proto := one("protocol")) is not None:
+        parts.append(f"protocol {proto}" + (f" ({one('protocol_hash')})"
+                                            if one("protocol_hash") else ""))
+    parts.append(f"seeds {_seeds_text(runs['seed'].dropna())}" if "seed" in runs else "")
+    code = one("code") or (", ".join(cells.code_versions(runs)) if len(runs) else None)
+    if code:
+        parts.append(f"code {code}")
+    return ", ".join(p for p in parts if p)
+
+
+def _share(r: pd.Series) -> str:
+    return f"{int(r['n_complete'])}/{int(r['n_runs'])}"
+
+
+def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
+                          source: str, metric: str) -> list[dict[str, Any]]:
+    sections = []
+    for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
+        wilcoxon = wilcoxon_shown(col)
+        header = ["label", "runs", "trained", "p (trained share vs baseline, Fisher, Holm)",
+                  f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
+                  "p (paired t, Holm)", *(["p (Wilcoxon, Holm)"] if wilcoxon else []),
+                  "code", "synthetic"]
+        rows = []
+        for _, r in col.iterrows():
+            base = bool(r["is_baseline"])
+            rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), _share(r),
+                         "baseline" if base else fmt_p(r["p_success_holm"]),
+                         f"{fmt_num(r['mean'])} {fmt_ci(r['ci_t_low'], r['ci_t_high'])}"
+                         if r["n"] > 1 else f"{fmt_num(r['mean'])} (n={int(r['n'])})"
+                         if r["n"] else "no counted runs",
+                         "baseline" if base else diff_text(r), fmt_p(r["p_ttest_holm"]),
+                         *([fmt_p(r["p_wilcoxon_holm"])] if wilcoxon else []),
+                         md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
+        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        sections.append({"dataset": md_escape(dataset),
+                         "model": md_escape(f"{model}{_kwargs_text(col_runs)}"),
+                         "setup": md_escape(_section_setup(col_runs)),
+                         "source": md_escape(source), "n_runs": int(len(col_runs)),
+                         "header": header, "rows": rows,
+                         "synthetic": bool(col["synthetic"].any()),
+                         "power_note": power_note(col, alpha, metric),
+                         "noise_text": noise_text(col, metric)})
+    return sections
+
+
+def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
+                        out_path: str | Path = "results/leaderboard.md", *,
+                        baseline: str = "weight_decay", metric: str = "test_error",
+                        include_synthetic: bool = True, include_stuck: bool = False,
+                        alpha: float = 0.05, declared: Sequence[str] | None = None,
+                        allow_mixed_code: bool = False) -> Path:
+    """Render one leaderboard from several groups of runs, e.g. one per results directory
+    (``[("results/fashion/runs", runs_a), ("results/quick/runs", runs_b)]``): each group is
+    compared on its own (its own cells, Holm family and row order: the order of its suites),
+    and each of its (dataset, model) cells becomes a section whose heading states the set-up
+    (dataset, model and kwargs, suite, protocol and its hash, seeds, code versions). Groups
+    keep the given order. ``declared`` (None: each group's suites' order) orders the rows
+    after the baseline in every group. Every group is computed before anything is written: a set-up mix
+    in any of them raises ``SetupError`` naming that group, and no file is written."""
+    sections, notes, n_runs = [], [], 0
+    for source, runs_df in groups:
+        try:
+            table = cells.compare_to_baseline(
+                runs_df, baseline=baseline, metric=metric, include_synthetic=include_synthetic,
+                include_stuck=include_stuck, alpha=alpha,
+                declared=cells.declared_order(runs_df) if declared is None else declared,
+                allow_mixed_code=allow_mixed_code)
+        except cells.SetupError as exc:
+            raise cells.SetupError(f"{source}: {exc}" if source else str(exc)) from None
+        if allow_mixed_code:
+            notes += mixed_code_notes(table)
+        sections += _leaderboard_sections(table, runs_df, alpha, source, metric)
+        n_runs += int(len(runs_df))
+    sources = [md_escape(src) for src, _ in groups if src]
+    md = template_env().get_template("leaderboard.md.j2").render(
+        sections=sections, metric=metric, baseline=md_escape(baseline),
+        n_runs=n_runs, sources=sources, any_synthetic=any(s["synthetic"] for s in sections),
+        notes=[md_escape(n) for n in notes])
+    return atomic_write(Path(out_path), md)
+
+
+def render_leaderboard(runs_df: pd.DataFrame, out_path: str | Path = "results/leaderboard.md",
+                       *, baseline: str = "weight_decay", metric: str = "test_error",
+                       include_synthetic: bool = True, include_stuck: bool = False,
+                       alpha: float = 0.05, declared: Sequence[str] | None = None,
+                       allow_mixed_code: bool = False) -> Path:
+    """Render the leaderboard Markdown from one ``runs`` table (template
+    ``leaderboard.md.j2``): one section per (dataset, model), rows in suite order, baseline
+    first, every run counted by outcome. Refuses (SetupError) before writing on a set-up mix.
+    ``declared``: the row order after the baseline (None: the order of the runs' suites).
+    Several results directories in one file: :func:`render_leaderboards`."""
+    return render_leaderboards([("", runs_df)], out_path, baseline=baseline, metric=metric,
+                               include_synthetic=include_synthetic, include_stuck=include_stuck,
+                               alpha=alpha, declared=declared, allow_mixed_code=allow_mixed_code)
