@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.records import record_files
+from benchmark.records import NewerRecord, record_files
 
 from benchmark import __version__
 from benchmark.config import ConfigError
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                 "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "perf": _cmd_perf,
                 "sensitivity": _cmd_sensitivity,
                 "gpu-check": _cmd_gpu_check}[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, NewerRecord) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt) as stop:

@@ -38,6 +38,36 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
+# Run identity across versions: the rule
+#
+# A run's id hashes its protocol's to_dict() (with the model, dataset, regularizer and seed).
+# Fields that existed when the first records were written always enter it. A field added later
+# is declared with added(default): it enters a run's identity only when it differs from that
+# default, so every run that does not use it keeps the id it had before the field existed.
+# tests/benchmark/test_identity.py freezes the first records' field set: a new field declared
+# without added() (which would change every run id) fails there. docs/internals.md, "Run ids".
+
+
+def added(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A protocol field added after the first records: out of a run's identity at its default."""
+    return field(default=default, default_factory=default_factory, metadata={"identity": "when-set"})
+
+
+def _drop_added_defaults(obj: Any, out: dict) -> dict:
+    """``out`` (the JSON form of dataclass ``obj``) without the added() fields at their default."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("identity") == "when-set":
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if value == default:
+                del out[f.name]
+                continue
+        if dataclasses.is_dataclass(value) and isinstance(out.get(f.name), dict):
+            _drop_added_defaults(value, out[f.name])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Protocol dataclasses
 
 
@@ -51,8 +81,8 @@ class Optimizer:
     nesterov: bool = False
     # Applied to ALL parameters, BN gamma/beta included (recipe.md §4).
     weight_decay: float = 5e-4
-    betas: tuple[float, ...] = (0.9, 0.999)  # Adam only
-    eps: float = 1e-8                        # Adam only
+    betas: tuple[float, ...] = added((0.9, 0.999))  # Adam only
+    eps: float = added(1e-8)                        # Adam only
 
 
 @dataclass(frozen=True)
@@ -62,11 +92,11 @@ class Schedule:
     type: Literal["step", "constant", "exponential"] = "step"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    every: int = 0          # exponential only: iterations per decay
-    minimum: float = 0.0    # exponential only: the rate is clipped from below here
+    every: int = added(0)          # exponential only: iterations per decay
+    minimum: float = added(0.0)    # exponential only: the rate is clipped from below here
     # Linear warm-up: the first W updates use lr_at(i) * (i + 1) / W (Goyal et al. 2017's gradual
-    # warm-up, section 2.2). 0 = none; left out of a run's identity at 0 (ADDED_FIELDS).
-    warmup_iterations: int = 0
+    # warm-up, section 2.2). 0 = none.
+    warmup_iterations: int = added(0)
 
 
 @dataclass(frozen=True)
@@ -120,9 +150,9 @@ class Data:
     # Images held out of the training set as a validation split (0 = none): the same images
     # for every seed and method (benchmark/data/datasets/split.py). With it on, a run trains on the
     # rest and evaluates on these, never on the test set (its record says val_*, not test_*);
-    # max_train caps the rest, max_test is not used. Left out of a run's identity at 0.
-    validation: int = 0
-    points: PointData = field(default_factory=PointData)
+    # max_train caps the rest, max_test is not used.
+    validation: int = added(0)
+    points: PointData = added(default_factory=PointData)
 
 
 @dataclass(frozen=True)
@@ -151,11 +181,11 @@ class Runtime:
     # Under torchrun / Slurm multi-task (DDP, benchmark/training/distributed.py): BatchNorm
     # statistics over the whole global batch (SyncBatchNorm) instead of each rank's shard. One
     # process: no effect. Left out of a run's identity when false (run ids from before it stand).
-    sync_bn: bool = False
+    sync_bn: bool = added(False)
     # DataLoader worker processes of a file-backed dataset (imagenet), per rank; 0 = min(8, the
     # cores this process may use). Augmentation is seeded per image, so the count never changes
     # the result; left out of a run's identity at its default.
-    loader_workers: int = 0
+    loader_workers: int = added(0)
 
     def __post_init__(self) -> None:
         _require(self.threads >= 0, "runtime.threads", "must be >= 0 (0 = the cores available)")
@@ -183,7 +213,7 @@ class Protocol:
     # evaluation with them is meaningless.
     bn_momentum: float | None = None
     # A BN momentum that changes during training (PointNet's bn_decay schedule); null: fixed.
-    bn_momentum_schedule: BNMomentumSchedule | None = None
+    bn_momentum_schedule: BNMomentumSchedule | None = added(None)
     eval_every: int = 500
     checkpoint_every: int = 5000
     data: Data = field(default_factory=Data)
@@ -265,29 +295,9 @@ class Protocol:
         return max(s.minimum, s.initial * s.gamma ** (iteration // s.every))
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except the fields added after the first records while they hold their
-        defaults (:data:`ADDED_FIELDS`): a protocol that does not use them keeps its run ids."""
-        out = _jsonable(dataclasses.asdict(self))
-        for dotted, default in ADDED_FIELDS.items():
-            *parents, leaf = dotted.split(".")
-            node = out
-            for part in parents:
-                node = node[part]
-            if node.get(leaf) == default:
-                del node[leaf]
-        return out
-
-
-# Fields added after run ids were first recorded (the point-cloud setting; distributed runs),
-# with their defaults as to_dict writes them: left out of to_dict (and so of run ids) while they
-# hold the default.
-ADDED_FIELDS: dict[str, Any] = {
-    "optimizer.betas": [0.9, 0.999], "optimizer.eps": 1e-8,
-    "schedule.every": 0, "schedule.minimum": 0.0, "schedule.warmup_iterations": 0,
-    "runtime.sync_bn": False, "runtime.loader_workers": 0,
-    "bn_momentum_schedule": None, "data.validation": 0,
-    "data.points": dataclasses.asdict(PointData()),  # scalars only
-}
+        """Every field, except fields declared with :func:`added` while they hold their default:
+        a protocol that does not use them keeps its run ids (the rule above)."""
+        return _drop_added_defaults(self, _jsonable(dataclasses.asdict(self)))
 
 
 def _require(ok: bool, name: str, what: str) -> None:

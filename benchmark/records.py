@@ -26,13 +26,51 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# The record format's version, and a reader per version (load_record):
+#   1  (to 2026-12-04) REQUIRED_FIELDS; "machine", "runtime" and "distributed" came later and
+#      may be absent. Read by filling them with None.
+#   2  every field of 1 plus "machine" (benchmark.machine.facts), "runtime" (how the step ran)
+#      and "distributed" (processes), each present, None where the writer did not know it (a
+#      failure record written by the runner).
+# A change a reader must know about moves the number and adds a reader; run identity does not
+# depend on it (config.py, "Run identity across versions").
+SCHEMA_VERSION = 2
 STATUSES = ("complete", "diverged", "failed")
 # A record missing any of these is not a valid record (treated as absent).
 REQUIRED_FIELDS = (
     "schema_version", "run_id", "status", "reason", "config", "seed", "git", "versions",
     "device", "synthetic", "wall_time_s", "median_step_ms", "curves", "final",
 )
+# Present in every record from version 2 on (None when unknown).
+FIELDS_SINCE_2 = ("machine", "runtime", "distributed")
+
+
+class NewerRecord(ValueError):
+    """A record written by a later format than this code reads: refuse rather than overwrite."""
+
+
+def _read_v1(record: dict) -> dict:
+    for key in FIELDS_SINCE_2:
+        record.setdefault(key, None)
+    return record
+
+
+def _read_v2(record: dict) -> dict:
+    return record if all(k in record for k in FIELDS_SINCE_2) else None
+
+
+READERS = {1: _read_v1, 2: _read_v2}  # version -> the record as the code of today reads it
+
+
+def read_version(record: dict, where: Any = "record") -> dict | None:
+    """``record`` as today's format, by its version's reader (in place); None for an unknown
+    version or a record its version's reader rejects. NewerRecord for a later format."""
+    version = record.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise NewerRecord(f"{where}: record format {version}, this CoMHE-Bench reads up to "
+                          f"{SCHEMA_VERSION}; update the code (git pull) before reading it")
+    reader = READERS.get(version) if isinstance(version, int) else None
+    return reader(record) if reader else None
 
 
 def git_state(root: str | Path | None = None) -> dict[str, Any]:
@@ -68,7 +106,7 @@ def make_record(spec: Any, *, status: str, reason: str | None, **fields: Any) ->
         raise ValueError(f"record status must be one of {', '.join(STATUSES)}, got {status!r}")
     record = {"schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "suite": spec.suite,
               "label": spec.display_label, "config": spec.identity(), "seed": spec.seed,
-              **fields, "status": status, "reason": reason}
+              **{k: None for k in FIELDS_SINCE_2}, **fields, "status": status, "reason": reason}
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
         raise ValueError(f"record of {spec.run_id} lacks {', '.join(missing)}")
@@ -207,12 +245,16 @@ def check_claim(results_dir: str | Path, run_id: str) -> None:
 
 
 def load_record(path: str | Path) -> dict | None:
-    """The record at ``path``, or None when it is missing, unreadable or incomplete."""
+    """The record at ``path`` read by its version's reader (READERS: every field of today's
+    format present), or None when it is missing, unreadable or incomplete. NewerRecord (one
+    line) for a record of a later format: a sweep must not take it for absent and overwrite it."""
     try:
         record = json.loads(Path(path).read_text())  # also reads bare NaN of older records
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
+        return None
+    if read_version(record, path) is None:
         return None
     _restore_non_finite(record)
     if record["status"] not in STATUSES:

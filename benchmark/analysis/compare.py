@@ -103,7 +103,7 @@ def environment_of(record: dict) -> dict[str, Any]:
     """What may explain a numerical difference, flattened; "unknown" where an older record
     holds no such field (records before the ``machine`` block)."""
     versions, runtime, git = (record.get(k) or {} for k in ("versions", "runtime", "git"))
-    machine = record.get("machine") or {}
+    machine = record["machine"] or {}
     env = {"code": (git.get("commit") or "unknown")[:10] + ("+dirty" if git.get("dirty") else ""),
            "torch": versions.get("torch"), "numpy": versions.get("numpy"),
            "python": versions.get("python"), "device": record.get("device"),

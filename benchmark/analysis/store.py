@@ -25,7 +25,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.config import ConfigError
-from benchmark.records import REQUIRED_FIELDS, STATUSES, atomic_write, record_files
+from benchmark.records import (FIELDS_SINCE_2, REQUIRED_FIELDS, STATUSES, atomic_write, read_version,
+                               record_files)
 
 STORE_DIR = "store"
 RUNS_SCHEMA: dict[str, str] = {
@@ -114,11 +115,11 @@ def _world_size(record: dict) -> str | None:
     """Processes the run trained on: "1", "2", ... or "1+2" for a run resumed at another world
     size (each segment's, distinct, in order). Records from before distributed runs existed
     trained in one process: "1"; a failed record written by the runner (no runtime): None."""
-    dist = record.get("distributed")
+    dist = record["distributed"]
     if isinstance(dist, dict):
         sizes = [int(w) for w in dist.get("world_sizes") or [dist.get("world_size") or 1]]
         return "+".join(str(w) for w in dict.fromkeys(sizes))
-    return "1" if record.get("runtime") else None
+    return "1" if record["runtime"] else None
 
 
 def _threads(runtime: dict) -> Any:
@@ -130,7 +131,7 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
     config, final = record.get("config") or {}, record.get("final") or {}
     protocol = config.get("protocol") or {}
     git, versions = record.get("git") or {}, record.get("versions") or {}
-    runtime = record.get("runtime") or {}
+    runtime = record["runtime"] or {}
     for name, value in (("config", config), ("final", final), ("protocol", protocol),
                         ("git", git), ("runtime", runtime)):
         if not isinstance(value, dict):
@@ -216,6 +217,9 @@ def build_store(results_dir: str | Path, skipped: list[tuple[Path, str]] | None 
             skipped.append((path, f"unreadable JSON ({type(exc).__name__})"))
             continue
         problem = _record_problem(record)
+        if problem is None and read_version(record, path) is None:
+            problem = (f"record format {record['schema_version']} without its fields "
+                       f"({', '.join(FIELDS_SINCE_2)})")
         if problem is None and record["run_id"] in seen:
             problem = f"duplicate of run {record['run_id']} in {seen[record['run_id']]}"
         if problem is None:

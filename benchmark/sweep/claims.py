@@ -167,7 +167,7 @@ def write_failure_record(spec: RunSpec, results_dir: Path, reason: str, started:
 def pack_flag(record: dict) -> int:
     """The ``--pack-seeds`` a record was trained under (records before it was recorded: the
     width of their packed program, 1 when unpacked)."""
-    runtime = record.get("runtime") or {}
+    runtime = record["runtime"] or {}
     return int(runtime.get("pack_seeds") or runtime.get("packed_seeds") or 1)
 
 

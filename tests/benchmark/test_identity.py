@@ -76,3 +76,57 @@ def test_an_edited_plugin_is_a_new_run_and_its_old_record_is_stale(tmp_path, mon
     assert table["state"].tolist() == ["pending"] and table["stale"].tolist() == [old_id]
     assert f"{old_id} -> {new.run_id}" in format_status(table)
     assert json.loads(json.dumps(new.identity()))["regularizer_hparams"] == {"strength": 2}
+
+
+def _leaves(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out |= _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+    return out
+
+
+# The protocol fields of the first records (2026-11): every one enters every run id. A field
+# added since must be declared with config.added() (out of the identity at its default).
+FIRST_RECORDS_FIELDS = {
+    "name", "description", "iterations", "batch_size", "optimizer.name", "optimizer.lr", "optimizer.momentum",
+    "optimizer.nesterov", "optimizer.weight_decay", "schedule.type", "schedule.milestones",
+    "schedule.gamma", "label_smoothing", "softmax_eps", "bn_momentum", "eval_every",
+    "checkpoint_every", "data.input_scaling", "data.image_size", "data.augmentation.pad",
+    "data.augmentation.pad_mode", "data.augmentation.flip", "data.drop_last", "data.max_train",
+    "data.max_test", "runtime.precision", "runtime.channels_last", "runtime.device",
+    "runtime.compile", "runtime.threads",
+}
+
+
+def test_a_new_protocol_field_must_be_declared_added():
+    """The identity rule (config.py, "Run identity across versions"): a default protocol's
+    identity holds the first records' fields and nothing else."""
+    from benchmark.config import Protocol
+
+    got = _leaves(Protocol(name="any").to_dict())
+    assert got - FIRST_RECORDS_FIELDS == set(), (
+        f"new protocol field(s) {sorted(got - FIRST_RECORDS_FIELDS)} enter every run id: declare "
+        "them with config.added(default) so existing runs keep their ids")
+    assert FIRST_RECORDS_FIELDS - got == set(), "a field of the first records left the identity"
+
+
+def test_an_added_field_enters_the_identity_only_when_set():
+    base = load_protocol("smoke")
+    assert "validation" not in base.to_dict()["data"] and "betas" not in base.to_dict()["optimizer"]
+    moved = load_protocol("smoke", {"data.validation": 100, "schedule.warmup_iterations": 5})
+    assert moved.to_dict()["data"]["validation"] == 100
+    assert moved.to_dict()["schedule"]["warmup_iterations"] == 5
+    assert "points" not in moved.to_dict()["data"]
+
+
+def test_committed_records_keep_their_ids():
+    """The committed references are found, run for run, by the suites of today: the identity
+    rule kept every id through the fields added since they were trained."""
+    from pathlib import Path
+
+    from benchmark.suites import load_suite
+
+    root = Path(__file__).resolve().parents[2] / "results"
+    for suite, n in (("quick", 27), ("fashion", 18)):
+        ids = {p.stem for p in records.record_files(root / suite / "runs")}
+        assert len(ids) == n and ids == {s.run_id for s in load_suite(suite).expand()}, suite

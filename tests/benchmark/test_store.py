@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from benchmark import records
 from benchmark.config import ConfigError
 from benchmark.analysis.store import (
     CURVES_SCHEMA,
@@ -38,7 +39,10 @@ def test_build_store(results):
     runs, curves = build_store(results)
     assert list(runs.columns) == list(RUNS_SCHEMA) and list(curves.columns) == list(CURVES_SCHEMA)
     assert len(runs) == 8 and len(curves) == 7 * 3  # the failed record has no curves
-    assert set(runs["suite"]) == {"a", "b"} and (runs["schema_version"] == 1).all()
+    assert set(runs["suite"]) == {"a", "b"}
+    # the fake engine writes format-1 records, the runner's failure record is today's format
+    assert runs.groupby("regularizer")["schema_version"].agg(set).to_dict() == {
+        "boom": {records.SCHEMA_VERSION}, **{r: {1} for r in set(runs["regularizer"]) - {"boom"}}}
     boom = runs[runs["regularizer"] == "boom"].iloc[0]
     assert boom["status"] == "failed" and pd.isna(boom["test_acc"])
     row = runs[(runs["regularizer"] == "hs_mhe") & (runs["seed"] == 1)].iloc[0]
@@ -192,3 +196,23 @@ def test_dirty_means_code_not_docs_or_results(tmp_path):
     assert git_state(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("edited\n")
     assert git_state(tmp_path)["dirty"] is True
+
+
+def test_each_record_format_has_a_reader(tmp_path):
+    """Format 1 lacked machine/runtime/distributed (read as None); 2 must hold them; a later
+    format is refused in one line rather than taken for absent (and overwritten by a sweep)."""
+    base = {"run_id": "r", "status": "complete", "reason": None, "config": {}, "seed": 0,
+            "git": {}, "versions": {}, "device": "cpu", "synthetic": False, "wall_time_s": 1.0,
+            "median_step_ms": 1.0, "curves": {}, "final": {}}
+    path = tmp_path / "r.json"
+    records.write_json_atomic(path, {**base, "schema_version": 1})
+    rec = records.load_record(path)
+    assert rec["machine"] is None and rec["runtime"] is None and rec["distributed"] is None
+    records.write_json_atomic(path, {**base, "schema_version": 2})
+    assert records.load_record(path) is None  # a format-2 record without its fields is broken
+    records.write_json_atomic(path, {**base, "schema_version": 2, "machine": {"cpu": "x"},
+                                     "runtime": None, "distributed": None})
+    assert records.load_record(path)["machine"] == {"cpu": "x"}
+    records.write_json_atomic(path, {**base, "schema_version": records.SCHEMA_VERSION + 1})
+    with pytest.raises(records.NewerRecord, match="record format 3, this CoMHE-Bench reads up to 2"):
+        records.load_record(path)
