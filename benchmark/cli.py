@@ -272,6 +272,27 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _tuning_of(results: Path, out: Path):
+    """The leaderboard's tuning context of a results directory whose suite was tuned (a
+    ``tuning/choice.yaml`` beside its records), None otherwise; plot links relative to ``out``."""
+    import yaml
+
+    from benchmark.analysis.leaderboard import tuning_context
+    from benchmark.analysis.plots import tuning_plot_path
+    from benchmark.tuning import choice_path
+
+    path = choice_path(results)
+    if not path.is_file():
+        return None
+    choice = yaml.safe_load(path.read_text()) or {}
+    plots = {}
+    for c in choice.get("choices") or []:
+        png = tuning_plot_path(path.parent / "validation_curve", c["dataset"], c["model"])
+        if png.is_file():
+            plots[(c["dataset"], c["model"])] = Path(os.path.relpath(png, out.resolve().parent)).as_posix()
+    return tuning_context(choice, plots)
+
+
 def _cmd_leaderboard(args) -> int:
     from benchmark.analysis.report import render_leaderboards
     from benchmark.analysis.store import build_store, load_store
@@ -295,8 +316,9 @@ def _cmd_leaderboard(args) -> int:
         if runs.empty:
             raise ConfigError(f"no run records under '{d}'")
         groups.append((d.as_posix(), runs))
+    tunings = [_tuning_of(d, Path(args.out)) for d in dirs]
     print(render_leaderboards(groups, args.out, include_stuck=args.include_stuck,
-                              allow_mixed_code=args.allow_mixed_code))
+                              allow_mixed_code=args.allow_mixed_code, tunings=tunings))
     return 0
 
 

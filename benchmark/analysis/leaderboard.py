@@ -31,7 +31,7 @@ from benchmark.analysis.tables import (
     wilcoxon_shown,
 )
 
-__all__ = ["render_leaderboard", "render_leaderboards"]
+__all__ = ["render_leaderboard", "render_leaderboards", "tuning_context"]
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -82,29 +82,70 @@ def _section_setup(runs: pd.DataFrame) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def tuning_context(choice: dict | None, plots: dict[tuple[str, str], str] | None = None
+                   ) -> dict | None:
+    """What a section of a tuned suite shows beside its table, from the tuning stage's choice
+    file (benchmark/analysis/choice.py): per (dataset, model, label) the chosen value, and the
+    budget every method had. ``plots``: (dataset, model) -> the validation-curve figure's link."""
+    if not choice:
+        return None
+    chosen = {(c["dataset"], c["model"], c["label"]): (c["param"], c.get("chosen"), len(c["grid"]))
+              for c in choice.get("choices") or []}
+    sizes = sorted({n for _, _, n in chosen.values()})
+    return {"chosen": chosen, "plots": plots or {}, "budget": (
+        f"every method tuned with the same budget: {'/'.join(map(str, sizes))} grid values x "
+        f"{len(choice.get('seeds') or [])} tuning seeds ({', '.join(map(str, choice.get('seeds') or []))}) "
+        f"on a {choice.get('validation_images')}-image validation split held out of the training "
+        f"set; chosen by {choice.get('rule')}; the test set was not used to choose")}
+
+
+def _chosen_text(tuning: dict, dataset: str, model: str, label: str) -> str:
+    param, value, _ = tuning["chosen"].get((dataset, model, label), (None, None, 0))
+    if param is None:
+        return "not tuned"
+    return "none (every value broke a run)" if value is None else f"{param} = {value:g}"
+
+
 def _share(r: pd.Series) -> str:
     return f"{int(r['n_complete'])}/{int(r['n_runs'])}"
 
 
 def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
-                          source: str, metric: str) -> list[dict[str, Any]]:
+                          source: str, metric: str, tuning: dict | None = None
+                          ) -> list[dict[str, Any]]:
+    """One section per (dataset, model). A tuned suite's sections (``tuning``: from
+    :func:`tuning_context`) rank the methods by mean final error (1 = lowest; rows in rank
+    order), say whether each beats the baseline after Holm, and show its chosen value."""
     sections = []
     for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
         wilcoxon = wilcoxon_shown(col)
-        header = ["label", "runs", "trained", "p (trained share vs baseline, Fisher, Holm)",
+        if tuning:
+            col = col.assign(rank=col["mean"].rank(method="min")).sort_values(
+                ["rank", "label"], na_position="last")
+        header = [*(["rank"] if tuning else []), "label",
+                  *(["chosen (validation)"] if tuning else []), "runs", "trained",
+                  "p (trained share vs baseline, Fisher, Holm)",
                   f"mean {metric} [95% t CI]", "Δ vs baseline [95% t CI]",
                   "p (paired t, Holm)", *(["p (Wilcoxon, Holm)"] if wilcoxon else []),
+                  *([f"beats baseline (Holm, {alpha:g})"] if tuning else []),
                   "code", "synthetic"]
         rows = []
         for _, r in col.iterrows():
             base = bool(r["is_baseline"])
-            rows.append([md_escape(r["label"]), md_escape(r["outcomes"]), _share(r),
+            beats = (not base and pd.notna(r["p_ttest_holm"]) and r["p_ttest_holm"] < alpha
+                     and pd.notna(r.get("mean_diff")) and r["mean_diff"] < 0)
+            tuned = ([str(int(r["rank"])) if pd.notna(r["rank"]) else "-"] if tuning else [])
+            rows.append([*tuned, md_escape(r["label"]),
+                         *([md_escape(_chosen_text(tuning, dataset, model, r["label"]))]
+                           if tuning else []),
+                         md_escape(r["outcomes"]), _share(r),
                          "baseline" if base else fmt_p(r["p_success_holm"]),
                          f"{fmt_num(r['mean'])} {fmt_ci(r['ci_t_low'], r['ci_t_high'])}"
                          if r["n"] > 1 else f"{fmt_num(r['mean'])} (n={int(r['n'])})"
                          if r["n"] else "no counted runs",
                          "baseline" if base else diff_text(r), fmt_p(r["p_ttest_holm"]),
                          *([fmt_p(r["p_wilcoxon_holm"])] if wilcoxon else []),
+                         *((["baseline" if base else "yes" if beats else "no"]) if tuning else []),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
         col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
         sections.append({"dataset": md_escape(dataset),
@@ -114,7 +155,9 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          "header": header, "rows": rows,
                          "synthetic": bool(col["synthetic"].any()),
                          "power_note": power_note(col, alpha, metric),
-                         "noise_text": noise_text(col, metric)})
+                         "noise_text": noise_text(col, metric),
+                         "tuning": md_escape(tuning["budget"]) if tuning else None,
+                         "plot": (tuning or {}).get("plots", {}).get((dataset, model))})
     return sections
 
 
@@ -123,17 +166,20 @@ def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
                         baseline: str = "weight_decay", metric: str = "test_error",
                         include_synthetic: bool = True, include_stuck: bool = False,
                         alpha: float = 0.05, declared: Sequence[str] | None = None,
-                        allow_mixed_code: bool = False) -> Path:
+                        allow_mixed_code: bool = False,
+                        tunings: Sequence[dict | None] | None = None) -> Path:
     """Render one leaderboard from several groups of runs, e.g. one per results directory
     (``[("results/fashion/runs", runs_a), ("results/quick/runs", runs_b)]``): each group is
     compared on its own (its own cells, Holm family and row order: the order of its suites),
     and each of its (dataset, model) cells becomes a section whose heading states the set-up
     (dataset, model and kwargs, suite, protocol and its hash, seeds, code versions). Groups
     keep the given order. ``declared`` (None: each group's suites' order) orders the rows
-    after the baseline in every group. Every group is computed before anything is written: a set-up mix
+    after the baseline in every group. ``tunings``: per group, the :func:`tuning_context` of a
+    tuned suite (None: not tuned). Every group is computed before anything is written: a set-up mix
     in any of them raises ``SetupError`` naming that group, and no file is written."""
     sections, notes, n_runs = [], [], 0
-    for source, runs_df in groups:
+    tunings = list(tunings) if tunings is not None else [None] * len(groups)
+    for (source, runs_df), tuning in zip(groups, tunings, strict=True):
         try:
             table = cells.compare_to_baseline(
                 runs_df, baseline=baseline, metric=metric, include_synthetic=include_synthetic,
@@ -144,7 +190,7 @@ def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
             raise cells.SetupError(f"{source}: {exc}" if source else str(exc)) from None
         if allow_mixed_code:
             notes += mixed_code_notes(table)
-        sections += _leaderboard_sections(table, runs_df, alpha, source, metric)
+        sections += _leaderboard_sections(table, runs_df, alpha, source, metric, tuning)
         n_runs += int(len(runs_df))
     sources = [md_escape(src) for src, _ in groups if src]
     md = template_env().get_template("leaderboard.md.j2").render(

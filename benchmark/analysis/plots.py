@@ -183,6 +183,11 @@ def plot_training_dynamics(curves_df: pd.DataFrame, out_dir: str | Path, *,
     return paths
 
 
+def tuning_plot_path(out_stem: str | Path, dataset: str, model: str) -> Path:
+    """The PNG :func:`plot_tuning` writes for one (dataset, model) (a PDF beside it)."""
+    return Path(f"{out_stem}_{_slug(dataset)}_{_slug(model)}.png")
+
+
 def plot_tuning(choice: dict, out_stem: str | Path) -> list[Path]:
     """The tuning stage's validation curves, from a choice file's content (benchmark/tuning.py):
     one panel per method (their strengths live on different scales), validation error against
@@ -218,5 +223,5 @@ def plot_tuning(choice: dict, out_stem: str | Path) -> list[Path]:
             ax.set_visible(False)
         fig.suptitle(mpl_escape(f"{choice['suite']}: {dataset}, {model}; "
                                 f"{len(choice['seeds'])} tuning seeds (star: chosen)"), fontsize=9, y=1.03)
-        paths += _save(fig, Path(f"{out_stem}_{_slug(dataset)}_{_slug(model)}"))
+        paths += _save(fig, tuning_plot_path(out_stem, dataset, model).with_suffix(""))
     return paths

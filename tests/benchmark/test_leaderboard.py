@@ -154,3 +154,48 @@ def test_what_the_fashion_docs_claim_is_what_the_table_can_show():
     comp = table.loc[~table["is_baseline"], "image_component"]
     assert f"{comp.min():.2f}-{comp.max():.2f} points" in doc
     assert "No regularizer differs" not in doc and "McNemar" not in doc
+
+
+# --- a tuned suite's section (issue 24 item 5) ----------------------------------------------
+
+def test_a_tuned_suite_is_ranked_with_its_chosen_values_budget_and_plot(two_dirs, tmp_path):
+    """A results directory with tuning/choice.yaml: its section ranks the methods by mean error,
+    marks what beats the baseline after Holm, shows each method's chosen value and the tuning
+    budget, and links the validation-curve figure; a directory without one is unchanged."""
+    import yaml
+
+    from benchmark.analysis.store import build_store
+
+    quick, _ = two_dirs
+    runs, _ = build_store(quick)
+    labels = list(dict.fromkeys(runs["label"]))
+    choice = {"suite": "quick", "grid_hash": "x", "metric": "val_error", "validation_images": 360,
+              "seeds": [100, 101], "rule": "lowest mean validation error",
+              "choices": [{"dataset": "digits", "model": "cnn9", "model_kwargs": {"width": 0.25},
+                           "label": lab, "regularizer": lab, "param": "strength",
+                           "chosen": 0.32, "grid": [{"value": v} for v in (0.1, 0.32, 1.0)]}
+                          for lab in labels]}
+    (quick / "tuning").mkdir()
+    (quick / "tuning" / "choice.yaml").write_text(yaml.safe_dump(choice))
+    (quick / "tuning" / "validation_curve_digits_cnn9.png").write_bytes(b"png")
+    out = tmp_path / "board" / "lb.md"
+    out.parent.mkdir()
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert ("Tuned suite: every method tuned with the same budget: 3 grid values x 2 tuning seeds "
+            "(100, 101) on a 360-image validation split") in md
+    assert "[../quick/tuning/validation_curve_digits_cnn9.png](../quick/tuning/validation_curve_digits_cnn9.png)" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| rank | label | chosen (validation) |")
+    assert "beats baseline (Holm, 0.05)" in table[0]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
+    ranks = [int(r[0]) for r in body]
+    means = [float(r[6].split()[0]) for r in body]
+    assert ranks == sorted(ranks) and means == sorted(means) and len(body) == len(labels)
+    assert all(r[2] == "strength = 0.32" for r in body)
+    # the quick suite's differences are not significant after Holm: nobody beats the baseline
+    assert {r[-3] for r in body} <= {"baseline", "no"} and "baseline" in {r[-3] for r in body}
+    # without the choice file the same directory gives the plain, unranked section
+    (quick / "tuning" / "choice.yaml").unlink()
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    assert "Tuned suite" not in out.read_text() and "| rank |" not in out.read_text()
