@@ -6,10 +6,13 @@
 Evaluation uses running BN statistics on the whole test set; the reported metrics (overall
 accuracy, and mean class accuracy: the mean over classes of each class's accuracy) are those
 at the final iteration. Under ``data.validation`` the evaluated set is the validation split
-(the test set is not in the dataset) and the record names its metrics ``val_*``. A model's auxiliary losses (``forward_with_aux``: PointNet's
-feature-transform loss) are in the training loss and logged by name as window means in
-``curves["aux"]``. A run resumes from its checkpoint exactly (model, optimiser,
-regularizer, batch stream, RNG states, curves).
+(the test set is not in the dataset) and the record names its metrics ``val_*``. A model's
+auxiliary losses (``forward_with_aux``: PointNet's feature-transform loss) are in the training
+loss and logged by name as window means in ``curves["aux"]``. A run resumes from its
+checkpoint exactly (model, optimiser, regularizer, batch stream, RNG states, curves).
+
+``train_packed`` reads as its phases: set-up (or resume), step, evaluate, checkpoint, record,
+each a method of ``_Loop``; the run is asked only what ``driven.Driven`` declares.
 
 Under DDP (``training.distributed``) every rank runs this loop in lockstep; only rank 0 writes
 the checkpoint, the record and the progress lines, and the ranks agree (collectively) on
