@@ -134,7 +134,7 @@ class GraphedStep:
         if self.before_inside:
             run.before_step(self.graph_lr)
         x, y = self.batches.next()
-        # run.last_aux: empty here (check_engine_support refuses auxiliary losses in graph mode)
+        # run.last_aux: empty here (checks.check_engine_support refuses auxiliary losses in graph mode)
         loss, ce, pen, run.last_aux = run.loss_fn(run.inputs(x), y)
         # Recording: gradients are None here, so backward allocates them in the graph's pool and
         # every replay overwrites them (no accumulation). Without recording: plain eager.

@@ -6,10 +6,13 @@
 Evaluation uses running BN statistics on the whole test set; the reported metrics (overall
 accuracy, and mean class accuracy: the mean over classes of each class's accuracy) are those
 at the final iteration. Under ``data.validation`` the evaluated set is the validation split
-(the test set is not in the dataset) and the record names its metrics ``val_*``. A model's auxiliary losses (``forward_with_aux``: PointNet's
-feature-transform loss) are in the training loss and logged by name as window means in
-``curves["aux"]``. A run resumes from its checkpoint exactly (model, optimiser,
-regularizer, batch stream, RNG states, curves).
+(the test set is not in the dataset) and the record names its metrics ``val_*``. A model's
+auxiliary losses (``forward_with_aux``: PointNet's feature-transform loss) are in the training
+loss and logged by name as window means in ``curves["aux"]``. A run resumes from its
+checkpoint exactly (model, optimiser, regularizer, batch stream, RNG states, curves).
+
+``train_packed`` reads as its phases: set-up (or resume), step, evaluate, checkpoint, record,
+each a method of ``_Loop``; the run is asked only what ``driven.Driven`` declares.
 
 Under DDP (``training.distributed``) every rank runs this loop in lockstep; only rank 0 writes
 the checkpoint, the record and the progress lines, and the ranks agree (collectively) on
@@ -32,17 +35,12 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.correct_bits import encode
 from benchmark.data.datasets.split import validation_names
 from benchmark.progress import progress as progress_bar
-from benchmark.training.distributed import (
-    all_mean,
-    broadcast_flag,
-    check as check_distributed,
-    env_world_size,
-    is_main,
-    min_over_ranks,
-)
+from benchmark.training.checks import check_runs
+from benchmark.training.distributed import all_mean, broadcast_flag, is_main, min_over_ranks
+from benchmark.training.driven import Driven
 from benchmark.training.metrics import device_name, environment
 from benchmark.training.packed import setup_packed
-from benchmark.training.run import resolve_threads, setup, tf32_state, validate
+from benchmark.training.run import resolve_threads, setup, tf32_state
 
 # Host syncs are what make a small GPU step slow: the loss is checked for finiteness on the
 # device every step and read back only every this many steps (and at every evaluation).
@@ -100,9 +98,7 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
     ``runtime.pack_seeds``. torch's thread count is ``runtime.threads`` during the run. A stop
     request (``benchmark.stopping``) writes the checkpoint and raises ``Interrupted``.
     """
-    for spec in specs:
-        validate(spec)
-    check_distributed(specs[0].protocol, env_world_size(), packed=len(specs) > 1)
+    check_runs(specs)
     previous = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(specs[0].protocol.runtime.threads))
     try:  # the caller's thread count is its own (tests, a notebook): put it back
@@ -113,194 +109,245 @@ def train_packed(specs: list[RunSpec], results_dir: str | Path, *, progress: boo
 
 def _train_packed(specs: list[RunSpec], results_dir: Path, progress: bool, stop_after: int | None,
                   pack_seeds: int | None) -> list[dict]:
-    proto = specs[0].protocol
-    S = len(specs)
-    ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if S == 1:
-        run = setup(specs[0])
-    else:
-        run = setup_packed(specs)
-    device, data = run.device, run.data
-    cuda = device.type == "cuda"
-    dist_info = getattr(run, "dist_info", None)
-    main = is_main()  # rank 0 (or the only process): files and log lines
-    world_sizes = [1 if dist_info is None else dist_info.world_size]
-    opt_cfg = proto.optimizer
+    """The iterations, phase by phase (each a method of ``_Loop``, one screen each)."""
+    loop = _Loop(specs, results_dir, progress, stop_after, pack_seeds)  # set-up (or resume)
+    iterations = loop.proto.iterations
+    for it in range(loop.start_it, iterations):
+        loop.step(it)
+        done = it + 1
+        is_eval = done % loop.proto.eval_every == 0 or done == iterations
+        if (is_eval or done % FINITE_CHECK_EVERY == 0) and loop.check_finite():
+            return loop.records(done)  # no seed left training
+        if is_eval:
+            loop.evaluate(done)
+        if loop.bar is not None:
+            loop.bar.update(1)
+        if loop.checkpoint(done):  # a stop request raised Interrupted; stop_after returns
+            return [{} for _ in specs]
+    loop.check_finite()
+    return loop.records(iterations)
 
-    curves, window_ms, start_it, elapsed_before = [_new_curves() for _ in specs], [], 0, 0.0
-    # Running sums since the last evaluation (logged as window means); part of the checkpoint.
-    window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0, "aux_sum": {}}
-    diverged: list[int | None] = [None] * S  # iteration at which each seed's loss went non-finite
-    resumed_from: list[int] = []
-    if broadcast_flag(ckpt_path.exists(), device):  # every rank resumes, or none
-        ck = load_checkpoint(ckpt_path, specs, device)
-        run.load_state_dict(ck["run"])
+
+class _Loop:
+    """One call of ``train_packed``: the run (``driven.Driven``) and what the loop keeps
+    between steps (curves, the window's running sums, divergence, timing): all of it is in
+    the checkpoint, so a resumed run continues exactly."""
+
+    # ----------------------------------------------------------------- set-up
+    def __init__(self, specs: list[RunSpec], results_dir: Path, progress: bool,
+                 stop_after: int | None, pack_seeds: int | None) -> None:
+        self.specs, self.results_dir, self.stop_after = specs, results_dir, stop_after
+        self.proto = proto = specs[0].protocol
+        S = len(specs)
+        self.ckpt_path = records.checkpoint_path(results_dir, pack_id(specs))
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        run: Driven = setup(specs[0]) if S == 1 else setup_packed(specs)
+        self.run = run
+        self.device = device = run.device
+        self.cuda = device.type == "cuda"
+        self.main = is_main()  # rank 0 (or the only process): files and log lines
+        self.world_sizes = [1 if run.dist_info is None else run.dist_info.world_size]
+        self.curves, self.window_ms = [_new_curves() for _ in specs], []
+        self.start_it, self.elapsed_before = 0, 0.0
+        # Running sums since the last evaluation (logged as window means); part of the checkpoint.
+        window = {"loss_sum": [0.0] * S, "pen_sum": [0.0] * S, "steps": 0, "aux_sum": {}}
+        self.diverged: list[int | None] = [None] * S  # iteration each seed's loss went non-finite
+        self.resumed_from: list[int] = []
+        if broadcast_flag(self.ckpt_path.exists(), device):  # every rank resumes, or none
+            window = self._resume()
+        self.base_record = self._describe(started, pack_seeds)
+        if self.start_it == 0:
+            for spec, (ce0, wd0, pen0) in zip(specs, run.iteration0(proto.optimizer.weight_decay)):
+                if self.main:
+                    print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term "
+                          f"{wd0:.4f}, penalty {pen0:.4f}", flush=True)
+        self.loss_sum = torch.tensor(window["loss_sum"], device=device)
+        self.pen_sum = torch.tensor(window["pen_sum"], device=device)
+        self.aux_sum = {k: torch.tensor(v, device=device)
+                        for k, v in window.get("aux_sum", {}).items()}
+        self.first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
+        self.steps_in_window = window["steps"]
+        self.t0 = self.t_window = time.perf_counter()
+        self.bn_momentum_set = None  # what the modules hold, once the schedule has set it
+        self.bar = None
+        if progress and self.main:
+            seeds = ",".join(str(s.seed) for s in specs)
+            # line 1: under the suite's bar (line 0) on a terminal; plain lines in a log
+            self.bar = progress_bar(proto.iterations, f"{specs[0].display_label} s{seeds}",
+                                    initial=self.start_it, position=1)
+
+    def _resume(self) -> dict:
+        """The checkpoint's state back in the run, the RNGs and the loop; its window sums."""
+        ck = load_checkpoint(self.ckpt_path, self.specs, self.device)
+        self.run.load_state_dict(ck["run"])
         torch.set_rng_state(ck["rng_cpu"])
-        if cuda and ck.get("rng_cuda") is not None:
+        if self.cuda and ck.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ck["rng_cuda"])
-        curves, window_ms, diverged = ck["curves"], ck["window_ms"], ck["diverged"]
-        start_it, elapsed_before, window = ck["iteration"], ck["elapsed_s"], ck["window"]
-        resumed_from = [*ck.get("resumed_from", []), start_it]  # the record says it resumed
-        world_sizes = [*ck.get("world_sizes", [1]), world_sizes[0]]  # per segment of the run
+        self.curves, self.window_ms, self.diverged = ck["curves"], ck["window_ms"], ck["diverged"]
+        self.start_it, self.elapsed_before = ck["iteration"], ck["elapsed_s"]
+        self.resumed_from = [*ck.get("resumed_from", []), self.start_it]  # the record says so
+        # per segment of the run
+        self.world_sizes = [*ck.get("world_sizes", [1]), self.world_sizes[0]]
+        return ck["window"]
 
-    base_record = {  # what every seed's record shares (records.make_record adds the rest)
-        **environment(), "device": device_name(device), "synthetic": data.synthetic,
-        # the CPU, its dispatch level, math libraries, threads, CUDA stack: what explains a
-        # numerical difference between two machines (not part of the run's identity)
-        "machine": machine.facts(device),
-        "notes": list(getattr(run.models[0], "model_notes", [])),
-        "regularizer_hparams_resolved": dict(run.regs[0].hparams),
-        "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
-                    "channels_last": run.memory_format == torch.channels_last, "packed_seeds": S,
-                    "pack_seeds": pack_seeds or S, "threads": torch.get_num_threads(),
-                    "precision": proto.runtime.precision, **tf32_state(device)},
-        # the regularizer's strength schedule in effect (SRIP's epochs), None without one
-        "regularizer_schedule": run.regs[0].epoch_schedule(
-            getattr(run.stream, "per_epoch", None) or run.stream.streams[0].per_epoch,
-            proto.iterations),
-        "started_at": started,
-        # how it ran: processes (and the world size of every resumed segment), per-rank batch
-        "distributed": {"world_size": world_sizes[-1], "nodes": 1, "backend": None,
-                        "per_rank_batch": proto.batch_size,
-                        **(dist_info.record(proto.batch_size) if dist_info else {}),
-                        "world_sizes": world_sizes},
-    }
+    def _describe(self, started: str, pack_seeds: int | None) -> dict:
+        """What every seed's record shares (records.make_record adds the rest)."""
+        run, proto, device, S = self.run, self.proto, self.device, len(self.specs)
+        dist_info = run.dist_info
+        return {
+            **environment(), "device": device_name(device), "synthetic": run.data.synthetic,
+            # the CPU, its dispatch level, math libraries, threads, CUDA stack: what explains a
+            # numerical difference between two machines (not part of the run's identity)
+            "machine": machine.facts(device),
+            "notes": run.model_notes,
+            "regularizer_hparams_resolved": dict(run.regs[0].hparams),
+            "runtime": {"compile": run.compile_mode, "bf16": run.bf16, "dtype": str(run.dtype),
+                        "channels_last": run.memory_format == torch.channels_last,
+                        "packed_seeds": S, "pack_seeds": pack_seeds or S,
+                        "threads": torch.get_num_threads(),
+                        "precision": proto.runtime.precision, **tf32_state(device)},
+            # the regularizer's strength schedule in effect (SRIP's epochs), None without one
+            "regularizer_schedule": run.regs[0].epoch_schedule(run.per_epoch, proto.iterations),
+            "started_at": started,
+            # how it ran: processes (and the world size of every resumed segment), per-rank batch
+            "distributed": {"world_size": self.world_sizes[-1], "nodes": 1, "backend": None,
+                            "per_rank_batch": proto.batch_size,
+                            **(dist_info.record(proto.batch_size) if dist_info else {}),
+                            "world_sizes": self.world_sizes},
+        }
 
-    if start_it == 0:
-        for spec, (ce0, wd0, pen0) in zip(specs, run.iteration0(opt_cfg.weight_decay)):
-            if main:
-                print(f"[{spec.run_id}] iteration 0: CE {ce0:.4f}, weight-decay term {wd0:.4f}, "
-                      f"penalty {pen0:.4f}", flush=True)
+    # ----------------------------------------------------------------- step
+    def step(self, it: int) -> None:
+        """Iteration ``it``: the BN momentum and rate of the schedule, the run's step, and the
+        window's sums kept on the device (no host sync per step)."""
+        run, proto = self.run, self.proto
+        bn_momentum = proto.bn_momentum_at(it)
+        # set on the modules only when the schedule moves (every `every` iterations)
+        if bn_momentum is not None and bn_momentum != self.bn_momentum_set:
+            run.set_bn_momentum(bn_momentum)
+            self.bn_momentum_set = bn_momentum
+        loss, ce, pen = run.step(proto.lr_at(it))
+        for name, term in run.last_aux.items():
+            value = term.detach().float().reshape(-1)
+            self.aux_sum[name] = self.aux_sum[name] + value if name in self.aux_sum else value.clone()
+        bad = ~torch.isfinite(loss.detach().reshape(-1))
+        self.first_bad = torch.where(bad & (self.first_bad < 0),
+                                     torch.full_like(self.first_bad, it), self.first_bad)
+        self.loss_sum += ce.detach().reshape(-1)
+        self.pen_sum += pen.detach().float().reshape(-1)
+        self.steps_in_window += 1
 
-    loss_sum = torch.tensor(window["loss_sum"], device=device)
-    pen_sum = torch.tensor(window["pen_sum"], device=device)
-    aux_sum = {k: torch.tensor(v, device=device) for k, v in window.get("aux_sum", {}).items()}
-    first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
-    steps_in_window = window["steps"]
-    t0 = time.perf_counter()
-    t_window = t0
-    bar = None
-    if progress and main:
-        seeds = ",".join(str(s.seed) for s in specs)
-        # line 1: under the suite's bar (line 0) on a terminal; plain lines in a log
-        bar = progress_bar(proto.iterations, f"{specs[0].display_label} s{seeds}",
-                           initial=start_it, position=1)
-
-    def check_finite() -> bool:
-        """Record newly diverged seeds; True when no seed is left training."""
-        bad = first_bad
-        if dist_info is not None:  # the first iteration any rank saw a non-finite loss
+    def check_finite(self) -> bool:
+        """Record newly diverged seeds (a host sync); True when no seed is left training."""
+        bad = self.first_bad
+        if self.run.dist_info is not None:  # the first iteration any rank saw a non-finite loss
             never = torch.iinfo(torch.long).max
-            bad = min_over_ranks(torch.where(first_bad < 0, never, first_bad))
+            bad = min_over_ranks(torch.where(self.first_bad < 0, never, self.first_bad))
             bad = torch.where(bad == never, -1, bad)
         for s, it_bad in enumerate(bad.tolist()):
-            if it_bad >= 0 and diverged[s] is None:
-                diverged[s] = it_bad
-        return all(d is not None for d in diverged)
+            if it_bad >= 0 and self.diverged[s] is None:
+                self.diverged[s] = it_bad
+        return all(d is not None for d in self.diverged)
 
-    def finish(last_it: int) -> list[dict]:
-        if bar is not None:
-            bar.close()
+    # ----------------------------------------------------------------- evaluate
+    def evaluate(self, done: int) -> None:
+        """After ``done`` iterations: the window's step time and means, the evaluation and the
+        layer energies appended to every seed's curves; the window starts again."""
+        run, S, n = self.run, len(self.specs), self.steps_in_window
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.window_ms.append((time.perf_counter() - self.t_window) * 1000.0 / n)
+        evals, energies = run.evaluate(), run.layer_energies()
+        # the CE of this rank's shard: the mean over ranks is the global batch's
+        losses = all_mean(self.loss_sum / n).tolist()
+        pens = (self.pen_sum / n).tolist()
+        auxes = [{k: v.tolist()[s] / n for k, v in self.aux_sum.items()} for s in range(S)]
+        test_y, hits = run.data.test_y, run.last_correct
+        for s, (c, (acc, _), e, lo, pe) in enumerate(zip(self.curves, evals, energies, losses, pens)):
+            c.setdefault("test_mean_class_acc", []).append(
+                mean_class_accuracy(hits[s], test_y) if hits else float("nan"))
+            for name, v in auxes[s].items():
+                c.setdefault("aux", {}).setdefault(name, []).append(v)
+            c["iteration"].append(done)
+            c["test_acc"].append(acc)
+            c["test_error"].append(100.0 - acc)
+            c["train_loss"].append(lo)
+            c["penalty"].append(pe)
+            c["energy_total"].append(sum(e.values()))
+            for name, v in e.items():
+                c["energy"].setdefault(name, []).append(v)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.curves[0]['train_loss'][-1]:.3f}",
+                                 acc=f"{evals[0][0]:.2f}")
+        self.loss_sum.zero_()
+        self.pen_sum.zero_()
+        self.aux_sum = {}
+        self.steps_in_window = 0
+        self.t_window = time.perf_counter()
+
+    # ----------------------------------------------------------------- checkpoint
+    def checkpoint(self, done: int) -> bool:
+        """Write the checkpoint when it is due (every ``checkpoint_every``, or before leaving);
+        True when this call leaves now (``stop_after``); raises Interrupted on a stop request."""
+        proto, last = self.proto, self.proto.iterations
+        leaving = (self.stop_after is not None and done - self.start_it >= self.stop_after
+                   and done < last)
+        # a signal may reach the ranks at different steps: they leave together
+        interrupted = (broadcast_flag(stopping.requested(), self.device)
+                       if self.run.dist_info is not None else stopping.requested()) and done < last
+        if done < last and (done % proto.checkpoint_every == 0 or leaving or interrupted):
+            self.check_finite()
+            window = {"loss_sum": all_mean(self.loss_sum).tolist(),
+                      "pen_sum": self.pen_sum.tolist(), "steps": self.steps_in_window,
+                      "aux_sum": {k: v.tolist() for k, v in self.aux_sum.items()}}
+            if self.main:
+                _save_checkpoint(self.ckpt_path, self.run, self.curves, self.window_ms, window,
+                                 self.diverged, done, self._wall(), self.cuda, self.specs,
+                                 self.resumed_from, self.world_sizes)
+        if leaving or interrupted:
+            if self.bar is not None:
+                self.bar.close()
+            if interrupted:
+                raise stopping.Interrupted(stopping.signum())
+            return True
+        return False
+
+    def _wall(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    # ----------------------------------------------------------------- record
+    def records(self, last_it: int) -> list[dict]:
+        """Every seed's record (complete, or diverged at its iteration), written by rank 0,
+        and the checkpoint removed."""
+        if self.bar is not None:
+            self.bar.close()
         out = []
-        wall = elapsed_before + time.perf_counter() - t0
-        for s, spec in enumerate(specs):
-            it = last_it if diverged[s] is None else diverged[s]
-            evaluation = {"curves": _truncate(curves[s], it),
-                          "final": _final(_truncate(curves[s], it), it, data.test_y.shape[0]),
-                          **_correct_of(run, s, diverged[s] is None
-                                        and curves[s]["iteration"][-1:] == [it])}
+        wall = self._wall()
+        for s, spec in enumerate(self.specs):
+            div = self.diverged[s]
+            it = last_it if div is None else div
+            curves = _truncate(self.curves[s], it)
+            evaluation = {"curves": curves,
+                          "final": _final(curves, it, self.run.data.test_y.shape[0]),
+                          **_correct_of(self.run, s, div is None
+                                        and self.curves[s]["iteration"][-1:] == [it])}
             if spec.protocol.data.validation:  # evaluated on held-out training images
                 evaluation = validation_names(evaluation)
             record = records.make_record(
-                spec, status="complete" if diverged[s] is None else "diverged",
-                reason=None if diverged[s] is None else f"non-finite loss at iteration {diverged[s]}",
-                **base_record, **evaluation, wall_time_s=wall, resumed_from=resumed_from,
-                median_step_ms=statistics.median(window_ms) if window_ms else float("nan"),
+                spec, status="complete" if div is None else "diverged",
+                reason=None if div is None else f"non-finite loss at iteration {div}",
+                **self.base_record, **evaluation, wall_time_s=wall,
+                resumed_from=self.resumed_from,
+                median_step_ms=statistics.median(self.window_ms) if self.window_ms else float("nan"),
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             out.append(record)
-            if not main:
+            if not self.main:
                 continue
-            records.check_claim(results_dir, spec.run_id)  # a deleted lock file: see records
-            records.write_json_atomic(records.record_path(results_dir, spec.run_id), record)
-        if main:
-            ckpt_path.unlink(missing_ok=True)
+            records.check_claim(self.results_dir, spec.run_id)  # a deleted lock file: see records
+            records.write_json_atomic(records.record_path(self.results_dir, spec.run_id), record)
+        if self.main:
+            self.ckpt_path.unlink(missing_ok=True)
         return out
-
-    bn_momentum_set = None  # set on the modules only when the schedule moves (every `every` its)
-    for it in range(start_it, proto.iterations):
-        bn_momentum = proto.bn_momentum_at(it)
-        if bn_momentum is not None and bn_momentum != bn_momentum_set:
-            run.set_bn_momentum(bn_momentum)
-            bn_momentum_set = bn_momentum
-        loss, ce, pen = run.step(proto.lr_at(it))
-        for name, term in getattr(run, "last_aux", {}).items():
-            value = term.detach().float().reshape(-1)
-            aux_sum[name] = aux_sum[name] + value if name in aux_sum else value.clone()
-
-        # Device-side bookkeeping: no host sync per step.
-        bad = ~torch.isfinite(loss.detach().reshape(-1))
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, it), first_bad)
-        loss_sum += ce.detach().reshape(-1)
-        pen_sum += pen.detach().float().reshape(-1)
-        steps_in_window += 1
-        done = it + 1
-        is_eval = done % proto.eval_every == 0 or done == proto.iterations
-        if (is_eval or done % FINITE_CHECK_EVERY == 0) and check_finite():
-            return finish(done)
-        if is_eval:
-            if cuda:
-                torch.cuda.synchronize()
-            window_ms.append((time.perf_counter() - t_window) * 1000.0 / steps_in_window)
-            evals, energies = run.evaluate(), run.layer_energies()
-            # the CE of this rank's shard: the mean over ranks is the global batch's
-            losses = all_mean(loss_sum / steps_in_window).tolist()
-            pens = (pen_sum / steps_in_window).tolist()
-            auxes = [{k: v.tolist()[s] / steps_in_window for k, v in aux_sum.items()} for s in range(S)]
-            test_y = data.test_y
-            for s, (c, (acc, _), e, lo, pe) in enumerate(zip(curves, evals, energies, losses, pens)):
-                hits = getattr(run, "last_correct", None)
-                c.setdefault("test_mean_class_acc", []).append(
-                    mean_class_accuracy(hits[s], test_y) if hits else float("nan"))
-                for name, v in auxes[s].items():
-                    c.setdefault("aux", {}).setdefault(name, []).append(v)
-                c["iteration"].append(done)
-                c["test_acc"].append(acc)
-                c["test_error"].append(100.0 - acc)
-                c["train_loss"].append(lo)
-                c["penalty"].append(pe)
-                c["energy_total"].append(sum(e.values()))
-                for name, v in e.items():
-                    c["energy"].setdefault(name, []).append(v)
-            if bar is not None:
-                bar.set_postfix(loss=f"{curves[0]['train_loss'][-1]:.3f}", acc=f"{evals[0][0]:.2f}")
-            loss_sum.zero_()
-            pen_sum.zero_()
-            aux_sum = {}
-            steps_in_window = 0
-            t_window = time.perf_counter()
-        if bar is not None:
-            bar.update(1)
-        leaving = stop_after is not None and done - start_it >= stop_after and done < proto.iterations
-        # a signal may reach the ranks at different steps: they leave together
-        interrupted = (broadcast_flag(stopping.requested(), device) if dist_info is not None
-                       else stopping.requested()) and done < proto.iterations
-        if done < proto.iterations and (done % proto.checkpoint_every == 0 or leaving or interrupted):
-            check_finite()
-            window = {"loss_sum": all_mean(loss_sum).tolist(), "pen_sum": pen_sum.tolist(),
-                      "steps": steps_in_window, "aux_sum": {k: v.tolist() for k, v in aux_sum.items()}}
-            if main:
-                _save_checkpoint(ckpt_path, run, curves, window_ms, window, diverged, done,
-                                 elapsed_before + time.perf_counter() - t0, cuda, specs,
-                                 resumed_from, world_sizes)
-        if leaving or interrupted:
-            if bar is not None:
-                bar.close()
-            if interrupted:
-                raise stopping.Interrupted(stopping.signum())
-            return [{} for _ in specs]
-    check_finite()
-    return finish(proto.iterations)
 
 
 def _truncate(curves: dict, iteration: int) -> dict:
@@ -315,10 +362,10 @@ def _truncate(curves: dict, iteration: int) -> dict:
     return out
 
 
-def _correct_of(run, s: int, final_eval: bool) -> dict:
+def _correct_of(run: Driven, s: int, final_eval: bool) -> dict:
     """``{"final_correct": ...}``: seed s's per-image correctness at the final evaluation
     (benchmark/correct_bits.py), for paired (McNemar) standard errors; {} when unknown."""
-    hits = getattr(run, "last_correct", None)
+    hits = run.last_correct
     if not final_eval or not hits or s >= len(hits):
         return {}
     return {"final_correct": encode(hits[s])}

@@ -33,9 +33,10 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.data.images import BatchStream, PackedBatchStream, scale_input
 from benchmark.data.datasets import Dataset
 from benchmark.training.metrics import layer_energies, smoothed_cross_entropy, weight_decay_term
+from benchmark.training.checks import check_packable
+from benchmark.training.driven import Driven
 from benchmark.training.run import (
     build_model,
-    has_aux_losses,
     make_optimizer,
     resolve_device,
     runtime_settings,
@@ -44,31 +45,8 @@ from benchmark.training.run import (
 from benchmark.training.steps import Steps
 
 
-def check_packable(specs: list[RunSpec]) -> None:
-    """One line if these specs cannot be one packed run: they must differ by seed only."""
-    if not specs:
-        raise ConfigError("packed run: no runs given")
-    key = lambda s: {k: v for k, v in s.identity().items() if k != "seed"}  # noqa: E731
-    first = key(specs[0])
-    for s in specs[1:]:
-        if key(s) != first:
-            raise ConfigError(f"packed run: runs must differ by seed only; {specs[0].display_label} "
-                              f"and {s.display_label} differ in more")
-    seeds = [s.seed for s in specs]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"packed run: seeds must be distinct, got {seeds}")
-    spec = specs[0]
-    if datasets.info(spec.dataset).kind != "image":
-        raise ConfigError(f"packed run: point-cloud datasets ({spec.dataset}) cannot be packed; "
-                          "run without --pack-seeds")
-    if has_aux_losses(spec.model, spec.model_kwargs):
-        raise ConfigError(f"packed run: model '{spec.model}' has auxiliary losses, which packed "
-                          "seeds do not support; run without --pack-seeds")
-
-
-
 @dataclass
-class PackedRun(Steps):
+class PackedRun(Steps, Driven):
     """What a packed training step needs; the S-seed counterpart of ``run.Run``."""
 
     specs: list[RunSpec]
@@ -87,8 +65,12 @@ class PackedRun(Steps):
     compile_mode: str = "off"
     dtype: torch.dtype = torch.float32
 
+    # one process: distributed.check refuses --pack-seeds under DDP (driven.Driven.dist_info)
+    dist_info = None
+
     def __post_init__(self) -> None:
         self._init_step()
+        self.last_correct: list[torch.Tensor] = []  # until the first evaluation
 
     @property
     def spec(self) -> RunSpec:
@@ -137,6 +119,14 @@ class PackedRun(Steps):
             reg.before_step_for(w, lr)
 
     # ----------------------------------------------------------------- diagnostics
+    @property
+    def per_epoch(self) -> int:
+        return self.stream.per_epoch
+
+    @property
+    def model_notes(self) -> list[str]:
+        return list(self.models[0].model_notes)
+
     def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
         """Per seed (CE of the first batch in training mode, weight-decay term, penalty) at
         initialisation; BN running statistics are restored, so training is unaffected."""

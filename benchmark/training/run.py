@@ -1,5 +1,7 @@
 """One run's training state, built from a spec: data on the device, the seeded model, the
-regularizer attached, the optimiser and the batch stream; and the checks made before any run.
+regularizer attached, the optimiser and the batch stream. ``Run`` is one of the two
+implementations of ``driven.Driven`` (what the training loop drives); the checks made before
+any run are in ``checks.py``.
 
 Under torchrun or Slurm multi-task (an initialised process group of more than one process) the
 run is data-parallel: ``benchmark.training.distributed`` says what changes.
@@ -11,7 +13,6 @@ GPU: the protocol's ``runtime.precision`` (the paper protocols: fp32 with TF32 t
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +26,13 @@ from benchmark.config import ConfigError, RunSpec
 from benchmark.data.images import BatchStream, scale_input
 from benchmark.data.datasets import Dataset
 from benchmark.data.files import FileBatchStream, eval_batches
-from benchmark.plugins import load_plugins
 from benchmark.data.points import PointStream, points_input, stream_for
 from benchmark.training.distributed import (
     ShardedBatchStream,
+    DistInfo,
     all_mean,
     check as check_distributed,
     current as current_distribution,
-    env_world_size,
     evaluate_sharded,
     sync_batchnorm,
 )
@@ -42,127 +42,9 @@ from benchmark.training.metrics import (
     smoothed_cross_entropy,
     weight_decay_term,
 )
+from benchmark.training.driven import Driven
 from benchmark.training.steps import Steps
 
-# Seeds feed torch.manual_seed, numpy-style generators and seed * 1_000_003 + epoch (the batch
-# stream): 2**32 - 1 keeps every one of them in range.
-MAX_SEED = 2**32 - 1
-
-
-def validate(spec: RunSpec) -> None:
-    """Raise ConfigError (one line) if the spec names anything unknown or impossible: names,
-    hyper-parameters, the seed's range, the dataset's presence on disk, and whether the model
-    takes the protocol's image size (a forward pass on the meta device). Nothing is written."""
-    load_plugins()  # those of a parent process (workers), a no-op otherwise
-    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {spec.seed!r}")
-    datasets.check_name(spec.dataset)
-    _check_model(spec.model, json.dumps(spec.model_kwargs, sort_keys=True))
-    try:
-        regularizers.create(spec.regularizer, **spec.regularizer_hparams)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-    check_distributed(spec.protocol, env_world_size())  # torchrun / Slurm: the batch divides
-    datasets.preflight(spec.dataset, spec.protocol.data, spec.protocol.batch_size)
-    entry = datasets.info(spec.dataset)
-    chans = entry.channels or 3
-    classes = entry.num_classes if entry.arg is None else int(spec.dataset.partition(":")[2] or 10)
-    kwargs_json = json.dumps(spec.model_kwargs, sort_keys=True)
-    if entry.kind == "points":
-        points = spec.protocol.data.points.num_points
-        _check_model_input(spec.model, kwargs_json, chans, classes, (points, chans),
-                           f"point clouds of shape ({points}, {chans})")
-    else:
-        size = spec.protocol.data.image_size
-        _check_model_input(spec.model, kwargs_json, chans, classes, (chans, size, size),
-                           f"{size}x{size} images (data.image_size)")
-    _check_regularizer_fits(spec.model, kwargs_json, chans, classes, spec.regularizer,
-                            json.dumps(spec.regularizer_hparams, sort_keys=True))
-    check_engine_support(spec, entry.kind, has_aux_losses(spec.model, spec.model_kwargs),
-                         env_world_size())
-
-
-def check_engine_support(spec: RunSpec, kind: str, aux: bool, world_size: int = 1) -> None:
-    """One-line ConfigError for a combination the fast paths cannot run. The whole-step CUDA
-    graph (runtime.compile=graph) gathers image batches by a device counter, steps SGD with the
-    rate as a constant and reads nothing but (loss, CE, penalty): it takes no point clouds, no
-    Adam, no BN-momentum schedule and no model auxiliary losses. Distributed runs (world size
-    > 1) shard image streams only, and call the model through DDP's forward, which has no
-    auxiliary-loss hook: no point clouds, no auxiliary losses (not built yet)."""
-    p = spec.protocol
-    if world_size > 1 and (kind == "points" or aux):
-        why = "point-cloud datasets" if kind == "points" else f"models with auxiliary losses ({spec.model})"
-        raise ConfigError(f"distributed runs (world size {world_size}) do not support {why} yet; "
-                          "run it as one process")
-    if p.runtime.compile == "graph":
-        why = ("point-cloud datasets" if kind == "points" else "optimizer.name=adam"
-               if p.optimizer.name == "adam" else "bn_momentum_schedule"
-               if p.bn_momentum_schedule is not None else
-               f"models with auxiliary losses ({spec.model})" if aux else None)
-        if why:
-            raise ConfigError(f"runtime.compile=graph does not support {why}; use "
-                              "runtime.compile=reduce-overhead, default or off")
-
-
-def has_aux_losses(name: str, model_kwargs: dict) -> bool:
-    """Whether the model offers auxiliary losses (``forward_with_aux``, docs/internals.md)."""
-    return _has_aux(name, json.dumps(model_kwargs, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=64)
-def _has_aux(name: str, kwargs_json: str) -> bool:
-    with torch.device("meta"):
-        model = models.create(name, num_classes=10, **json.loads(kwargs_json))
-    return callable(getattr(model, "forward_with_aux", None))
-
-
-@functools.lru_cache(maxsize=64)
-def _check_model(name: str, kwargs_json: str) -> None:
-    """Build the model on the meta device (no memory, no init cost): unknown names and
-    keywords fail here, before any run, with the registry's one-line message."""
-    try:
-        with torch.device("meta"):
-            models.create(name, num_classes=10, **json.loads(kwargs_json))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-
-
-@functools.lru_cache(maxsize=64)
-def _check_regularizer_fits(model_name: str, kwargs_json: str, chans: int, classes: int,
-                            reg_name: str, hparams_json: str) -> None:
-    """The regularizer's shape checks (``Regularizer.check_model``, e.g. G-CoMHE's groups that
-    must divide every fan-in) on the model built on the meta device, with the roles ``setup``
-    gives it: a layer it cannot act on fails here, not after the data is loaded."""
-    with torch.device("meta"):
-        model = models.create(model_name, num_classes=classes, in_chans=chans,
-                              **json.loads(kwargs_json))
-    roles = dict(getattr(model, "weight_roles", {})) or regularizers.infer_roles(model)
-    try:
-        regularizers.create(reg_name, **json.loads(hparams_json)).check_model(model, roles)
-    except ValueError as exc:
-        raise ConfigError(f"{str(exc).splitlines()[0]} (model {model_name})") from None
-
-
-@functools.lru_cache(maxsize=64)
-def _check_model_input(name: str, kwargs_json: str, chans: int, classes: int,
-                       shape: tuple[int, ...], what: str) -> None:
-    """One forward pass on the meta device with one example of the run's input ``shape``
-    (images (C, H, W), point clouds (P, C)): an input the network cannot take (an image size
-    pooled to nothing, point clouds given to an image model) fails here, not after the data is
-    loaded. ``what`` names the input and the setting behind it in the message."""
-    try:
-        with torch.device("meta"):
-            model = models.create(name, num_classes=classes, in_chans=chans, **json.loads(kwargs_json))
-            model.eval()
-            out = model(torch.empty(2, *shape))
-    except NotImplementedError:
-        return  # an operation without a meta kernel: nothing can be said up front
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        raise ConfigError(f"model '{name}' cannot take {what}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if tuple(out.shape) != (2, classes):
-        raise ConfigError(f"model '{name}' gives outputs of shape {tuple(out.shape)[1:]} for "
-                          f"{what}; expected ({classes},)")
 
 def resolve_threads(threads: int) -> int:
     """runtime.threads: 0 = the cores this process may use (not divided by --jobs)."""
@@ -183,7 +65,7 @@ def resolve_device(choice: str) -> torch.device:
 
 
 @dataclass
-class Run(Steps):
+class Run(Steps, Driven):
     """Everything a training step needs, built once from a spec (also used by ``perf``)."""
 
     spec: RunSpec
@@ -201,10 +83,11 @@ class Run(Steps):
     # DDP (training.distributed): the wrapped model the step's forward goes through, and the
     # distribution (None: one process). ``model`` stays the plain module everywhere else.
     ddp: Any = None
-    dist_info: Any = None
+    dist_info: DistInfo | None = None
 
     def __post_init__(self) -> None:
         self._init_step()
+        self.last_correct: list[torch.Tensor] = []  # until the first evaluation
 
     def _eager_loss(self, x: torch.Tensor, y: torch.Tensor):
         """(loss, CE, penalty, {name: auxiliary loss}): the model's auxiliary losses (the hook:
@@ -240,7 +123,15 @@ class Run(Steps):
                               self.spec.protocol.iterations)  # Regularizer.set_progress
         self.reg.before_step(lr)
 
-    # The interface ``train`` drives, shared with ``packed.PackedRun`` (lists: one entry per seed).
+    # ----------------------------------------------------------------- driven.Driven
+    @property
+    def per_epoch(self) -> int:
+        return self.stream.per_epoch
+
+    @property
+    def model_notes(self) -> list[str]:
+        return list(self.model.model_notes)
+
     def iteration0(self, weight_decay: float) -> list[tuple[float, float, float]]:
         """(CE of the first batch, weight-decay term, penalty) at initialisation. The forward runs
         in training mode (batch statistics, as the authors' log) and the BN running statistics
@@ -261,7 +152,7 @@ class Run(Steps):
         return [(float(ce), weight_decay_term(self.model, weight_decay), float(pen.detach()))]
 
     def evaluate(self) -> list[tuple[float, float]]:
-        self.last_correct: list = []  # per-image correctness of this evaluation, for the record
+        self.last_correct = []  # per-image correctness of this evaluation, for the record
         batches_of = getattr(self.data, "test_batches", None)  # a file-backed dataset's loader
         if batches_of is None and self.dist_info is None:
             # point clouds: (batch, 1024 channels, points) activations; 1,000 shapes would be 4 GB

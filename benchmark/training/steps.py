@@ -19,6 +19,9 @@ class Steps:
     def _init_step(self) -> None:
         mode, cuda = self.compile_mode, self.device.type == "cuda"
         self.loss_fn, self._graphed = self._eager_loss, None
+        # the model's auxiliary losses of the last step (driven.Driven.last_aux); a graphed
+        # step has none (checks.check_engine_support) and leaves this empty
+        self.last_aux: dict[str, torch.Tensor] = {}
         if mode == "graph":
             if cuda:  # fused kernels without graphs of their own: the whole step is recorded
                 self.loss_fn = torch.compile(self._eager_loss)
