@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.config import ConfigError
 from benchmark.suites import available_suites, load_suite
-from tests.benchmark.test_runner import fake_validate
+from tests.helpers import fake_validate
 
 PROTOCOL = """\
 description: test protocol
