@@ -1,4 +1,4 @@
-"""Packed seeds (benchmark/packed.py) against the plain engine, on the CPU.
+"""Packed seeds (benchmark/training/packed.py) against the plain engine, on the CPU.
 
 Seed s of a packed run must be the single run with seed s: same initialisation, batches,
 augmentation, regularizer draws and state, up to floating-point summation order (vmap turns the
