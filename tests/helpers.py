@@ -152,10 +152,11 @@ def subprocess_env(*, fake_log: Path | None = None, fake_sleep: float | None = N
 
 def bench(*args: str, env: dict[str, str] | None = None, timeout: float | None = 900,
           check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m benchmark ARGS`` from the repository root; with ``check`` a non-zero exit
-    fails the test with the command, its stdout and the end of its stderr."""
+    """``python -m benchmark ARGS`` from the repository root, in ``env`` (default: this
+    process's environment); with ``check`` a non-zero exit fails the test with the command,
+    the end of its stdout and of its stderr."""
     proc = subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=ROOT,
-                          env=env or subprocess_env(), capture_output=True, text=True,
+                          env=env, capture_output=True, text=True,
                           timeout=timeout)
     if check:
         assert proc.returncode == 0, (f"python -m benchmark {' '.join(args)} exited "
