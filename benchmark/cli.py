@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --plugin works before or after the command (two destinations: a subparser's default would
     # otherwise overwrite what was given before the command)
     plugin = argparse.ArgumentParser(add_help=False)
-    plugin_help = ("module name or .py file that registers regularizers or datasets (repeatable); "
+    plugin_help = ("module name or .py file that registers regularizers, models or datasets "
+                   "(repeatable); "
                    "its code runs with your permissions, here and in every worker process")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help=plugin_help)

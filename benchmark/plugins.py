@@ -1,6 +1,9 @@
-"""Third-party regularizers: ``--plugin module_or_file`` and the entry-point group.
+"""Third-party code: ``--plugin module_or_file`` (regularizers, models, datasets) and the
+regularizers' entry-point group.
 
-A plugin is Python code: loading it imports (runs) it with the user's permissions, in this
+A ``--plugin`` module is imported, and whatever it registers is then known by name: a regularizer
+(``@regularizers.register``), a model (``@models.register``) or a dataset
+(``@benchmark.data.datasets.register_dataset``). A plugin is Python code: loading it imports (runs) it with the user's permissions, in this
 process and in every worker. Plugins named on the command line are remembered in the
 environment variable ``COMHE_PLUGINS`` so worker processes (``--jobs N``, Slurm) load them too;
 a user who sets it loads those plugins in every command (README, "Adding a regularizer").

@@ -240,8 +240,8 @@ class Regularizer(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Optional hook: the 0-based training epoch of the coming iteration.
 
-        The engine calls it eagerly right before every ``before_step`` (``benchmark/engine.py``
-        ``Run.before_step``, ``benchmark/packed.py`` ``PackedRun.before_step``), with the epoch
+        The engine calls it eagerly right before every ``before_step`` (``benchmark/training/run.py``
+        ``Run.before_step``, ``benchmark/training/packed.py`` ``PackedRun.before_step``), with the epoch
         of the batch the step is about to take (its data stream's epoch: iteration //
         iterations per epoch). The base class only stores it; a regularizer whose strength
         follows an epoch schedule (``srip``) overrides it and updates a device scalar there, so

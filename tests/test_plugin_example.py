@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,8 @@ from torch import nn
 
 import regularizers
 from regularizers import registry
+from tests.helpers import ROOT, bench
 
-ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "examples" / "spectral_plugin"
 PLUGIN_FILE = PLUGIN_DIR / "comhe_example_plugin.py"
 NAME = "cosine_spread"
@@ -54,10 +53,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _bench(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> str:
-    proc = subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=ROOT, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"python -m benchmark {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return bench(*args, env=env or _env(), timeout=timeout).stdout
 
 
 @pytest.fixture

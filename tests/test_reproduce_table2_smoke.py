@@ -5,20 +5,13 @@ The full smoke grid (36 runs, full-width CNN-9) takes ~8 minutes on 2 cores; her
 cut to the baseline and RP-CoMHE (`--regularizer`, which keeps the baseline), 8 runs.
 """
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import bench
 
 
 def _bench(*args):
-    r = subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=ROOT, capture_output=True,
-                       text=True, timeout=900, check=False)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r.stdout
+    return bench(*args, timeout=900).stdout
 
 
 @pytest.mark.slow

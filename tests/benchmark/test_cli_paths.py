@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmark.cli import main
 from benchmark.config import RunSpec
 from benchmark.sweep import run_suite
-from tests.benchmark.test_runner import fake_train, make_specs
+from tests.helpers import fake_train, make_specs
 
 
 def _records(root: Path) -> list[dict]:

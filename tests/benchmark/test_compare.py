@@ -10,7 +10,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.analysis.compare import compare_dirs, environment_of, format_comparison, load_noise, seed_noise
 from benchmark.records import iter_records, record_path, write_json_atomic
-from tests.benchmark.test_runner import fake_train, make_specs
+from tests.helpers import fake_train, make_specs
 
 MACHINE = {"cpu_model": "Xeon", "cpu_vendor": "GenuineIntel", "cpu_capability": "AVX512",
            "blas": "mkl", "onednn": "v3", "openmp": "201511", "intra_op_threads": 1}

@@ -8,8 +8,8 @@ import pytest
 
 from benchmark import correct_bits
 from benchmark import training as engine
-from benchmark.config import RunSpec, load_protocol
 from benchmark.analysis.store import build_store
+from tests.helpers import tiny_spec
 
 
 def test_encode_decode_round_trip_and_malformed_input():
@@ -22,9 +22,8 @@ def test_encode_decode_round_trip_and_malformed_input():
 
 
 def _spec(seed, reg="weight_decay"):
-    proto = load_protocol("smoke", {"iterations": 4, "eval_every": 2, "batch_size": 16,
-                                    "schedule.milestones": [2]})
-    return RunSpec(proto, "digits", "cnn9", reg, seed, model_kwargs={"width": 0.125})
+    return tiny_spec(reg, seed, **{"iterations": 4, "eval_every": 2, "batch_size": 16,
+                                   "schedule.milestones": [2]})
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,8 +35,9 @@ from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.training import train, validate
 from benchmark.training.distributed import sync_batchnorm
 from tests.benchmark.test_imagenet import make_image_folder
+from tests.helpers import subprocess_env
 
-ROOT = Path(__file__).resolve().parents[2]
+
 REGS = ("weight_decay", "rp_comhe", "ap_comhe")
 STOP = {"weight_decay": 2, "rp_comhe": 2, "ap_comhe": 4}
 
@@ -195,7 +195,7 @@ def test_torchrun_cli_trains_one_run_with_two_processes(tmp_path):
            "--regularizer", "rp_comhe", "--set", "model.width=0.125",
            "--set", "runtime.device=cpu", "--set", "runtime.threads=1",
            "--set", "runtime.sync_bn=true", "--results", str(results), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     for attempt in ("run now", "already recorded"):
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)

@@ -10,12 +10,12 @@ import torch
 from benchmark import records
 from benchmark.config import ConfigError, RunSpec, load_protocol
 from benchmark.training import train, validate
+from tests.helpers import tiny_spec
 
 
 def spec(dataset="digits", regularizer="rp_comhe", seed=0, hparams=None, **proto):
-    overrides = {"iterations": 10, "eval_every": 5, "checkpoint_every": 4, **proto}
-    return RunSpec(load_protocol("smoke", overrides), dataset, "cnn9", regularizer, seed,
-                   model_kwargs={"width": 0.125}, regularizer_hparams=hparams or {})
+    return tiny_spec(regularizer, seed, dataset=dataset, hparams=hparams,
+                     **{"iterations": 10, "eval_every": 5, "checkpoint_every": 4, **proto})
 
 
 def test_record_has_every_field_and_curves(results_dir):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.config import RunSpec, load_protocol
+from benchmark.config import load_protocol
 from benchmark.data.images import scale_input
 from benchmark.data.datasets import load as load_dataset
 from benchmark.training import (
@@ -19,6 +19,7 @@ from benchmark.training import (
     smoothed_cross_entropy,
     weight_decay_term,
 )
+from tests.helpers import tiny_spec
 
 
 def _reference_ce(logits, y, smoothing, eps):
@@ -95,9 +96,7 @@ def test_layer_energies_are_the_plain_full_space_s2_energy():
 
 
 def _spec(**proto):
-    return RunSpec(load_protocol("smoke", {"iterations": 2, "schedule.milestones": [], **proto}),
-                   "digits", "cnn9",
-                   "weight_decay", 0, model_kwargs={"width": 0.125})
+    return tiny_spec("weight_decay", 0, **{"iterations": 2, "schedule.milestones": [], **proto})
 
 
 def test_protocol_bn_momentum_reaches_every_batchnorm():

@@ -7,13 +7,12 @@ import os
 import textwrap
 
 from benchmark import records
-from benchmark.config import RunSpec, load_protocol
 from benchmark.sweep.status import format_status, suite_status
+from tests.helpers import tiny_spec
 
 
 def spec(reg="rp_comhe", hp=None, seed=0):
-    return RunSpec(load_protocol("smoke"), "digits", "cnn9", reg, seed,
-                   regularizer_hparams=hp or {})
+    return tiny_spec(reg, seed, hparams=hp, width=None)
 
 
 def test_defaults_written_out_or_left_out_are_one_run():

@@ -5,7 +5,6 @@ compared on its own and every section's heading states its set-up."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from benchmark.analysis import cells, report
 from benchmark.cli import main
 from benchmark.records import record_files
+from tests.helpers import copy_records
 from tests.benchmark.test_report import make_store
 
 QUICK = Path(__file__).resolve().parents[2] / "results" / "quick" / "runs"
@@ -64,18 +64,12 @@ def test_a_setup_mix_in_any_group_names_it_and_writes_nothing(tmp_path):
 
 # --- the CLI on the committed quick records ----------------------------------------------------
 
-def _copy_records(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in record_files(src):
-        shutil.copy(f, dst / f.name)
-
-
 @pytest.fixture
 def two_dirs(tmp_path):
     if not record_files(QUICK):
         pytest.fail(f"committed records missing under {QUICK}")
     quick, other = tmp_path / "quick", tmp_path / "other"
-    _copy_records(QUICK, quick)
+    copy_records(QUICK, quick)
     other.mkdir(parents=True)
     for src in sorted(quick.glob("*.json")):  # the same runs as another suite's cell
         rec = json.loads(src.read_text())

@@ -1,4 +1,4 @@
-"""Packed seeds (benchmark/packed.py) against the plain engine, on the CPU.
+"""Packed seeds (benchmark/training/packed.py) against the plain engine, on the CPU.
 
 Seed s of a packed run must be the single run with seed s: same initialisation, batches,
 augmentation, regularizer draws and state, up to floating-point summation order (vmap turns the
@@ -16,18 +16,17 @@ import torch
 
 import regularizers
 from benchmark import records
-from benchmark.config import ConfigError, RunSpec, load_protocol
+from benchmark.config import ConfigError, load_protocol
 from benchmark.data.images import BatchStream, PackedBatchStream
 from benchmark.data.datasets import load as load_dataset
 from benchmark.training import pack_id, setup, train, train_packed
 from benchmark.training.packed import check_packable, setup_packed
+from tests.helpers import tiny_spec
 
 
 def spec(regularizer="rp_comhe", seed=0, hparams=None, **proto):
-    overrides = {"iterations": 10, "eval_every": 5, "checkpoint_every": 4,
-                 "runtime.precision": "fp64", **proto}
-    return RunSpec(load_protocol("smoke", overrides), "digits", "cnn9", regularizer, seed,
-                   model_kwargs={"width": 0.125}, regularizer_hparams=hparams or {})
+    return tiny_spec(regularizer, seed, hparams=hparams, **{
+        "iterations": 10, "eval_every": 5, "checkpoint_every": 4, "runtime.precision": "fp64", **proto})
 
 
 def test_packed_stream_is_each_seeds_own_stream():

@@ -192,7 +192,7 @@ def test_adam_and_bn_momentum_reach_the_run(results_dir):
                         model_kwargs={"width": 0.125}))
     assert isinstance(run.opt, torch.optim.Adam) and run.opt.defaults["betas"] == (0.9, 0.999)
     bns = [m for m in run.model.modules() if isinstance(m, nn.BatchNorm1d)]
-    assert all(m.momentum == 0.5 for m in bns)
+    assert bns and all(m.momentum == 0.5 for m in bns)
     run.set_bn_momentum(proto.bn_momentum_at(2))
     assert all(m.momentum == 0.125 for m in bns)
 

@@ -4,7 +4,7 @@ Interruption (SIGINT with --jobs 1/2), two single runs at once, single runs thro
 claim/skip/failure path, checks before training, umask, strict JSON and YAML, checkpoints tied
 to their run, a full disk (a write wrapper raising ENOSPC), a lock file deleted mid-run,
 orphaned pack checkpoints, thread count and packing as numerics. Fast tests use the fake engine
-of test_runner.py; the few that need the real engine use the smoke protocol on tiny data and
+of tests/helpers.py; the few that need the real engine use the smoke protocol on tiny data and
 are marked slow.
 """
 
@@ -30,10 +30,9 @@ from benchmark.config import ConfigError, RunSpec, load_protocol, parse_set
 from benchmark.records import checkpoint_path, load_record, lock_path, record_path
 from benchmark.stopping import DiskFull
 from benchmark.sweep import run_suite, try_run
-from tests.benchmark.test_runner import fake_train, make_specs, starts
+from tests.helpers import FAKE_TRAIN as FAKE
+from tests.helpers import ROOT, fake_train, make_specs, starts, subprocess_env, tiny_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-FAKE = "tests.benchmark.test_runner:fake_train"
 # The command line with the fake engine behind every run (the runner, locks, workers are real).
 CLI_WITH_FAKE_ENGINE = f"""
 import sys
@@ -48,8 +47,7 @@ SINGLE = ["run", "--protocol", "smoke", "--dataset", "digits", "--model", "cnn9"
 
 
 def cli_process(args, log: Path, sleep: float, script: str = CLI_WITH_FAKE_ENGINE) -> subprocess.Popen:
-    env = {**os.environ, "FAKE_TRAIN_LOG": str(log), "FAKE_TRAIN_SLEEP": str(sleep),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(fake_log=log, fake_sleep=sleep)
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -81,8 +79,8 @@ def held_locks(results: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigint_stops_at_once_with_one_line_and_resumes(tmp_path, jobs):
-    """16 runs of 1.5 s: SIGINT after the first run started stops within a few seconds (not
-    after the whole queue), exits 130 with one line naming the resume command, no traceback,
+    """16 runs of 1.5 s: SIGINT after the first run started stops at once: the runs in flight
+    end, nothing more is handed out (counted, not timed: a clock bound fails under load), exits 130 with one line naming the resume command, no traceback,
     no failed record, no lock held; resumed (in-process: other --jobs do not change numbers)
     it finishes the suite, each run once."""
     results, log = tmp_path / "res", tmp_path / "train.log"
@@ -90,14 +88,15 @@ def test_sigint_stops_at_once_with_one_line_and_resumes(tmp_path, jobs):
     proc = cli_process(args, log, sleep=1.5)
     wait_for(lambda: sum(starts(log).values()) >= 1)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    sent = time.time()
-    out, err = proc.communicate(timeout=60)
-    assert time.time() - sent < 8, "did not stop at once"
+    out, err = proc.communicate(timeout=60)  # a hang guard only; "at once" is counted below
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted (SIGINT)") and "resume with: python -m benchmark run" in last
-    assert len(starts(log)) <= 2 * jobs  # nothing more was handed out after the signal
+    # nothing more was handed out after the signal: at most the runs in flight when it came
+    # (jobs of them, or 2 x jobs if a run ended just before it), far from the queue's 16
+    assert len(starts(log)) <= 2 * jobs
+    assert len(list(results.glob("*.json"))) <= 2 * jobs
     assert held_locks(results) == []
     assert all(load_record(p)["status"] == "complete" for p in results.glob("*.json"))
     args[args.index("--jobs") + 1] = "1"
@@ -345,10 +344,9 @@ def test_full_disk_is_one_line_on_the_command_line(tmp_path, monkeypatch, capsys
 
 
 def tiny(seed=0, **over):
-    proto = load_protocol("smoke", {"iterations": 8, "eval_every": 4, "checkpoint_every": 4,
-                                    "schedule.milestones": [4], "data.max_train": 64,
-                                    "data.max_test": 32, **over})
-    return RunSpec(proto, "digits", "cnn9", "weight_decay", seed, model_kwargs={"width": 0.125})
+    return tiny_spec("weight_decay", seed, **{
+        "iterations": 8, "eval_every": 4, "checkpoint_every": 4, "schedule.milestones": [4],
+        "data.max_train": 64, "data.max_test": 32, **over})
 
 
 @pytest.mark.slow

@@ -12,14 +12,9 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.records import record_files
+from tests.helpers import copy_records
 
 QUICK = Path(__file__).resolve().parents[2] / "results" / "quick" / "runs"
-
-
-def _copy_records(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in record_files(src):
-        shutil.copy(f, dst / f.name)
 
 
 @pytest.fixture
@@ -27,7 +22,7 @@ def quick(tmp_path):
     if not record_files(QUICK):
         pytest.fail(f"committed records missing under {QUICK}")
     res = tmp_path / "quick"
-    _copy_records(QUICK, res)
+    copy_records(QUICK, res)
     return res
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmark.analysis.compare import compare_dirs, format_comparison
 from benchmark.machine import isa_perturbation
+from tests.helpers import bench
 
-ROOT = Path(__file__).resolve().parents[2]
 SUITE = """\
 description: reproduction test (two regularizers of the quick suite, its protocol, three seeds)
 protocol: cpu_quick
@@ -34,8 +32,7 @@ seeds: 3
 
 
 def _bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=ROOT, check=check,
-                          capture_output=True, text=True)
+    return bench(*args, check=check, timeout=None)
 
 
 @pytest.mark.slow

@@ -1,111 +1,20 @@
-"""The local runner with a fake engine: skipping, retrying, failures, locks, workers, Slurm path.
-
-``fake_train`` stands in for ``benchmark.training.train``: it sleeps (FAKE_TRAIN_SLEEP seconds,
-split around a checkpoint write), appends ``start``/``end`` lines to FAKE_TRAIN_LOG, and writes a
-complete record atomically. The kill tests (test_kill.py) reuse it in subprocesses.
-"""
+"""The local runner with the fake engine of tests/helpers.py: skipping, retrying, failures,
+locks, workers, Slurm path."""
 
 from __future__ import annotations
 
 import os
 import threading
-import time
-from pathlib import Path
 
 import filelock
 import pytest
 
-from benchmark.config import ConfigError, Protocol, RunSpec
-from benchmark.records import (
-    REQUIRED_FIELDS,
-    atomic_write,
-    checkpoint_path,
-    load_record,
-    lock_path,
-    record_path,
-    write_json_atomic,
-)
+from benchmark.config import ConfigError
+from benchmark.records import atomic_write, checkpoint_path, load_record, lock_path, record_path
 from benchmark.sweep import run_suite
 from benchmark.sweep.status import format_status, suite_status
-
-KNOWN = {"datasets": {"synthetic", "digits", "cifar10", "cifar100"}, "models": {"cnn9"},
-         "regularizers": {"weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
-                          "adv_comhe", "g_comhe", "boom"}}
-
-
-def fake_validate(spec: RunSpec) -> None:
-    if spec.dataset not in KNOWN["datasets"] and not spec.dataset.startswith("synthetic:"):
-        raise ConfigError(f"unknown dataset '{spec.dataset}'")
-    if spec.model not in KNOWN["models"]:
-        raise ConfigError(f"unknown model '{spec.model}' (available: cnn9)")
-    if spec.regularizer not in KNOWN["regularizers"]:
-        raise ConfigError(f"unknown regularizer '{spec.regularizer}'")
-
-
-def _log(line: str) -> None:
-    log = os.environ.get("FAKE_TRAIN_LOG")
-    if log:
-        with open(log, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-
-
-def fake_train(spec: RunSpec, results_dir: Path, *, progress: bool = True) -> dict:
-    sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0.02"))
-    fake_validate(spec)
-    _log(f"start {spec.run_id} {os.getpid()}")
-    if spec.regularizer == "boom":
-        raise RuntimeError("boom at step 3\nsecond line")
-    ckpt = checkpoint_path(results_dir, spec.run_id)
-    resumed = ckpt.exists()
-    if not resumed:
-        time.sleep(sleep / 2)
-        atomic_write(ckpt, b"half-way")
-    time.sleep(sleep / 2)
-    it = [0, 5, 10]
-    record = {
-        "schema_version": 1, "run_id": spec.run_id, "suite": spec.suite,
-        "label": spec.display_label, "status": "complete", "reason": None,
-        "config": spec.identity(), "seed": spec.seed,
-        "git": {"commit": "abc123" if spec.seed % 2 == 0 else "def456", "dirty": False},
-        "versions": {"python": "3.11", "torch": "2.14.1"}, "device": "cpu (fake)",
-        "synthetic": spec.dataset.startswith("synthetic"),
-        "notes": ["resumed from checkpoint"] if resumed else [],
-        "started_at": "2025-01-01T00:00:00+00:00", "finished_at": "2025-01-01T00:00:01+00:00",
-        "wall_time_s": sleep, "median_step_ms": 1.5,
-        "curves": {"iteration": it, "test_acc": [10.0, 50.0, 60.0 + spec.seed],
-                   "test_error": [90.0, 50.0, 40.0 - spec.seed], "train_loss": [2.3, 1.0, 0.5],
-                   "penalty": [0.0, 0.1, 0.1], "energy_total": [1.0, 0.9, 0.8],
-                   "energy": {"conv1": [0.5, 0.4, 0.3]}},
-        "final": {"iteration": 10, "test_acc": 60.0 + spec.seed, "test_error": 40.0 - spec.seed,
-                  "train_loss": 0.5, "penalty": 0.1, "n_test": 100},
-    }
-    assert all(k in record for k in REQUIRED_FIELDS)
-    write_json_atomic(record_path(results_dir, spec.run_id), record)
-    ckpt.unlink(missing_ok=True)
-    _log(f"end {spec.run_id} {os.getpid()}")
-    return record
-
-
-TRAIN = "tests.benchmark.test_runner:fake_train"
-
-
-def make_specs(n_seeds: int = 2, regularizers=("weight_decay", "hs_mhe", "rp_comhe"),
-               suite: str = "fake") -> list[RunSpec]:
-    protocol = Protocol(name="fake", iterations=10, eval_every=5, checkpoint_every=5)
-    return [RunSpec(protocol=protocol, dataset="synthetic", model="cnn9", regularizer=reg,
-                    seed=seed, model_kwargs={"width": 0.125}, suite=suite)
-            for seed in range(n_seeds) for reg in regularizers]
-
-
-def starts(log: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            kind, run_id, _ = line.split()
-            if kind == "start":
-                counts[run_id] = counts.get(run_id, 0) + 1
-    return counts
+from tests.helpers import FAKE_TRAIN as TRAIN
+from tests.helpers import ROOT, fake_train, make_specs, starts
 
 
 def test_runs_everything_once_then_skips(tmp_path, fake_env):
@@ -259,7 +168,7 @@ def test_workers_see_the_repository_root_not_the_package_folder(tmp_path):
     from benchmark.sweep.local import Workers
 
     env = Workers(1, fake_train, False, None, False)._env(None)
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[2])
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
     code = ("import importlib.util, benchmark; "
             "print(importlib.util.find_spec('records') is None, importlib.util.find_spec('stats') is None)")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,

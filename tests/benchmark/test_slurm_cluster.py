@@ -1,8 +1,12 @@
 """The Slurm path on a real one-node Slurm (tools/slurm-local-cluster): a job array, preemption,
 time limits and cancellation, end to end.
 
-Needs root and Debian's Slurm packages (the script installs them); elsewhere every test here is
-skipped with the script's reason. The cluster is started once for the module and stopped after.
+Needs root and Debian's Slurm packages: the script installs them with apt-get if missing
+(slurmctld, slurmd, slurm-client, munge, slurmdbd, mariadb-server) and starts munged, MariaDB,
+slurmdbd, slurmctld and slurmd. COMHE_SLURM_TESTS=0 turns these tests off (nothing installed or
+started); elsewhere (not root, no apt-get) every test here is skipped with the script's reason.
+The first line of a test run says which (tests/conftest.py). The cluster is started once for
+the module and stopped after.
 """
 
 from __future__ import annotations
@@ -16,16 +20,14 @@ from pathlib import Path
 import pytest
 
 from benchmark.analysis.compare import compare_dirs
-from benchmark.config import RunSpec, load_protocol
+from benchmark.config import RunSpec
 from benchmark.records import checkpoint_path, load_record, record_path
 from benchmark.sweep import run_suite
 from benchmark.sweep.slurm import SlurmOptions, submit_slurm
 from benchmark.sweep.slurm_jobs import job_states, load_jobs
 from benchmark.sweep.status import suite_status
-from tests.benchmark.test_runner import fake_train, make_specs
+from tests.helpers import fake_train, local_slurm_up, make_specs, run_slurm_script, tiny_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "slurm-local-cluster"
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
@@ -33,11 +35,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def cluster():
     # not under pytest's 0700 temp root: MariaDB (as the mysql user) must reach its data
     state = Path(tempfile.mkdtemp(prefix="comhe-slurm-"))
-    env = dict(os.environ, COMHE_SLURM_STATE=str(state))
-    up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=600)
-    if up.returncode == 77:
-        pytest.skip(f"no local Slurm here: {up.stderr.strip()}")
-    assert up.returncode == 0, up.stderr
+    env = local_slurm_up(state)  # skips when COMHE_SLURM_TESTS=0 or not root: nothing installed
     # sbatch exports this process's environment to the tasks: SLURM_CONF for submitit's
     # commands, PYTHONFAULTHANDLER so a task hit by SIGABRT prints its stacks (_diagnose)
     old = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONFAULTHANDLER")}
@@ -45,7 +43,7 @@ def cluster():
     try:
         yield state
     finally:
-        subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120)
+        run_slurm_script("down", env, timeout=120)
         for key, value in old.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -115,8 +113,7 @@ SLOW = "tests.benchmark.test_slurm_cluster:slow_train"
 
 
 def _real_specs(n_seeds=2, **over):
-    proto = load_protocol("smoke", {"iterations": 12, **over})
-    return [RunSpec(proto, "digits", "cnn9", reg, seed, model_kwargs={"width": 0.125}, suite="slurm-test")
+    return [tiny_spec(reg, seed, suite="slurm-test", **{"iterations": 12, **over})
             for seed in range(n_seeds) for reg in ("weight_decay", "rp_comhe")]
 
 

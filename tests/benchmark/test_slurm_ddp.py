@@ -7,14 +7,14 @@ import pytest
 from submitit.helpers import DelayedSubmission
 
 from benchmark import cli
-from benchmark.config import ConfigError, RunSpec, load_protocol
+from benchmark.config import ConfigError
 from benchmark.sweep import dispatch, slurm
 from benchmark.sweep.slurm import RunTask, SlurmOptions, submit_slurm
+from tests.helpers import tiny_spec
 
 
 def spec(seed=0, **over):
-    return RunSpec(load_protocol("smoke", over), "digits", "cnn9", "weight_decay", seed,
-                   model_kwargs={"width": 0.125})
+    return tiny_spec("weight_decay", seed, **over)
 
 
 class FakeJob:

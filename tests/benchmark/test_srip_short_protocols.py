@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import RunSpec, load_protocol
 from benchmark.training import setup, train
+from tests.helpers import tiny_spec
 
 PROTOCOLS = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "protocols"
 
 
 def _spec(schedule, **over):
-    proto = load_protocol("smoke", {"iterations": 10, "eval_every": 10, "checkpoint_every": 100,
-                                    "data.max_train": 64, "batch_size": 32, **over})
-    return RunSpec(proto, "digits", "cnn9", "srip", 1, model_kwargs={"width": 0.125},
-                   regularizer_hparams={"schedule": schedule})
+    return tiny_spec("srip", 1, hparams={"schedule": schedule}, **{
+        "iterations": 10, "eval_every": 10, "checkpoint_every": 100, "data.max_train": 64,
+        "batch_size": 32, **over})
 
 
 def test_scaled_srip_anneals_over_the_run_and_is_recorded(tmp_path):

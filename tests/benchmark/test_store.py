@@ -19,7 +19,7 @@ from benchmark.analysis.store import (
     save_store,
 )
 from benchmark.sweep import run_suite
-from tests.benchmark.test_runner import fake_train, make_specs
+from tests.helpers import fake_train, make_specs
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from benchmark.config import ConfigError
 from benchmark.suites import available_suites, load_suite
-from tests.benchmark.test_runner import fake_validate
+from tests.helpers import fake_validate
 
 PROTOCOL = """\
 description: test protocol
@@ -70,7 +71,7 @@ def test_expansion_order_and_stable_ids(tmp_path):
     again = load_suite(path, validate_fn=fake_validate).expand()
     assert [s.run_id for s in again] == [s.run_id for s in specs]
     assert {s.run_id for s in load_suite(other, validate_fn=fake_validate).expand()} == {s.run_id for s in specs}
-    assert all(len(s.run_id) == 16 and int(s.run_id, 16) >= 0 for s in specs)
+    assert specs and all(re.fullmatch("[0-9a-f]{16}", s.run_id) for s in specs)
 
 
 def test_overrides_and_profile(tmp_path):

@@ -85,7 +85,8 @@ def test_every_regularizer_acts_on_the_shared_mlps_and_fcs_only(name):
     # no gradient of the penalty reaches a T-Net weight
     reg.before_step(0.1)
     reg.penalty().backward()
-    assert all(p.grad is None for n, p in model.named_parameters() if "tnet" in n)
+    tnets = [p for n, p in model.named_parameters() if "tnet" in n]
+    assert tnets and all(p.grad is None for p in tnets)
     # the earlier rule, on request: all 20 weights
     wide = models.create("pointnet", num_classes=5, width=0.25, regularize_tnets=True)
     assert len(regularizers.create(name).attach(wide).layers) == 20

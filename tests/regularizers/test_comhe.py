@@ -223,9 +223,12 @@ def test_every_regularizer_float32_finite_on_the_weights_device(name):
     p = reg.penalty()
     assert p.shape == () and p.dtype == torch.float32 and torch.isfinite(p)
     assert p.device == next(net.parameters()).device
-    if p.requires_grad:
-        p.backward()
-        assert all(torch.isfinite(q.grad).all() for q in net.parameters() if q.grad is not None)
+    if name == "weight_decay":  # the optimizer's decay, no penalty: a constant zero
+        assert not p.requires_grad and p.item() == 0
+        return
+    p.backward()
+    grads = [q.grad for q in net.parameters() if q.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 # ---------------------------------------------------------------------------------------------
