@@ -7,6 +7,7 @@ import os
 import textwrap
 
 from benchmark import records
+from benchmark.config import load_protocol
 from benchmark.sweep.status import format_status, suite_status
 from tests.helpers import tiny_spec
 
