@@ -552,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also time a bare PyTorch loop of the same model (the engine's floor)")
     perf.add_argument("--eval-rounds", type=int, default=0,
                       help="also time evaluation of the test set against a bare no_grad loop")
+    perf.add_argument("--work", action="store_true",
+                      help="also count each step's FLOPs and random numbers (the arithmetic's floor)")
     perf.add_argument("--registry-defaults", action="store_true",
                       help="regularizers at their registry defaults (the suites' settings)")
     perf.add_argument("--out", help="write the result as JSON here")

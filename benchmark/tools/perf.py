@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.training import device_name, environment, setup
 from benchmark.training.packed import setup_packed
@@ -97,6 +99,35 @@ class BareLoop:
         return loss
 
 
+# The random-number ops of ATen: in-place fills of their output and fresh tensors (randn & co.).
+_RANDOM_OPS = {"normal_", "uniform_", "bernoulli_", "random_", "exponential_", "normal",
+               "randn", "rand", "randint", "randperm", "bernoulli", "multinomial"}
+
+
+class _CountRandom(TorchDispatchMode):
+    """Counts the numbers every random ATen op of a region produces (sum of output numels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in _RANDOM_OPS and isinstance(out, torch.Tensor):
+            self.numbers += out.numel()
+        return out
+
+
+def step_work(run, lr: float) -> dict[str, int]:
+    """The work of one training step of ``run``, counted, not timed (so a loaded machine cannot
+    move it): ``flops``, the matmul and convolution FLOPs that torch's ``FlopCounterMode``
+    counts (forward, backward, the regularizer's own passes; elementwise work is not counted),
+    and ``random_numbers``, the numbers drawn by random ops (RP's projections, augmentation)."""
+    with FlopCounterMode(display=False) as flops, _CountRandom() as rng:
+        run.step(lr)
+    return {"flops": int(flops.get_total_flops()), "random_numbers": rng.numbers}
+
+
 def _bare_eval(run, batch: int = 1000) -> int:
     """The floor of an evaluation: a bare ``torch.no_grad`` loop over the run's test images."""
     model, n, correct = run.model, run.data.test_x.shape[0], 0
@@ -124,7 +155,7 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
             model_kwargs: dict | None = None, device: str = "auto", protocol: str = "paper_cifar",
             num_classes: int = 100, compile_mode: str = "auto", pack_seeds: int = 1,
             dataset: str | None = None, threads=None, bare: bool = False,
-            eval_rounds: int = 0) -> dict:
+            eval_rounds: int = 0, work: bool = False) -> dict:
     """Median ms per training step for each regularizer; returns a JSON-able result dict.
 
     The first regularizer is the baseline of the ratios. One that fails to build or step is
@@ -134,7 +165,9 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     against the baseline at the same count). ``bare``: also time :class:`BareLoop`, the engine's
     floor (its row's ``ratio`` is against the baseline too: the engine's overhead is 1 / that).
     ``eval_rounds`` > 0: also time ``Run.evaluate`` (all test images) against a bare
-    ``torch.no_grad`` loop, interleaved, that many rounds per thread count.
+    ``torch.no_grad`` loop, interleaved, that many rounds per thread count. ``work``: also
+    count each row's FLOPs and random numbers per step (:func:`step_work`, after the timing),
+    the floor that no implementation of the same arithmetic goes below.
     """
     regularizers = regularizers or DEFAULT_REGULARIZERS
     thread_counts = _parse_threads(threads)
@@ -164,6 +197,7 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
                 runs.pop(key, None)
     if not runs:
         raise RuntimeError(f"perf: nothing could be measured: {errors}")
+    # (Counted after the timed rounds below: a step counted here would shift the runs' streams.)
     base_name = next(iter(runs))
     base_run = runs[base_name]
     if bare:
@@ -197,6 +231,7 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
     finally:
         torch.set_num_threads(previous_threads)
 
+    counted = {key: step_work(run, lr) for key, run in runs.items()} if work else {}
     # CPU time (the process's, all threads) besides wall time: on a shared machine a 1-thread
     # step's CPU time is far less sensitive to other work than its wall time.
     cpu_times = {k: [c for _, c in v] for k, v in times.items()}
@@ -216,6 +251,9 @@ def measure(model: str = "cnn9", batch_size: int = 128, steps: int = 20, warmup:
             row.update(cpu_ms=cpu, cpu_ratio=cpu / seeds / cpu_base)
         if key in packed_of and (t, reg) in times:
             row["vs_single"] = per_seed / statistics.median(times[(t, reg)])
+        if key in counted:
+            row.update(counted[key], flops_ratio=counted[key]["flops"] / seeds
+                       / counted[base_name]["flops"])
         rows.append(row)
     rows += [{"regularizer": packed_of.get(key, key), "hparams": regularizers[packed_of.get(key, key)],
               "packed_seeds": pack_seeds if key in packed_of else 1, "error": err}
@@ -285,6 +323,13 @@ def format_table(result: dict) -> str:
         lines.append(f"| {name} | {r.get('threads', '')} | {seeds} | {r['median_ms']:.2f} "
                      f"| {r['per_seed_ms']:.2f} | {r['ratio']:.3f} | {vs} "
                      f"| {r.get('cpu_ms', float('nan')):.2f} | {r.get('cpu_ratio', float('nan')):.3f} |")
+    counted = [r for r in result["rows"] if "flops" in r and r.get("threads") == st["threads"][0]]
+    if counted:
+        lines += ["", "Work per step, counted (matmul and convolution FLOPs by torch's FlopCounterMode; "
+                  "random numbers drawn):", "| regularizer | seeds per step | GFLOP / step "
+                  "| x unregularized (FLOPs) | random numbers / step |", "|---|---|---|---|---|"]
+        lines += [f"| {r['regularizer']} | {r.get('packed_seeds', 1)} | {r['flops'] / 1e9:.3f} "
+                  f"| {r['flops_ratio']:.3f} | {r['random_numbers']:,} |" for r in counted]
     for e in result.get("evaluation", []):
         lines.append(f"evaluation of {e['images']} test images, {e['threads']} thread(s): engine "
                      f"{e['engine_ms']:.0f} ms, bare no_grad loop {e['bare_ms']:.0f} ms "
@@ -302,7 +347,7 @@ def main(args) -> int:
                      protocol=getattr(args, "protocol", "paper_cifar"), model_kwargs=kwargs,
                      num_classes=getattr(args, "classes", 100), dataset=getattr(args, "dataset", None),
                      threads=getattr(args, "threads", None), bare=getattr(args, "bare", False),
-                     eval_rounds=getattr(args, "eval_rounds", 0))
+                     eval_rounds=getattr(args, "eval_rounds", 0), work=getattr(args, "work", False))
     print(format_table(result))
     if args.out:
         out = Path(args.out)

@@ -2,6 +2,8 @@
 
 import pytest
 
+from benchmark.config import RunSpec, load_protocol
+from benchmark.training import setup
 from benchmark.tools.perf import ALL_REGULARIZERS, BARE, format_table, measure, parse_regularizers
 
 
@@ -42,3 +44,23 @@ def test_measure_interleaves_threads_and_times_the_bare_loop_and_evaluation():
     assert [e["threads"] for e in result["evaluation"]] == [1, 2]
     assert all(e["engine_ms"] > 0 and e["bare_ms"] > 0 for e in result["evaluation"])
     assert "evaluation of 1024 test images" in format_table(result)
+
+
+def test_work_counts_the_step_flops_and_random_numbers():
+    result = measure(batch_size=8, steps=1, warmup=1, rounds=1, device="cpu",
+                     model_kwargs={"width": 0.125}, num_classes=10, bare=True, work=True,
+                     regularizers=parse_regularizers("rp_comhe,so", registry_defaults=True))
+    rows = {r["regularizer"]: r for r in result["rows"]}
+    # the engine adds no matmul to the model's: the baseline step counts what the bare loop does
+    assert rows["weight_decay"]["flops"] == rows[BARE]["flops"] > 0
+    assert rows["weight_decay"]["flops_ratio"] == 1.0 and rows["weight_decay"]["random_numbers"] == 0
+    assert rows[BARE]["random_numbers"] == 8  # its batch indices
+    assert rows["so"]["flops"] > rows["weight_decay"]["flops"]  # the Gram W W^T of every layer
+    assert rows["so"]["random_numbers"] == 0
+    # RP redraws C x k x d Gaussians per projected layer each step: its buffers, counted again
+    run = setup(RunSpec(load_protocol("paper_cifar", {"runtime.device": "cpu"}), "synthetic:10",
+                        "cnn9", "rp_comhe", 0, model_kwargs={"width": 0.125}))
+    drawn = sum(b.numel() for name, b in run.reg.named_buffers() if name.startswith("proj"))
+    assert drawn > 0 and rows["rp_comhe"]["random_numbers"] == drawn
+    assert rows["rp_comhe"]["flops_ratio"] > rows["so"]["flops_ratio"] > 1.0
+    assert "| rp_comhe | 1 |" in format_table(result) and f"{drawn:,}" in format_table(result)
