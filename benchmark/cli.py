@@ -164,6 +164,10 @@ def _write_choice(suite, results: Path) -> None:
     out = choose(suite, results)
     picked = ", ".join(f"{c['label']} {c['param']}={c['chosen']}" for c in out["choices"])
     print(f"choice ({out['metric']}, {len(out['seeds'])} seeds): {picked} -> {choice_path(results)}")
+    for sp in out["spread"]:
+        print(f"{sp['dataset']} {sp['model']}: paired SD of validation differences at the chosen "
+              f"values {sp['sd_diff']} ({sp['df']} df) asks for {sp['seeds']} final seeds "
+              f"[{sp['seeds_low']}, {sp['seeds_high']}] to detect 0.3 points at {sp['level']:.3g}")
     plot_tuning(out, choice_path(results).parent / "validation_curve")
 
 
@@ -227,7 +231,8 @@ def _report_filter(runs, args):
 
 
 def _cmd_report(args) -> int:
-    from benchmark.analysis.report import prepare_report, render_leaderboard, write_report
+    from benchmark.analysis.report import (prepare_report, render_leaderboard, write_report,
+                                           write_tuning_page)
     from benchmark.analysis.store import STORE_DIR, build_store, load_store, save_store, store_losses
 
     results = Path(args.results)
@@ -264,6 +269,9 @@ def _cmd_report(args) -> int:
                                           allow_mixed_code=args.allow_mixed_code))
     curves = curves[curves["run_id"].isin(selected["run_id"])]
     written += write_report(selected, curves, out, prepared=prepared)
+    tuned = _tuning_of(results, out / "tuning.md")
+    if tuned is not None:  # a tuned suite: what each method's setting was chosen from
+        written += write_tuning_page(tuned["choice"], out, tuned["plots"])
     for path in written:
         print(path)
     if prepared["suggested_seeds"]:
@@ -290,7 +298,7 @@ def _tuning_of(results: Path, out: Path):
         png = tuning_plot_path(path.parent / "validation_curve", c["dataset"], c["model"])
         if png.is_file():
             plots[(c["dataset"], c["model"])] = Path(os.path.relpath(png, out.resolve().parent)).as_posix()
-    return tuning_context(choice, plots)
+    return {**tuning_context(choice, plots), "choice": choice}
 
 
 def _cmd_leaderboard(args) -> int:

@@ -101,6 +101,12 @@ def check_setup(runs: pd.DataFrame, *, allow_mixed_code: bool = False) -> None:
                                      f"sources: {_describe(grp, 'regularizer_source')}; the "
                                      f"older ones are stale: select one with --where "
                                      f"regularizer_source=HASH")
+        if "tuned" in col:  # a tuned suite: one chosen setting per method
+            for label, grp in col[col["tuned"].notna()].groupby("label"):
+                if grp["tuned"].nunique() > 1:
+                    raise SetupError(f"{where} mixes runs of '{label}' at different tuned "
+                                     f"settings: {_describe(grp, 'tuned')}; keep one final "
+                                     f"stage per results directory")
         codes = code_versions(col)
         if len(codes) > 1 and not allow_mixed_code:
             raise SetupError(f"{where} mixes runs of {len(codes)} code versions "

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from benchmark import records
+from benchmark.analysis.power import pooled_sd, seed_estimate
 from benchmark.analysis.store import classify_outcome
 from benchmark.config import ConfigError, Protocol
 from benchmark.tuning import cell_key, choice_path, grid_hash, tune_specs, TUNING_DIR
@@ -59,7 +60,7 @@ def choose(suite, results: Path) -> dict:
            "validation_images": suite.tuning.validation, "seeds": list(suite.tuning.seeds),
            "rule": "lowest mean validation error over the tuning seeds; values with a "
                    "diverged or failed run are not chosen (stuck runs count with their error)",
-           "choices": choices}
+           "choices": choices, "spread": tuning_spread(choices)}
     records.atomic_write(choice_path(results), "# written by `python -m benchmark run --stage "
                          "tune` (benchmark/analysis/choice.py); do not edit\n"
                          + yaml.safe_dump(out, sort_keys=False))
@@ -89,3 +90,51 @@ def grid_point(value: float, runs: list) -> dict:
             "stuck": sum(outcome == "stuck" for _, outcome, _ in runs),
             "broken": len(runs) - len(errors),
             "val_error_by_seed": {int(s): e for s, _, e in sorted(runs)}}
+
+
+def _chosen_errors(choice: dict) -> dict[int, float]:
+    """{tuning seed: validation error} of a method's chosen grid point (finite ones only)."""
+    point = next((g for g in choice["grid"] if g["value"] == choice.get("chosen")), None)
+    return {int(s): e for s, e in ((point or {}).get("val_error_by_seed") or {}).items()
+            if e is not None and math.isfinite(e)}
+
+
+def tuning_spread(choices: list[dict], baseline: str = "weight_decay", alpha: float = 0.05
+                  ) -> list[dict]:
+    """What the final stage needs to size its seeds, per (dataset, model): the SD of the paired
+    validation differences (method - baseline, both at their chosen values, seed by seed: the
+    tuning seeds are shared, so runs pair as the final table's do), pooled over the methods
+    (:func:`~benchmark.analysis.power.pooled_sd`), and the seeds that SD asks for to detect
+    0.3 points at Holm's first threshold, alpha / methods, with the interval the SD's own
+    uncertainty gives (:func:`~benchmark.analysis.power.seed_estimate`). Few tuning seeds give
+    few degrees of freedom: the interval says how little the point estimate is worth."""
+    cells: dict[tuple, list[dict]] = {}
+    for c in choices:
+        key = (c["dataset"], c["model"], repr(sorted((c.get("model_kwargs") or {}).items())))
+        cells.setdefault(key, []).append(c)
+    out = []
+    for group in cells.values():
+        base = next((c for c in group if c["regularizer"] == baseline), None)
+        methods = [c for c in group if c is not base]
+        if base is None or not methods:
+            continue
+        base_err = _chosen_errors(base)
+        sds, ns, by_method = [], [], {}
+        for c in methods:
+            err = _chosen_errors(c)
+            diffs = [err[s] - base_err[s] for s in sorted(err.keys() & base_err.keys())]
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+            by_method[c["label"]] = {"n": len(diffs), "mean_diff": statistics.fmean(diffs)
+                                     if diffs else None, "sd_diff": sd if len(diffs) > 1 else None}
+            sds.append(sd)
+            ns.append(len(diffs))
+        sd, df = pooled_sd(sds, ns)
+        level = alpha / len(methods)
+        est = seed_estimate(sd, df, alpha=level)
+        finite = lambda x: float(x) if x is not None and math.isfinite(x) else None  # noqa: E731
+        out.append({"dataset": base["dataset"], "model": base["model"],
+                    "model_kwargs": dict(base.get("model_kwargs") or {}), "baseline": base["label"],
+                    "sd_diff": finite(sd), "df": int(df), "level": level,
+                    "seeds": finite(est["seeds"]), "seeds_low": finite(est["seeds_low"]),
+                    "seeds_high": finite(est["seeds_high"]), "by_method": by_method})
+    return out

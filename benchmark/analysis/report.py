@@ -361,3 +361,40 @@ def write_report(runs_df: pd.DataFrame, curves_df: pd.DataFrame | None, out_dir:
                 curves, out, synthetic=bool(table["synthetic"].any()), order=order,
                 colors=colors, setups=setups)
     return paths
+
+
+def write_tuning_page(choice: dict, out_dir: str | Path, plots: dict[tuple[str, str], str] | None = None
+                      ) -> list[Path]:
+    """``tuning.md``: per (dataset, model), every method's grid with its mean validation error
+    over the tuning seeds, the chosen value, the validation-curve plot (``plots``: (dataset,
+    model) -> path relative to ``out_dir``) and the paired spread that sizes the final stage
+    (``choice["spread"]``, :func:`benchmark.analysis.choice.tuning_spread`)."""
+    cells: dict[tuple, dict] = {}
+    for c in choice.get("choices") or []:
+        kwargs = c.get("model_kwargs") or {}
+        cell = cells.setdefault((c["dataset"], c["model"], repr(sorted(kwargs.items()))), {
+            "dataset": c["dataset"], "model": c["model"], "rows": [], "spread": None,
+            "kwargs": f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "",
+            "plot": (plots or {}).get((c["dataset"], c["model"]))})
+        for g in c["grid"]:
+            chosen = g["value"] == c.get("chosen")
+            cell["rows"].append([md_escape(c["label"]), f"`{c['param']}`", f"{g['value']:g}",
+                                 fmt_num(g.get("mean")), fmt_num(g.get("sd")), str(g["n"]),
+                                 str(g.get("stuck", 0)), str(g.get("broken", 0)),
+                                 "**chosen**" if chosen else ""])
+    for sp in choice.get("spread") or []:
+        key = (sp["dataset"], sp["model"], repr(sorted((sp.get("model_kwargs") or {}).items())))
+        if key in cells and sp.get("sd_diff") is not None:
+            seeds = lambda x: "-" if x is None else str(int(x))  # noqa: E731
+            cells[key]["spread"] = {
+                "baseline": md_escape(sp["baseline"]), "sd": fmt_num(sp["sd_diff"]),
+                "df": sp["df"], "level": f"{sp['level']:.3g}", "seeds": seeds(sp.get("seeds")),
+                "interval": f"[{seeds(sp.get('seeds_low'))}, {seeds(sp.get('seeds_high'))}]"}
+    sizes = sorted({len(c["grid"]) for c in choice.get("choices") or []})
+    md = template_env().get_template("tuning.md.j2").render(
+        suite=choice.get("suite"), seeds=choice.get("seeds") or [], rule=choice.get("rule"),
+        validation=f"{choice.get('validation_images'):,}", cells=list(cells.values()),
+        grid_sizes=" / ".join(map(str, sizes)),
+        header=["method", "parameter", "value", "mean validation error (%)", "SD", "runs",
+                "stuck", "broken", ""])
+    return [atomic_write(Path(out_dir) / "tuning.md", md)]

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+import yaml
 
 from benchmark.config import ConfigError
+from benchmark.tuning import choice_path
 from benchmark.records import (FIELDS_SINCE_2, REQUIRED_FIELDS, STATUSES, atomic_write, read_version,
                                record_files)
 
@@ -44,6 +46,8 @@ RUNS_SCHEMA: dict[str, str] = {
     "outcome_reason": "string", "correct": "string",
     # point-cloud runs (PointNet's "avg class acc"); NaN for records written before it existed
     "test_mean_class_acc": "float64",
+    # a tuned suite's protocol fields chosen by its tuning stage, {field: value} as JSON
+    "tuned": "string",
 }
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # Stuck rule (docs/statistics.md): final train CE at >= this fraction of the softmax-epsilon
@@ -127,7 +131,39 @@ def _threads(runtime: dict) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
+def tuned_protocol_fields(results_dir: str | Path) -> tuple[str, ...]:
+    """The protocol fields that a tuned suite's tuning stage chose for some method (e.g. the
+    baseline's ``optimizer.weight_decay``), from ``tuning/choice.yaml`` beside the records of
+    ``results_dir``; () otherwise. Such a field differs between the methods of a tuned table
+    by design: the store keeps it out of ``protocol_hash`` and in the ``tuned`` column, which
+    must then be one value per method (:func:`benchmark.analysis.cells.check_setup`)."""
+    path = choice_path(results_dir)
+    if not path.is_file():
+        return ()
+    try:
+        choice = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable choice file ({type(exc).__name__})") from None
+    params = (str(c.get("param", "")) for c in choice.get("choices") or [])
+    return tuple(sorted({p for p in params if "." in p}))  # dotted: a protocol field
+
+
+def _split_tuned(protocol: dict, tuned: tuple[str, ...]) -> tuple[dict, str | None]:
+    """(the protocol with each tuned field set to "tuned", {field: value} as JSON or None)."""
+    if not tuned:
+        return protocol, None
+    protocol, values = json.loads(json.dumps(protocol)), {}  # a deep copy
+    for dotted in tuned:
+        *path, leaf = dotted.split(".")
+        node = protocol
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            values[dotted], node[leaf] = node[leaf], "tuned"
+    return protocol, json.dumps(values, sort_keys=True)
+
+
+def _run_row(record: dict, rel_path: str, tuned: tuple[str, ...] = ()) -> dict[str, Any]:
     config, final = record.get("config") or {}, record.get("final") or {}
     protocol = config.get("protocol") or {}
     git, versions = record.get("git") or {}, record.get("versions") or {}
@@ -136,6 +172,7 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
                         ("git", git), ("runtime", runtime)):
         if not isinstance(value, dict):
             raise TypeError(f"'{name}' is a {type(value).__name__}, not a mapping")
+    shared, tuned_values = _split_tuned(protocol, tuned)
     eps = _num(protocol.get("softmax_eps"))
     outcome, why = classify_outcome(record["status"], final, eps, config.get("dataset"))
     commit = git.get("commit")
@@ -157,8 +194,8 @@ def _run_row(record: dict, rel_path: str) -> dict[str, Any]:
         "torch_version": versions.get("torch"), "synthetic": bool(record.get("synthetic")),
         "record_path": rel_path,
         "model_kwargs": json.dumps(config.get("model_kwargs") or {}, sort_keys=True),
-        "protocol_hash": hashlib.sha256(json.dumps(protocol, sort_keys=True).encode())
-        .hexdigest()[:12] if protocol else None,
+        "protocol_hash": hashlib.sha256(json.dumps(shared, sort_keys=True).encode())
+        .hexdigest()[:12] if protocol else None, "tuned": tuned_values,
         "regularizer_source": config.get("regularizer_source"), "code": code,
         "packed_seeds": runtime.get("packed_seeds", 1), "dtype": runtime.get("dtype"),
         "threads": _threads(runtime), "world_size": _world_size(record), "softmax_eps": eps,
@@ -203,11 +240,14 @@ def build_store(results_dir: str | Path, skipped: list[tuple[Path, str]] | None 
 
     A file that is not a valid record is left out and appended to ``skipped`` as (path,
     reason); so is a second record with a run id already seen. ``null`` in place of a number
-    (a diverged run's NaN written as strict JSON) reads as NaN.
+    (a diverged run's NaN written as strict JSON) reads as NaN. In the results of a tuned
+    suite, each method's ``protocol_hash`` leaves out the protocol fields its tuning chose
+    (:func:`tuned_protocol_fields`).
     """
     root = Path(results_dir)
     if not root.is_dir():
         raise ConfigError(f"results directory '{root}' does not exist")
+    tuned = tuned_protocol_fields(root)
     runs, curves, seen = [], [], {}
     skipped = skipped if skipped is not None else []
     for path in record_files(root):
@@ -224,7 +264,7 @@ def build_store(results_dir: str | Path, skipped: list[tuple[Path, str]] | None 
             problem = f"duplicate of run {record['run_id']} in {seen[record['run_id']]}"
         if problem is None:
             try:
-                run = _run_row(record, path.relative_to(root).as_posix())
+                run = _run_row(record, path.relative_to(root).as_posix(), tuned)
                 rows = _curve_rows(record, run)
                 _typed([run], RUNS_SCHEMA), _typed(rows, CURVES_SCHEMA)  # wrong types fail here
             except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -34,10 +34,22 @@ def test_gpu_profile_is_the_same_grid_at_paper_scale():
 
 def test_gpu_profile_refuses_other_suites_in_one_line():
     with pytest.raises(ConfigError, match=r"^profile 'gpu' is defined for the suite\(s\) "
-                                          r"fashion only, not 'quick'$"):
+                                          r"fashion, fashion_tuned only, not 'quick'$"):
         load_suite("quick", profile="gpu")
 
 
 def test_set_model_kwarg_still_wins_over_the_profile():
     suite = load_suite("fashion", {"model.width": 0.5}, profile="gpu")
     assert suite.models[0].kwargs == {"width": 0.5}
+
+
+def test_gpu_profile_scales_the_tuned_design_to_paper_width(tmp_path):
+    from benchmark.tuning import tune_specs
+    cpu, gpu = load_suite("fashion_tuned"), load_suite("fashion_tuned", profile="gpu")
+    assert gpu.tuning == cpu.tuning and gpu.regularizers == cpu.regularizers  # same design
+    assert gpu.protocol.name == "fashion_gpu" and gpu.models[0].kwargs == {"width": 1}
+    tune = tune_specs(gpu)
+    assert len(tune) == len(tune_specs(cpu)) == 60
+    assert {s.protocol.data.validation for s in tune} == {10_000}
+    assert {s.model_kwargs["width"] for s in tune} == {1}
+    assert not {s.run_id for s in tune} & {s.run_id for s in tune_specs(cpu)}

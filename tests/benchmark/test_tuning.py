@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import textwrap
 from pathlib import Path
 
@@ -99,6 +100,18 @@ def test_stages_end_to_end(tmp_path, capsys):
         assert c["chosen"] == best["value"]
         errors = [r["final"]["val_error"] for r in tuning_records if r["label"] == label]
         assert sorted(e for g in c["grid"] for e in g["val_error_by_seed"].values()) == sorted(errors)
+    # the spread that sizes the final stage: so - Baseline at their chosen values, seed by seed
+    (spread,) = choice["spread"]
+
+    def at_choice(label):
+        c = by_label[label]
+        return next(g for g in c["grid"] if g["value"] == c["chosen"])["val_error_by_seed"]
+
+    diffs = [at_choice("so")[s] - at_choice("Baseline")[s] for s in choice["seeds"]]
+    assert spread["by_method"]["so"] == {"n": 2, "mean_diff": pytest.approx(statistics.fmean(diffs)),
+                                         "sd_diff": pytest.approx(statistics.stdev(diffs))}
+    assert spread["sd_diff"] == pytest.approx(statistics.stdev(diffs)) and spread["df"] == 1
+    assert spread["level"] == 0.05 and spread["baseline"] == "Baseline"  # one comparison
 
     assert main(["run", "--suite", str(path), "--stage", "final", "--results", str(results),
                  "--no-progress"]) == 0
@@ -111,6 +124,24 @@ def test_stages_end_to_end(tmp_path, capsys):
             == pytest.approx(by_label["so"]["chosen"]))
     assert all("validation" not in r["config"]["protocol"]["data"] for r in finals)
     assert json.loads(json.dumps(choice))  # plain data, committable
+    # the report says what each setting was chosen from, beside the final table
+    assert main(["report", "--results", str(results)]) == 0
+    page = (results / "report" / "tuning.md").read_text()
+    assert "](../tuning/validation_curve_digits_cnn9.png)" in page
+    assert page.count("**chosen**") == 2 and "| so | `strength` |" in page
+    capsys.readouterr()
+    # the baseline's tuned weight decay is no protocol mix, but one method at two tuned
+    # settings in one table is; without the choice file it is an ordinary protocol mix
+    base = next(r for _, r in records.iter_records(results) if r["label"] == "Baseline")
+    base["config"]["protocol"]["optimizer"]["weight_decay"] *= 10
+    records.write_json_atomic(results / ("f" * 16 + ".json"), {**base, "run_id": "f" * 16})
+    assert main(["report", "--results", str(results)]) == 2
+    assert "mixes runs of 'Baseline' at different tuned settings" in capsys.readouterr().err
+    (results / ("f" * 16 + ".json")).unlink()
+    choice_path(results).rename(tmp_path / "choice.yaml")
+    assert main(["report", "--results", str(results)]) == 2
+    assert "mixes runs of different protocol_hash" in capsys.readouterr().err
+    (tmp_path / "choice.yaml").rename(choice_path(results))
 
     # a changed grid makes the choice stale: the final stage refuses it in one line
     stale = write(tmp_path, SUITE.replace("values: [1e-4, 5.0e-3]", "values: [1e-4, 1.0e-3]"))
