@@ -1,5 +1,6 @@
 """What several test modules share, in one place: the repository root, tiny run specs, the fake
-engine, the command line in a subprocess, record copying, and the switch of the real-Slurm tests.
+engine, the command line in a subprocess, record copying, the switch of the real-Slurm tests,
+and a tiny ImageNet folder.
 
 The fake engine (``fake_train``) stands in for ``benchmark.training.train``: it sleeps
 (FAKE_TRAIN_SLEEP seconds, split around a checkpoint write), appends ``start``/``end`` lines to
@@ -230,3 +231,24 @@ def local_slurm_up(state: Path) -> dict[str, str]:
         pytest.skip(f"no local Slurm here: {up.stderr.strip()}")
     assert up.returncode == 0, up.stderr
     return env
+
+
+IMAGE_FOLDER_CLASSES = ("n01", "n02", "n03")
+
+
+def make_image_folder(root, n_train=8, n_val=3, seed=0):
+    """root/imagenet/{train,val}/<class>/*.JPEG, images of assorted sizes (a tiny ImageNet)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, name in enumerate(IMAGE_FOLDER_CLASSES):
+            folder = root / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(36, 64)), int(rng.integers(36, 64))
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                pixels[..., c] = 255 - 10 * i  # a class colour, so there is something to learn
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.JPEG", quality=90)
+    return root

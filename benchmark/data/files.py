@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from benchmark.config import ConfigError, Data
-from benchmark.data.images import EpochCursor
+from benchmark.data.stream import EpochCursor, batches_per_epoch, epoch_generator
 from benchmark.data.datasets.folders import FileDataset
 
 # torchvision references/classification/presets.py: eval resize 256 for a 224 crop.
@@ -118,7 +118,7 @@ class FileBatchStream(EpochCursor):
         self.n = len(ds.train_samples)
         self.batch_size, self.seed, self.cfg, self.device = batch_size, seed, cfg, device
         self.rank, self.world, self.local_batch = rank, world, batch_size // world
-        self.per_epoch = self.n // batch_size if cfg.drop_last else -(-self.n // batch_size)
+        self.per_epoch = batches_per_epoch(self.n, batch_size, cfg.drop_last)
         if self.per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set "
                               f"({self.n} images)")
@@ -132,8 +132,9 @@ class FileBatchStream(EpochCursor):
 
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(order (n,), per-position augmentation seeds (n,)) of an epoch: the tensor stream's
-        generator formula, so the order is the tensor stream's for the same seed and size."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator (``stream.epoch_generator``), so the order is the tensor stream's for the same
+        seed and size."""
+        g = epoch_generator(self.seed, epoch)
         perm = torch.randperm(self.n, generator=g)
         return perm, torch.randint(0, 2**62, (self.n,), generator=g)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from benchmark.config import ConfigError, Data
 from benchmark.data.datasets import Dataset
+from benchmark.data.stream import EpochCursor, batches_per_epoch, epoch_generator
 
 
 def pad_index(n: int, pad: int, mode: str) -> torch.Tensor:
@@ -82,28 +83,6 @@ def take_batch(stream: "BatchStream", perm: torch.Tensor, oy: torch.Tensor, ox: 
     return x.unflatten(0, idx.shape), stream.y[idx]
 
 
-class EpochCursor:
-    """Where a training stream stands: its epoch and the position of its next batch in it. It is
-    all a checkpoint keeps of a stream: every epoch's order is drawn again from (seed, epoch).
-    Every stream (images, packed seeds, point clouds, files) moves and resumes through this."""
-
-    epoch: int = 0
-    position: int = 0
-    per_epoch: int  # batches per epoch
-
-    def advance(self) -> None:
-        """Move to the next batch position (and epoch) without producing the batch."""
-        self.position += 1
-        if self.position == self.per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
 class _EpochBuffers(EpochCursor):
     """What the tensor streams share: the epoch's order and augmentation, drawn once per epoch."""
 
@@ -118,19 +97,25 @@ class _EpochBuffers(EpochCursor):
     def load_epoch(self) -> None:
         raise NotImplementedError
 
+    @property
+    def template(self) -> "BatchStream":
+        """The single-seed stream whose dataset, batch size and maps this stream's batches use
+        (itself; a packed stream's first seed)."""
+        return self
+
 
 class BatchStream(_EpochBuffers):
     """The recipe's sampling: reshuffle every epoch, consecutive batches, last partial dropped.
 
     Each epoch's permutation and augmentation parameters come from a CPU generator seeded with
-    (seed, epoch): deterministic, device-independent, resumable from (epoch, position).
+    (seed, epoch) (``stream.epoch_generator``): deterministic, device-independent, resumable from (epoch, position).
     """
 
     def __init__(self, ds: Dataset, batch_size: int, seed: int, cfg: Data, train_aug: bool = True):
         self.x, self.y = ds.train_x, ds.train_y
         self.n = self.x.shape[0]
         self.batch_size = batch_size
-        self.per_epoch = self.n // batch_size if cfg.drop_last else -(-self.n // batch_size)
+        self.per_epoch = batches_per_epoch(self.n, batch_size, cfg.drop_last)
         if self.per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set ({self.n} images)")
         self.seed, self.cfg, self.train_aug = seed, cfg, train_aug
@@ -140,7 +125,7 @@ class BatchStream(_EpochBuffers):
         self.epoch_loaded = -1
 
     def load_epoch(self) -> None:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = epoch_generator(self.seed, self.epoch)
         a = self.cfg.augmentation
         self.perm = torch.randperm(self.n, generator=g).to(self.x.device)
         self.oy = torch.randint(0, 2 * a.pad + 1, (self.n,), generator=g).to(self.x.device)
@@ -195,6 +180,10 @@ class PackedBatchStream(_EpochBuffers):
                            slice(lo, min(lo + first.batch_size, first.n)))
         self.advance()
         return batch
+
+    @property
+    def template(self) -> BatchStream:
+        return self.streams[0]
 
     @property
     def per_epoch(self) -> int:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from benchmark.config import ConfigError, Data, PointData
-from benchmark.data.images import BatchStream, EpochCursor
+from benchmark.data.images import BatchStream
+from benchmark.data.stream import EpochCursor, batches_per_epoch, epoch_generator, epoch_seed
 from benchmark.data.datasets import Dataset
 
 
@@ -62,8 +63,7 @@ def points_input(x: torch.Tensor, cfg: PointData, dtype: torch.dtype) -> torch.T
 
 class PointStream(EpochCursor):
     """The recipe's sampling over point clouds: reshuffle every epoch, consecutive batches, the
-    last partial batch dropped (``data.drop_last``); the interface of ``data.BatchStream``
-    (``next``, ``advance``, ``epoch``, ``position``, ``per_epoch``, state dicts)."""
+    last partial batch dropped (``data.drop_last``); a ``stream.TrainStream``."""
 
     def __init__(self, ds: Dataset, batch_size: int, seed: int, cfg: Data, train_aug: bool = True):
         self.x, self.y = ds.train_x, ds.train_y
@@ -72,7 +72,7 @@ class PointStream(EpochCursor):
             raise ConfigError(f"data.points.num_points={cfg.points.num_points} is more than the "
                               f"{self.x.shape[1]} points per shape of {ds.name}")
         self.batch_size = batch_size
-        self.per_epoch = self.n // batch_size if cfg.drop_last else -(-self.n // batch_size)
+        self.per_epoch = batches_per_epoch(self.n, batch_size, cfg.drop_last)
         if self.per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set ({self.n} shapes)")
         self.seed, self.cfg, self.train_aug = seed, cfg, train_aug
@@ -81,13 +81,13 @@ class PointStream(EpochCursor):
 
     def ensure_epoch(self) -> None:
         if self.epoch_loaded != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = epoch_generator(self.seed, self.epoch)
             self.perm = torch.randperm(self.n, generator=g).to(self.x.device)
             self.epoch_loaded = self.epoch
 
     def batch_generator(self) -> torch.Generator:
         """The CPU generator of this batch's augmentation: seeded by (seed, epoch, position)."""
-        key = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + self.position
+        key = epoch_seed(epoch_seed(self.seed, self.epoch), self.position)
         return torch.Generator().manual_seed(key % (2**63 - 1))
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ class StaticBatches:
 
     def __init__(self, stream: Any):
         self.stream = stream
-        self.template = getattr(stream, "streams", [stream])[0]
+        self.template = stream.template
         device = self.template.x.device
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.offsets = torch.arange(self.template.batch_size, device=device)

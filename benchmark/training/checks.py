@@ -27,7 +27,7 @@ from benchmark.data import datasets
 from benchmark.plugins import load_plugins
 from benchmark.training.distributed import check as check_distributed, env_world_size
 
-# Seeds feed torch.manual_seed, numpy-style generators and seed * 1_000_003 + epoch (the batch
+# Seeds feed torch.manual_seed, numpy-style generators and data.stream.epoch_seed (the batch
 # stream): 2**32 - 1 keeps every one of them in range.
 MAX_SEED = 2**32 - 1
 
@@ -76,9 +76,9 @@ def validate(spec: RunSpec) -> None:
 
 def check_engine_support(spec: RunSpec, kind: str, aux: bool, world_size: int = 1) -> None:
     """One-line ConfigError for a combination the fast paths cannot run. The whole-step CUDA
-    graph (runtime.compile=graph) gathers image batches by a device counter, steps SGD with the
-    rate as a constant and reads nothing but (loss, CE, penalty): it takes no point clouds, no
-    Adam, no BN-momentum schedule and no model auxiliary losses. Distributed runs (world size
+    graph (runtime.compile=graph) gathers image batches from device tensors by a device counter,
+    steps SGD with the rate as a constant and reads nothing but (loss, CE, penalty): it takes no
+    point clouds, no datasets read from files, no Adam, no BN-momentum schedule and no model auxiliary losses. Distributed runs (world size
     > 1) shard image streams only, and call the model through DDP's forward, which has no
     auxiliary-loss hook: no point clouds, no auxiliary losses (not built yet)."""
     p = spec.protocol
@@ -87,7 +87,8 @@ def check_engine_support(spec: RunSpec, kind: str, aux: bool, world_size: int = 
         raise ConfigError(f"distributed runs (world size {world_size}) do not support {why} yet; "
                           "run it as one process")
     if p.runtime.compile == "graph":
-        why = ("point-cloud datasets" if kind == "points" else "optimizer.name=adam"
+        why = ("point-cloud datasets" if kind == "points" else
+               f"datasets read from files ({spec.dataset})" if kind == "files" else "optimizer.name=adam"
                if p.optimizer.name == "adam" else "bn_momentum_schedule"
                if p.bn_momentum_schedule is not None else
                f"models with auxiliary losses ({spec.model})" if aux else None)
@@ -110,8 +111,10 @@ def check_packable(specs: list[RunSpec]) -> None:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"packed run: seeds must be distinct, got {seeds}")
     spec = specs[0]
-    if datasets.info(spec.dataset).kind != "image":
-        raise ConfigError(f"packed run: point-cloud datasets ({spec.dataset}) cannot be packed; "
+    kind = datasets.info(spec.dataset).kind
+    if kind != "image":
+        what = "point-cloud datasets" if kind == "points" else "datasets read from files"
+        raise ConfigError(f"packed run: {what} ({spec.dataset}) cannot be packed; "
                           "run without --pack-seeds")
     if has_aux_losses(spec.model, spec.model_kwargs, spec.dataset):
         raise ConfigError(f"packed run: model '{spec.model}' has auxiliary losses, which packed "

@@ -200,9 +200,6 @@ def setup_packed(specs: list[RunSpec]) -> PackedRun:
     device = resolve_device(proto.runtime.device)
     bf16, memory_format, mode, dtype = runtime_settings(proto, device)
     data = datasets.load(specs[0].dataset, proto.data).to(device)
-    if getattr(data, "files", False):
-        raise ConfigError(f"packed seeds need a tensor dataset; {specs[0].dataset} is read from "
-                          "files: give --pack-seeds 1")
     nets = []
     for spec in specs:
         torch.manual_seed(spec.seed)  # model init, exactly as the single run

@@ -153,7 +153,7 @@ class Run(Steps, Driven):
 
     def evaluate(self) -> list[tuple[float, float]]:
         self.last_correct = []  # per-image correctness of this evaluation, for the record
-        batches_of = getattr(self.data, "test_batches", None)  # a file-backed dataset's loader
+        batches_of = self.data.test_batches if self.data.kind == "files" else None
         if batches_of is None and self.dist_info is None:
             # point clouds: (batch, 1024 channels, points) activations; 1,000 shapes would be 4 GB
             batch = 64 if self.data.kind == "points" else 1000
@@ -287,10 +287,7 @@ def setup(spec: RunSpec) -> Run:
     reg.attach(model, roles=roles, seed=spec.seed)
     # weight_decay on every parameter, BN gamma/beta included, as the recipe.
     opt = make_optimizer(model.parameters(), proto.optimizer)
-    if getattr(data, "files", False):  # file-backed (imagenet): a DataLoader stream, sharded
-        if mode == "graph":
-            raise ConfigError(f"runtime.compile 'graph' needs a tensor dataset; {spec.dataset} is "
-                              "read from files (allowed: off, auto, default, reduce-overhead)")
+    if data.kind == "files":  # imagenet: a DataLoader stream, sharded (checks refuse graph mode)
         rank, world = (0, 1) if info is None else (info.rank, info.world_size)
         workers = proto.runtime.loader_workers
         stream = FileBatchStream(data, proto.batch_size, spec.seed, proto.data, device, rank,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from benchmark.data import datasets
 from benchmark.config import ConfigError, RunSpec, load_protocol
@@ -14,24 +12,7 @@ from benchmark.data.datasets.folders import even_subset
 from benchmark.data.files import FileBatchStream, eval_batches
 from benchmark.suites import load_suite
 from benchmark.training import train, validate
-
-CLASSES = ("n01", "n02", "n03")
-
-
-def make_image_folder(root, n_train=8, n_val=3, seed=0):
-    """root/imagenet/{train,val}/<class>/*.JPEG, images of assorted sizes."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c, name in enumerate(CLASSES):
-            folder = root / "imagenet" / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                h, w = int(rng.integers(36, 64)), int(rng.integers(36, 64))
-                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                pixels[..., c] = 255 - 10 * i  # a class colour, so there is something to learn
-                Image.fromarray(pixels).save(folder / f"{name}_{i}.JPEG", quality=90)
-    return root
-
+from tests.helpers import IMAGE_FOLDER_CLASSES as CLASSES, make_image_folder
 
 @pytest.fixture
 def folder(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ pixels); ``benchmark.data.files`` decodes and augments the images with a DataLoa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,9 @@ __all__ = ["FileDataset", "scan_image_folder", "even_subset"]
 @dataclass
 class FileDataset:
     """A dataset on disk: (path, class) samples of the training and test sets. ``test_y`` (n,)
-    int64 labels of the test samples (what a record counts); ``files`` marks it file-backed."""
+    int64 labels of the test samples (what a record counts); ``kind`` "files" (the registry's
+    vocabulary) is what routes it to ``benchmark.data.files``; ``test_batches`` is the run's
+    evaluation loader (``files.eval_batches``), set when a run is set up."""
 
     name: str
     train_samples: list[tuple[str, int]]
@@ -28,8 +31,8 @@ class FileDataset:
     classes: list[str] = field(default_factory=list)
     synthetic: bool = False
     in_chans: int = 3
-    files: bool = True
-    kind: str = "image"  # images, decoded from files (registry.Dataset's vocabulary)
+    kind: str = "files"
+    test_batches: Callable | None = None
 
     @property
     def test_y(self) -> torch.Tensor:

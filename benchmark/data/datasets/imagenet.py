@@ -34,7 +34,7 @@ def _missing() -> str | None:
 
 
 @register_dataset("imagenet", num_classes=1000, offline=False, channels=3, image_size=None,
-                  train_size=None, missing=_missing,
+                  train_size=TRAIN_SIZE, missing=_missing, kind="files",
                   description="ImageNet-1k (ILSVRC-2012) from ImageFolder files under "
                               "$COMHE_DATA/imagenet/{train,val}, decoded by a DataLoader")
 def imagenet(arg: str | None, cfg: Data) -> FileDataset:

@@ -27,15 +27,17 @@ from benchmark.config import ConfigError, Data
 from regularizers import hint
 
 from benchmark.data.datasets import split
+from benchmark.data.stream import batches_per_epoch
 
-__all__ = ["Dataset", "DatasetInfo", "register_dataset", "available", "info", "check_name",
+__all__ = ["KINDS", "Dataset", "DatasetInfo", "register_dataset", "available", "info", "check_name",
            "load", "preflight", "offline_stand_in", "data_dir", "download_allowed"]
 
 
 @dataclass
 class Dataset:
     """``kind`` "image": uint8 images (N, C, H, W); "points": float32 point clouds (N, P, C)
-    (``benchmark.data.points`` samples and augments them). Labels int64 (N,)."""
+    (``benchmark.data.points`` samples and augments them). Labels int64 (N,). (The third kind,
+    "files", is ``datasets.folders.FileDataset``: images decoded from disk while training.)"""
 
     name: str
     train_x: torch.Tensor
@@ -44,7 +46,7 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     synthetic: bool = False
-    kind: str = "image"  # "image" or "points"
+    kind: str = "image"  # "image" or "points" (KINDS)
     # What test_x/test_y hold: "test" (the test set) or "validation" (images held out of the
     # training set by data.validation; the test set is not loaded into the dataset then).
     split: str = "test"
@@ -59,6 +61,11 @@ class Dataset:
             setattr(self, k, getattr(self, k).to(device))
         return self
 
+
+# What a dataset holds, declared by its registration and carried by what its loader returns:
+# "image" and "points" are tensors the run keeps on its device (benchmark.data.images / points
+# stream them); "files" are images read from disk while training (benchmark.data.files).
+KINDS = ("image", "points", "files")
 
 Loader = Callable[[str | None, Data], Dataset]  # (name's argument or None, protocol data)
 
@@ -79,7 +86,7 @@ class DatasetInfo:
     image_size: int | None = None  # native; None: the protocol's
     train_size: int | None = None
     missing: Callable[[], str | None] | None = None  # one line naming missing files, or None
-    kind: str = "image"  # or "points" (point clouds: no image size, benchmark.data.points)
+    kind: str = "image"  # one of KINDS ("points": no image size, benchmark.data.points)
     stand_in: str | None = None  # the offline stand-in; None: synthetic:<num_classes>
     points: int | None = None  # point clouds: points stored per shape (data.points.num_points <= it)
 
@@ -101,11 +108,12 @@ def register_dataset(name: str, *, num_classes: int | None, offline: bool, descr
     """Decorator registering ``loader(arg, cfg) -> Dataset`` under ``name``. ``channels``,
     ``image_size`` (native), ``train_size`` and ``missing()`` (a line naming the files that are
     not on disk, or None) let :func:`preflight` reject a run before anything loads. ``kind``:
-    "image" or "points" (point clouds; ``channels`` is then the coordinates per point);
+    one of ``KINDS`` ("points": point clouds, ``channels`` is then the coordinates per point;
+    "files": images decoded from disk while training, the loader returns a ``FileDataset``);
     ``stand_in``: the offline dataset profiles use instead (default ``synthetic:<classes>``);
     ``points``: point clouds only, the points stored per shape."""
-    if kind not in ("image", "points"):
-        raise ValueError(f"dataset {name!r}: kind must be 'image' or 'points', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"dataset {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
     def deco(loader: Loader) -> Loader:
         old = _REGISTRY.get(name)
@@ -150,6 +158,8 @@ def preflight(name: str, cfg: Data, batch_size: int) -> None:
     in its training set. One-line ConfigError."""
     entry = info(name)
     size = entry.image_size or cfg.image_size
+    if entry.kind == "files":
+        _check_files_split(name, cfg)
     if entry.kind == "image" and size > cfg.image_size:
         raise ConfigError(f"{name} images are {size}x{size}, larger than data.image_size="
                           f"{cfg.image_size}; use data.image_size >= {size}")
@@ -162,8 +172,7 @@ def preflight(name: str, cfg: Data, batch_size: int) -> None:
     if entry.train_size is not None:
         rest = entry.train_size - cfg.validation
         n_train = min(rest, cfg.max_train) if cfg.max_train else rest
-        per_epoch = n_train // batch_size if cfg.drop_last else -(-n_train // batch_size)
-        if per_epoch < 1:
+        if batches_per_epoch(n_train, batch_size, cfg.drop_last) < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set of {name} "
                               f"({n_train} images)")
     if entry.missing is not None and not download_allowed():
@@ -198,10 +207,8 @@ def load(name: str, cfg: Data) -> Dataset:
     arg = name.partition(":")[2] or None
     ds = entry.loader(arg, cfg)
     ds.name = name
-    if getattr(ds, "files", False):  # file-backed (datasets.folders): sizes and caps are its own
-        if cfg.validation:
-            raise ConfigError(f"data.validation is not supported for the file-backed dataset "
-                              f"{name} (not built yet); use data.validation: 0")
+    if ds.kind == "files":  # datasets.folders.FileDataset: its sizes and caps are its own
+        _check_files_split(name, cfg)
         return ds
     if ds.kind == "image":
         ds.train_x, ds.test_x = (_fit_size(x, cfg.image_size) for x in (ds.train_x, ds.test_x))
@@ -212,6 +219,12 @@ def load(name: str, cfg: Data) -> Dataset:
     if cfg.max_test and not cfg.validation:
         ds.test_x, ds.test_y = ds.test_x[: cfg.max_test], ds.test_y[: cfg.max_test]
     return ds
+
+
+def _check_files_split(name: str, cfg: Data) -> None:
+    if cfg.validation:
+        raise ConfigError(f"data.validation is not supported for the file-backed dataset "
+                          f"{name} (not built yet); use data.validation: 0")
 
 
 def _fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
