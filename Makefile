@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(NOX) -s tests
 
 test-quick: $(STAMP)
-	$(NOX) -s tests -- -m "not slow" -q
+	$(NOX) -s tests -- -m "not slow" -q -n 2
 
 # Retrain the offline `quick` suite into runs/quick/ and compare it run by run with the
 # committed reference (results/quick/); the tracked tree is left as it was.

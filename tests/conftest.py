@@ -5,8 +5,10 @@ import torch
 
 from tests.helpers import slurm_header
 
-# Two cores on CI: one intra-op thread per test process keeps timings and runs predictable.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on CI: at most two intra-op threads in a serial run; one per worker under
+# pytest-xdist (`-n 2`, `make test-quick`), so that the workers do not fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER")
+                      else max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_report_header(config):

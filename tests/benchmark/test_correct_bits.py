@@ -26,7 +26,7 @@ def _spec(seed, reg="weight_decay"):
                                    "schedule.milestones": [2]})
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_records_carry_the_final_per_image_correctness(tmp_path, packed):
     specs = [_spec(0), _spec(1)]
     if packed:

@@ -53,7 +53,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert a["curves"]["train_loss"] != c["curves"]["train_loss"]
 
 
-@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe", "srip"])
+@pytest.mark.parametrize("regularizer", ["rp_comhe", pytest.param("ap_comhe", marks=pytest.mark.slow), "srip"])
 def test_interrupted_run_resumes_to_identical_metrics(tmp_path, regularizer):
     s = spec(regularizer=regularizer, seed=3)
     full = train(s, tmp_path / "full", progress=False)
@@ -70,7 +70,8 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, regularizer):
     assert full["resumed_from"] == [] and resumed["resumed_from"] == [6]
 
 
-@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe", "srip"])
+@pytest.mark.parametrize("regularizer", [pytest.param("rp_comhe", marks=pytest.mark.slow),
+                                         pytest.param("ap_comhe", marks=pytest.mark.slow), "srip"])
 def test_graph_mode_run_and_resume_equal_the_eager_run(tmp_path, regularizer):
     """``runtime.compile: graph`` through the whole loop (on the CPU its body runs unrecorded):
     5 epochs of 4 batches, a rate change at 8, evaluations and checkpoints; then interrupted
@@ -91,6 +92,7 @@ def test_graph_mode_run_and_resume_equal_the_eager_run(tmp_path, regularizer):
             assert rec["curves"][key] == eager["curves"][key], key
 
 
+@pytest.mark.slow
 def test_srip_schedule_follows_the_protocols_epochs_and_is_recorded(tmp_path):
     """The engine tells the regularizer the epoch of each step's batch (the data stream's:
     iteration // iterations per epoch); SRIP's released schedule drops x1e-3 at epoch 20. Here 2

@@ -71,7 +71,7 @@ def _run_steps(compile_mode, regularizer="rp_comhe", packed_seeds=0, steps=20, *
     ("rp_comhe", 0, {}),                                            # projections drawn outside
     ("ap_comhe", 0, {}),                                            # inner steps + look-ahead
     ("srip", 0, {"data.drop_last": False, "data.max_train": 120}),  # partial batches, eager draws
-    ("rp_comhe", 2, {}),                                            # packed seeds
+    pytest.param("rp_comhe", 2, {}, marks=pytest.mark.slow),        # packed seeds
 ])
 def test_whole_step_graph_body_matches_eager(regularizer, packed_seeds, over):
     """``runtime.compile: graph`` on the CPU runs the body it would record on a GPU, with the same

@@ -43,7 +43,9 @@ def test_packed_stream_is_each_seeds_own_stream():
     assert packed.state_dict() == singles[0].state_dict()
 
 
-@pytest.mark.parametrize("regularizer", ["rp_comhe", "ap_comhe", "srip", "hs_mhe"])
+@pytest.mark.parametrize("regularizer", [  # srip stays in the quick set; the others are slow
+    pytest.param("rp_comhe", marks=pytest.mark.slow), pytest.param("ap_comhe", marks=pytest.mark.slow),
+    "srip", pytest.param("hs_mhe", marks=pytest.mark.slow)])
 def test_packed_steps_match_single_runs(regularizer):
     specs = [spec(regularizer, seed) for seed in (4, 1)]
     packed = setup_packed(specs)
@@ -79,6 +81,7 @@ def test_packed_steps_match_single_runs(regularizer):
         assert not torch.allclose(states[0][name], states[1][name]), name
 
 
+@pytest.mark.slow
 def test_packed_train_writes_each_seeds_record_as_the_single_run(tmp_path):
     specs = [spec("rp_comhe", seed) for seed in (0, 2)]
     recs = train_packed(specs, tmp_path / "packed", progress=False)
@@ -97,6 +100,7 @@ def test_packed_train_writes_each_seeds_record_as_the_single_run(tmp_path):
     assert not list((tmp_path / "packed").rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_packed_run_resumes_to_identical_metrics(tmp_path):
     specs = [spec("ap_comhe", seed) for seed in (5, 6)]
     full = train_packed(specs, tmp_path / "full", progress=False)
@@ -119,6 +123,7 @@ class _NanForSeed1(regularizers.Regularizer):
         return z + (float("nan") if self.seed == 1 else 0.0)
 
 
+@pytest.mark.slow
 def test_a_diverging_seed_does_not_touch_the_others(tmp_path, monkeypatch):
     from regularizers import registry
 
@@ -141,6 +146,7 @@ def test_only_runs_differing_by_seed_pack():
         check_packable([spec(seed=0), spec(seed=0)])
 
 
+@pytest.mark.slow
 def test_runner_packs_seeds_and_skips_finished_runs(tmp_path):
     from benchmark.sweep import pack_by_seed, run_suite
 
@@ -162,6 +168,7 @@ def test_runner_packs_seeds_and_skips_finished_runs(tmp_path):
         run_suite(specs, tmp_path, pack_seeds=0, progress=False)
 
 
+@pytest.mark.slow
 def test_runner_packs_in_worker_processes(tmp_path):
     from benchmark.sweep import run_suite
 

@@ -18,6 +18,7 @@ def _spec(schedule, **over):
         "batch_size": 32, **over})
 
 
+@pytest.mark.slow
 def test_scaled_srip_anneals_over_the_run_and_is_recorded(tmp_path):
     """10 iterations (2 per epoch): "scaled" drops at iterations 1 / 3 / 4 / 6 (the first at or
     after 10 / 25 / 35 / 60 % of the run), where "released" stays at 1 (epoch 4 < 20). The
