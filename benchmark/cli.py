@@ -338,7 +338,7 @@ def _cmd_compare(args) -> int:
         if not any(True for _ in iter_records(path)):
             raise ConfigError(f"{flag}: no run records under '{path}'")
     verdict = compare_dirs(args.results, args.reference, match=args.match, rtol=args.rtol,
-                           atol=args.atol)
+                           atol=args.atol, subset=args.subset)
     print(format_comparison(verdict, args.results, args.reference))
     return 1 if verdict.verdict == "inconsistent" and not args.report_only else 0
 
@@ -503,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "inconsistent",
                   "Match the runs of two results directories and give each run, each label and the "
                   "whole comparison a verdict: identical (bit for bit), consistent (within the "
-                  "protocol's measured numerical noise: <reference>/../sensitivity/summary.json) or "
+                  "protocol's measured numerical noise: <reference>/../sensitivity/summary.json, or "
+                  "<reference>/sensitivity/summary.json for a tuned suite's final records) or "
                   "inconsistent (an outcome flip, a missing run, or a label whose mean moved beyond "
                   "that noise). Exits 1 on inconsistent.")
     cmp.add_argument("--results", required=True, help="the runs to check")
@@ -515,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="relative tolerance per curve value for where two runs part")
     cmp.add_argument("--atol", type=float, default=1e-6,
                      help="absolute tolerance per curve value for where two runs part")
+    cmp.add_argument("--subset", action="store_true",
+                     help="RESULTS reruns a few of the reference's runs (two cells on another "
+                          "machine, say): reference runs it lacks are left out, not counted missing")
     cmp.add_argument("--report-only", action="store_true",
                      help="exit 0 even when the comparison is inconsistent")
     sens = command("sensitivity", "a suite's numerical noise: every run again under a float "

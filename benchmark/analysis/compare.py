@@ -10,12 +10,13 @@ label, seed), for runs whose ids differ on purpose (another thread count, a chan
 - ``consistent``: numerically different, but no more than the protocol's own numerical noise
   predicts. That noise is what `benchmark sensitivity` measured: the root-mean-square change of
   a run's final test error when the same run is trained with the kernels of another
-  instruction-set level (``<reference>/../sensitivity/summary.json``). Without that file, the
+  instruction-set level (``<reference>/../sensitivity/summary.json``, or inside the reference
+  directory for a tuned suite's final records). Without that file, the
   bound assumes the worst, that another machine scatters a run as much as a new seed does
   (sqrt(2) x the reference's pooled seed SD), and says so.
 - ``inconsistent``: what that noise does not explain: a run whose outcome flips (trained here,
   diverged or stuck there, or the other way), a reference run with no counterpart (the set-up
-  changed), or a label whose mean paired difference of final test error leaves its bound.
+  changed; ``subset=True`` / ``--subset`` leaves those out for a rerun of a few cells), or a label whose mean paired difference of final test error leaves its bound.
 
 The label test: with d_s = error_here(s) - error_reference(s) over the n seeds both trained,
 mean(d) must lie within q * sigma / sqrt(n), sigma the measured noise (floored at one test
@@ -183,14 +184,17 @@ def compare_records(ours: dict, ref: dict, *, rtol: float = 1e-4, atol: float = 
 
 
 def load_noise(reference: str | Path) -> Noise | None:
-    """The noise measured by `benchmark sensitivity` beside a reference directory, if any."""
-    path = Path(reference).parent / SENSITIVITY_FILE
-    try:
-        pooled = json.loads(path.read_text())["pooled"]
-        return Noise(float(pooled["perturbation_rms"]), float(pooled["pairs"]),
-                     f"measured by `benchmark sensitivity` ({path})", True)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The noise measured by `benchmark sensitivity` for a reference directory, if any: beside
+    it (``results/<suite>/runs`` -> ``results/<suite>/sensitivity``) or, for a tuned suite whose
+    final records sit at the top of ``results/<suite>/``, inside it."""
+    for path in (Path(reference).parent / SENSITIVITY_FILE, Path(reference) / SENSITIVITY_FILE):
+        try:
+            pooled = json.loads(path.read_text())["pooled"]
+            return Noise(float(pooled["perturbation_rms"]), float(pooled["pairs"]),
+                         f"measured by `benchmark sensitivity` ({path})", True)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def seed_noise(refs: list[dict]) -> Noise:
@@ -215,9 +219,11 @@ def _quantile(tests: int, df: float, alpha: float) -> float:
 
 def compare_dirs(results: str | Path, reference: str | Path, *, match: str = "run_id",
                  noise: Noise | None = None, alpha: float = ALPHA, rtol: float = 1e-4,
-                 atol: float = 1e-6) -> Verdict:
+                 atol: float = 1e-6, subset: bool = False) -> Verdict:
     """Every run of either directory, in the reference's order, then the new ones; the label
-    tests; the overall level."""
+    tests; the overall level. ``subset``: ``results`` reruns a few of the reference's runs on
+    purpose; the reference runs it lacks are left out instead of counted missing (the noise is
+    still the whole reference's)."""
     if match not in ("run_id", "label"):
         raise ValueError(f"match must be 'run_id' or 'label', got {match!r}")
 
@@ -228,7 +234,7 @@ def compare_dirs(results: str | Path, reference: str | Path, *, match: str = "ru
     ours, refs = index(results), index(reference)
     noise = noise or load_noise(reference) or seed_noise(list(refs.values()))
     rows = []
-    for k in list(refs) + [k for k in ours if k not in refs]:
+    for k in [k for k in refs if k in ours or not subset] + [k for k in ours if k not in refs]:
         if k in ours and k in refs:
             rows.append(compare_records(ours[k], refs[k], rtol=rtol, atol=atol))
         else:

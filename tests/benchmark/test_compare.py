@@ -148,3 +148,32 @@ def test_compare_command_exits_1_only_when_inconsistent(pair, capsys):
     _edit(a, recs[0], lambda r: r.update(status="failed", reason="boom"))
     assert main(["compare", "--results", str(a), "--reference", str(b)]) == 1
     assert main(["compare", "--results", str(a), "--reference", str(b), "--report-only"]) == 0
+
+
+def test_a_rerun_of_a_few_cells_is_checked_with_subset(pair, tmp_path):
+    """Issue 24: "a rerun of any two final cells on another machine": the reference runs the
+    rerun does not have are left out with --subset, not counted missing; the noise is still
+    the whole reference's."""
+    a, b, recs = pair
+    few = tmp_path / "few"
+    for r in recs[:2]:
+        _edit(few, r, _shift(0.2))
+    assert compare_dirs(few, b).verdict == "inconsistent"  # 7 reference runs missing
+    v = compare_dirs(few, b, subset=True)
+    assert v.verdict == "consistent" and len(v.runs) == 2
+    assert v.noise.measured
+    _edit(few, recs[0], lambda r: r.update(status="diverged"))  # a flip still shows
+    assert compare_dirs(few, b, subset=True).verdict == "inconsistent"
+    assert main(["compare", "--results", str(few), "--reference", str(b), "--subset"]) == 1
+
+
+def test_the_noise_beside_a_tuned_suites_final_records_is_found(tmp_path):
+    """A tuned suite keeps its final records at the top of its directory (results/<suite>/),
+    so its sensitivity summary sits inside that directory, not beside it."""
+    ref = tmp_path / "fashion_tuned"
+    ref.mkdir()
+    _noise(ref, 0.4)
+    noise = load_noise(ref)
+    assert noise is not None and noise.sigma == pytest.approx(0.4)
+    _noise(tmp_path, 0.9)  # a summary beside the directory (the runs/ layout) comes first
+    assert load_noise(ref).sigma == pytest.approx(0.9)
