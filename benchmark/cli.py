@@ -349,6 +349,12 @@ def _cmd_sensitivity(args) -> int:
     from benchmark.suites import load_suite
 
     suite = load_suite(args.suite, profile=args.profile)  # validates before anything runs
+    if suite.tuning is not None and not args.no_train:
+        # its runs are a stage's (`run --stage final` reads the choice file); not built yet
+        raise ConfigError(f"sensitivity: suite '{suite.name}' has a tuning section, and training "
+                          "a tuned suite's final stage again is not built yet; rerun cells as "
+                          "single runs under the perturbation and check them with `compare "
+                          "--subset` (docs/sweeps.md, \"Tuning stages\")")
     name = Path(args.suite).stem + (f"-{args.profile}" if args.profile else "")
     base = Path(args.base or Path("results") / name / "runs")
     out = Path(args.out or Path("results") / name / "sensitivity")

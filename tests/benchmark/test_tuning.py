@@ -169,3 +169,13 @@ def test_a_grid_point_with_a_diverged_run_is_not_eligible_and_stuck_runs_count()
     stuck = grid_point(2.0, [(7, "complete", 10.0), (8, "stuck", 90.0)])
     assert stuck["broken"] == 0 and stuck["stuck"] == 1 and stuck["mean"] == 50.0
     assert stuck["sd"] == pytest.approx(56.5685, abs=1e-4)  # sqrt(2 x 40^2): by hand
+
+
+def test_sensitivity_of_a_tuned_suite_is_refused_in_one_line(capsys):
+    """Training a tuned suite's final stage again under a perturbation is not built: refused
+    before anything runs, naming what to do instead (not a child process's traceback)."""
+    from benchmark.cli import main
+
+    assert main(["sensitivity", "--suite", "fashion_tuned", "--base", "results/fashion_tuned"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not built yet" in err[0] and "compare --subset" in err[0]
