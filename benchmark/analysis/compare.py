@@ -334,8 +334,10 @@ def _explain(v: Verdict, envs: dict[str, set]) -> str:
         return (f"The runs are not bit-identical, as expected where {machine} differ: other kernels "
                 "round differently and training carries the difference to the end"
                 + (f" ({code} differ too, which may move numbers for other reasons)" if code else "")
-                + ". No outcome flipped and no label moved more than the protocol's measured "
-                "numerical noise allows: this machine reproduces the reference.")
+                + ". No outcome flipped and no label moved more than "
+                + ("the protocol's measured numerical noise allows" if v.noise.measured else
+                   "the seed spread allows (the numerical noise was not measured: a weaker check)")
+                + ": this machine reproduces the reference.")
     bad = [lab.label for lab in v.labels if lab.verdict == "inconsistent"]
     bad_keys = {lab.label for lab in v.labels if lab.verdict == "inconsistent"}
     runs = [f"{r.run_id} ({r.label}, seed {r.seed}: {r.note or r.verdict}"

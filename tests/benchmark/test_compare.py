@@ -177,3 +177,13 @@ def test_the_noise_beside_a_tuned_suites_final_records_is_found(tmp_path):
     assert noise is not None and noise.sigma == pytest.approx(0.4)
     _noise(tmp_path, 0.9)  # a summary beside the directory (the runs/ layout) comes first
     assert load_noise(ref).sigma == pytest.approx(0.9)
+
+
+def test_the_verdict_says_measured_only_when_the_noise_was(pair, tmp_path):
+    a, b, recs = pair
+    _edit(a, recs[0], _shift(0.2))
+    assert "measured numerical noise allows" in format_comparison(compare_dirs(a, b), a, b)
+    (tmp_path / "b" / "sensitivity" / "summary.json").unlink()
+    text = format_comparison(compare_dirs(a, b), a, b)
+    assert "verdict: consistent" in text and "measured numerical noise allows" not in text
+    assert "the seed spread allows" in text
