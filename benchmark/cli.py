@@ -298,7 +298,19 @@ def _tuning_of(results: Path, out: Path):
         png = tuning_plot_path(path.parent / "validation_curve", c["dataset"], c["model"])
         if png.is_file():
             plots[(c["dataset"], c["model"])] = Path(os.path.relpath(png, out.resolve().parent)).as_posix()
-    return {**tuning_context(choice, plots), "choice": choice}
+    return {**tuning_context(choice, plots, _planned_seeds(choice.get("suite"))), "choice": choice}
+
+
+def _planned_seeds(suite_name) -> int | None:
+    """The final stage's seeds per method from the suite file the choice was made for (None:
+    that suite is not loadable here, e.g. a plugin's or a renamed file; then completeness is
+    not judged)."""
+    from benchmark.suites import load_suite
+
+    try:
+        return len(load_suite(str(suite_name), validate=False).seeds) if suite_name else None
+    except ConfigError:
+        return None
 
 
 def _cmd_leaderboard(args) -> int:
@@ -324,9 +336,24 @@ def _cmd_leaderboard(args) -> int:
         if runs.empty:
             raise ConfigError(f"no run records under '{d}'")
         groups.append((d.as_posix(), runs))
+    history = []
+    for d in map(Path, args.history):  # superseded tables: listed with a link, not re-ranked
+        if not d.is_dir():
+            raise ConfigError(f"--history directory '{d}' does not exist")
+        if d.resolve() in seen:
+            raise ConfigError(f"'{d}' is given as --results and --history; it is one or the other")
+        runs, _ = build_store(d, [])
+        if runs.empty:
+            raise ConfigError(f"no run records under --history '{d}'")
+        table = next((t for t in (d / "report" / "table.md", d.parent / "report" / "table.md")
+                      if t.is_file()), None)
+        link = (Path(os.path.relpath(table.resolve(), Path(args.out).resolve().parent)).as_posix()
+                if table else None)
+        history.append((d.as_posix(), runs, link))
     tunings = [_tuning_of(d, Path(args.out)) for d in dirs]
     print(render_leaderboards(groups, args.out, include_stuck=args.include_stuck,
-                              allow_mixed_code=args.allow_mixed_code, tunings=tunings))
+                              allow_mixed_code=args.allow_mixed_code, tunings=tunings,
+                              history=history))
     return 0
 
 
@@ -500,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--results", action="append", required=True, metavar="DIR",
                     help="a results directory (its records or its store); repeatable, in the "
                          "order the sections should appear")
+    lb.add_argument("--history", action="append", default=[], metavar="DIR",
+                    help="a superseded table's results directory: listed at the end with its "
+                         "set-up and a link to its report table, not shown as a current result; "
+                         "repeatable")
     lb.add_argument("--out", default="results/leaderboard.md", help="the leaderboard file to write")
     lb.add_argument("--allow-mixed-code", action="store_true",
                     help="pair runs of different code versions in one cell (said under the title)")

@@ -82,17 +82,19 @@ def _section_setup(runs: pd.DataFrame) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def tuning_context(choice: dict | None, plots: dict[tuple[str, str], str] | None = None
-                   ) -> dict | None:
+def tuning_context(choice: dict | None, plots: dict[tuple[str, str], str] | None = None,
+                   planned_seeds: int | None = None) -> dict | None:
     """What a section of a tuned suite shows beside its table, from the tuning stage's choice
     file (benchmark/analysis/choice.py): per (dataset, model, label) the chosen value, and the
-    budget every method had. ``plots``: (dataset, model) -> the validation-curve figure's link."""
+    budget every method had. ``plots``: (dataset, model) -> the validation-curve figure's link.
+    ``planned_seeds``: the final stage's seeds per method (the suite file's ``seeds``; None:
+    unknown), so that a section with fewer runs than planned is shown as interim."""
     if not choice:
         return None
     chosen = {(c["dataset"], c["model"], c["label"]): (c["param"], c.get("chosen"), len(c["grid"]))
               for c in choice.get("choices") or []}
     sizes = sorted({n for _, _, n in chosen.values()})
-    return {"chosen": chosen, "plots": plots or {}, "budget": (
+    return {"chosen": chosen, "plots": plots or {}, "planned_seeds": planned_seeds, "budget": (
         f"every method tuned with the same budget: {'/'.join(map(str, sizes))} grid values x "
         f"{len(choice.get('seeds') or [])} tuning seeds ({', '.join(map(str, choice.get('seeds') or []))}) "
         f"on a {choice.get('validation_images')}-image validation split held out of the training "
@@ -104,6 +106,22 @@ def _chosen_text(tuning: dict, dataset: str, model: str, label: str) -> str:
     if param is None:
         return "not tuned"
     return "none (every value broke a run)" if value is None else f"{param} = {value:g}"
+
+
+def _interim_text(tuning: dict, dataset: str, model: str, n_runs: int) -> str | None:
+    """None when the final stage of this cell has every planned run (or the plan is unknown);
+    else what is missing. An incomplete table is shown, but nothing is declared to beat the
+    baseline: a verdict read before the planned seeds are in is a peek (optional stopping
+    inflates the false-positive rate), so the column says "interim" until it completes."""
+    seeds = tuning.get("planned_seeds")
+    methods = sum(1 for (d, m, _) in tuning["chosen"] if (d, m) == (dataset, model))
+    planned = (seeds or 0) * methods
+    if not planned or n_runs >= planned:
+        return None
+    return (f"the final stage is incomplete: {n_runs} of {planned} planned runs ({methods} "
+            f"methods x {seeds} seeds). The ranks, intervals and tests below are of the runs so "
+            f"far, not the suite's result, and no method is declared to beat the baseline until "
+            f"every planned run is in")
 
 
 def _share(r: pd.Series) -> str:
@@ -119,6 +137,8 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
     sections = []
     for (dataset, model), col in table.groupby(["dataset", "model"], sort=True):
         wilcoxon = wilcoxon_shown(col)
+        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        interim = _interim_text(tuning, dataset, model, len(col_runs)) if tuning else None
         if tuning:
             col = col.assign(rank=col["mean"].rank(method="min")).sort_values(
                 ["rank", "label"], na_position="last")
@@ -145,9 +165,9 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          if r["n"] else "no counted runs",
                          "baseline" if base else diff_text(r), fmt_p(r["p_ttest_holm"]),
                          *([fmt_p(r["p_wilcoxon_holm"])] if wilcoxon else []),
-                         *((["baseline" if base else "yes" if beats else "no"]) if tuning else []),
+                         *((["baseline" if base else "interim" if interim else "yes" if beats
+                             else "no"]) if tuning else []),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
-        col_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
         sections.append({"dataset": md_escape(dataset),
                          "model": md_escape(f"{model}{_kwargs_text(col_runs)}"),
                          "setup": md_escape(_section_setup(col_runs)),
@@ -157,6 +177,7 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          "power_note": power_note(col, alpha, metric),
                          "noise_text": noise_text(col, metric),
                          "tuning": md_escape(tuning["budget"]) if tuning else None,
+                         "interim": md_escape(interim) if interim else None,
                          "plot": (tuning or {}).get("plots", {}).get((dataset, model))})
     return sections
 
@@ -167,7 +188,8 @@ def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
                         include_synthetic: bool = True, include_stuck: bool = False,
                         alpha: float = 0.05, declared: Sequence[str] | None = None,
                         allow_mixed_code: bool = False,
-                        tunings: Sequence[dict | None] | None = None) -> Path:
+                        tunings: Sequence[dict | None] | None = None,
+                        history: Sequence[tuple[str, pd.DataFrame, str | None]] = ()) -> Path:
     """Render one leaderboard from several groups of runs, e.g. one per results directory
     (``[("results/fashion/runs", runs_a), ("results/quick/runs", runs_b)]``): each group is
     compared on its own (its own cells, Holm family and row order: the order of its suites),
@@ -175,8 +197,11 @@ def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
     (dataset, model and kwargs, suite, protocol and its hash, seeds, code versions). Groups
     keep the given order. ``declared`` (None: each group's suites' order) orders the rows
     after the baseline in every group. ``tunings``: per group, the :func:`tuning_context` of a
-    tuned suite (None: not tuned). Every group is computed before anything is written: a set-up mix
-    in any of them raises ``SetupError`` naming that group, and no file is written."""
+    tuned suite (None: not tuned). ``history``: superseded tables, as (source, runs, link to
+    their committed report table or None), listed at the end by set-up and link only: they are
+    kept for the record, not shown as current results. Every group is computed before anything
+    is written: a set-up mix in any of them raises ``SetupError`` naming that group, and no file
+    is written."""
     sections, notes, n_runs = [], [], 0
     tunings = list(tunings) if tunings is not None else [None] * len(groups)
     for (source, runs_df), tuning in zip(groups, tunings, strict=True):
@@ -192,11 +217,15 @@ def render_leaderboards(groups: Sequence[tuple[str, pd.DataFrame]],
             notes += mixed_code_notes(table)
         sections += _leaderboard_sections(table, runs_df, alpha, source, metric, tuning)
         n_runs += int(len(runs_df))
+    past = [{"source": md_escape(src), "n_runs": int(len(df)), "link": link,
+             "setups": [md_escape(f"{d} / {m}{_kwargs_text(c)}: {_section_setup(c)}")
+                        for (d, m), c in df.groupby(["dataset", "model"], sort=True)]}
+            for src, df, link in history]
     sources = [md_escape(src) for src, _ in groups if src]
     md = template_env().get_template("leaderboard.md.j2").render(
         sections=sections, metric=metric, baseline=md_escape(baseline),
         n_runs=n_runs, sources=sources, any_synthetic=any(s["synthetic"] for s in sections),
-        notes=[md_escape(n) for n in notes])
+        notes=[md_escape(n) for n in notes], history=past)
     return atomic_write(Path(out_path), md)
 
 

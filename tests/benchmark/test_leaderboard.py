@@ -193,3 +193,72 @@ def test_a_tuned_suite_is_ranked_with_its_chosen_values_budget_and_plot(two_dirs
     (quick / "tuning" / "choice.yaml").unlink()
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
     assert "Tuned suite" not in out.read_text() and "| rank |" not in out.read_text()
+
+
+def _tuned_quick(quick: Path, suite: str = "quick") -> None:
+    """A choice file for the committed quick records, as if the quick suite had been tuned."""
+    import yaml
+
+    from benchmark.analysis.store import build_store
+
+    runs, _ = build_store(quick)
+    choice = {"suite": suite, "grid_hash": "x", "metric": "val_error", "validation_images": 360,
+              "seeds": [100, 101], "rule": "lowest mean validation error",
+              "choices": [{"dataset": "digits", "model": "cnn9", "model_kwargs": {"width": 0.25},
+                           "label": lab, "regularizer": lab, "param": "strength",
+                           "chosen": 0.32, "grid": [{"value": v} for v in (0.1, 0.32, 1.0)]}
+                          for lab in dict.fromkeys(runs["label"])]}
+    (quick / "tuning").mkdir(exist_ok=True)
+    (quick / "tuning" / "choice.yaml").write_text(yaml.safe_dump(choice))
+
+
+def _verdicts(md: str) -> set[str]:
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("| ")][1:]
+    return {r[-3] for r in rows}
+
+
+def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winner(two_dirs,
+                                                                                 tmp_path):
+    """The quick suite plans 3 seeds x 9 methods = 27 runs. With all 27 the section is final;
+    with one record gone it says 'Interim' with the count, and the verdict column says
+    'interim' for every method (no peeking at an unfinished table); a choice file whose suite
+    is not loadable here is not judged for completeness."""
+    quick, _ = two_dirs
+    _tuned_quick(quick)
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "Interim" not in md and _verdicts(md) <= {"baseline", "no", "yes"}
+    sorted(quick.glob("*.json"))[0].unlink()
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert ("**Interim:** the final stage is incomplete: 26 of 27 planned runs (9 methods x 3 "
+            "seeds).") in " ".join(md.split())
+    assert _verdicts(md) == {"baseline", "interim"}
+    _tuned_quick(quick, suite="no_such_suite")
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    assert "Interim" not in out.read_text()
+
+
+def test_history_lists_a_superseded_table_with_its_link_and_not_as_a_section(two_dirs, tmp_path,
+                                                                           capsys):
+    quick, other = two_dirs
+    (other / "report").mkdir()
+    (other / "report" / "table.md").write_text("old table")
+    out = tmp_path / "board" / "lb.md"
+    out.parent.mkdir()
+    assert main(["leaderboard", "--results", str(quick), "--history", str(other),
+                 "--out", str(out)]) == 0
+    md = out.read_text()
+    assert len(_sections(md)) == 2 and _sections(md)[-1].startswith("## History: superseded")
+    history = md.split("## History")[1].replace("\\_", "_")
+    assert f"- {other.as_posix()} (27 run records): [table](../other/report/table.md)" in history
+    assert "suite other, protocol cpu_quick" in history and "| " not in history
+    # the same directory as current and as history, or a missing one: one line, nothing written
+    out.unlink()
+    for bad, why in ((quick, "one or the other"), (tmp_path / "nope", "does not exist")):
+        assert main(["leaderboard", "--results", str(quick), "--history", str(bad),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err and not out.exists()
