@@ -231,6 +231,7 @@ def _report_filter(runs, args):
 
 
 def _cmd_report(args) -> int:
+    from benchmark.analysis.leaderboard import interim_notes
     from benchmark.analysis.report import (prepare_report, render_leaderboard, write_report,
                                            write_tuning_page)
     from benchmark.analysis.store import STORE_DIR, build_store, load_store, save_store, store_losses
@@ -268,12 +269,16 @@ def _cmd_report(args) -> int:
                                           include_stuck=args.include_stuck,
                                           allow_mixed_code=args.allow_mixed_code))
     curves = curves[curves["run_id"].isin(selected["run_id"])]
-    written += write_report(selected, curves, out, prepared=prepared)
     tuned = _tuning_of(results, out / "tuning.md")
+    interim = interim_notes(tuned, selected)  # a tuned suite's final stage not yet complete
+    prepared["notes"] = [*prepared["notes"], *interim]
+    written += write_report(selected, curves, out, prepared=prepared)
     if tuned is not None:  # a tuned suite: what each method's setting was chosen from
         written += write_tuning_page(tuned["choice"], out, tuned["plots"])
     for path in written:
         print(path)
+    for note in interim:
+        print(note, file=sys.stderr)
     if prepared["suggested_seeds"]:
         print(f"suggested seeds per label: {prepared['suggested_seeds']} (to detect 0.3 points "
               f"with the observed spread; see {out / 'table.md'})")

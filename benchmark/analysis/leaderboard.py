@@ -31,7 +31,7 @@ from benchmark.analysis.tables import (
     wilcoxon_shown,
 )
 
-__all__ = ["render_leaderboard", "render_leaderboards", "tuning_context"]
+__all__ = ["interim_notes", "render_leaderboard", "render_leaderboards", "tuning_context"]
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -119,9 +119,16 @@ def _interim_text(tuning: dict, dataset: str, model: str, n_runs: int) -> str | 
     if not planned or n_runs >= planned:
         return None
     return (f"the final stage is incomplete: {n_runs} of {planned} planned runs ({methods} "
-            f"methods x {seeds} seeds). The ranks, intervals and tests below are of the runs so "
-            f"far, not the suite's result, and no method is declared to beat the baseline until "
-            f"every planned run is in")
+            f"methods x {seeds} seeds). Every number shown is of the runs so far, not the "
+            f"suite's result; a test read before every planned run is in is a peek, not a verdict")
+
+
+def interim_notes(tuning: dict | None, runs: pd.DataFrame) -> list[str]:
+    """The report's notes for the cells of a tuned suite whose final stage is incomplete."""
+    if not tuning or runs.empty:
+        return []
+    return [f"Interim ({d} / {m}): {text}." for (d, m), c in runs.groupby(["dataset", "model"])
+            if (text := _interim_text(tuning, d, m, len(c)))]
 
 
 def _share(r: pd.Series) -> str:
@@ -177,7 +184,8 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          "power_note": power_note(col, alpha, metric),
                          "noise_text": noise_text(col, metric),
                          "tuning": md_escape(tuning["budget"]) if tuning else None,
-                         "interim": md_escape(interim) if interim else None,
+                         "interim": md_escape(f"{interim}, so no method is declared to beat "
+                                              f"the baseline yet") if interim else None,
                          "plot": (tuning or {}).get("plots", {}).get((dataset, model))})
     return sections
 

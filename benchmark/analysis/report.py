@@ -396,5 +396,5 @@ def write_tuning_page(choice: dict, out_dir: str | Path, plots: dict[tuple[str, 
         validation=f"{choice.get('validation_images'):,}", cells=list(cells.values()),
         grid_sizes=" / ".join(map(str, sizes)),
         header=["method", "parameter", "value", "mean validation error (%)", "SD", "runs",
-                "stuck", "broken", ""])
+                "stuck", "broken", "choice"])
     return [atomic_write(Path(out_dir) / "tuning.md", md)]

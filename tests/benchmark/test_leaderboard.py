@@ -206,7 +206,8 @@ def _tuned_quick(quick: Path, suite: str = "quick") -> None:
               "seeds": [100, 101], "rule": "lowest mean validation error",
               "choices": [{"dataset": "digits", "model": "cnn9", "model_kwargs": {"width": 0.25},
                            "label": lab, "regularizer": lab, "param": "strength",
-                           "chosen": 0.32, "grid": [{"value": v} for v in (0.1, 0.32, 1.0)]}
+                           "chosen": 0.32, "grid": [{"value": v, "n": 2, "mean": 1.0, "sd": 0.1}
+                                                    for v in (0.1, 0.32, 1.0)]}
                           for lab in dict.fromkeys(runs["label"])]}
     (quick / "tuning").mkdir(exist_ok=True)
     (quick / "tuning" / "choice.yaml").write_text(yaml.safe_dump(choice))
@@ -219,7 +220,7 @@ def _verdicts(md: str) -> set[str]:
 
 
 def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winner(two_dirs,
-                                                                                 tmp_path):
+                                                                                 tmp_path, capsys):
     """The quick suite plans 3 seeds x 9 methods = 27 runs. With all 27 the section is final;
     with one record gone it says 'Interim' with the count, and the verdict column says
     'interim' for every method (no peeking at an unfinished table); a choice file whose suite
@@ -235,7 +236,14 @@ def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winn
     md = out.read_text()
     assert ("**Interim:** the final stage is incomplete: 26 of 27 planned runs (9 methods x 3 "
             "seeds).") in " ".join(md.split())
+    assert "no method is declared to beat the baseline yet" in md
     assert _verdicts(md) == {"baseline", "interim"}
+    # the report says the same under its table, and on stderr
+    assert main(["report", "--results", str(quick), "--out", str(tmp_path / "rep")]) == 0
+    table = " ".join((tmp_path / "rep" / "table.md").read_text().split())
+    assert ("**Note.** Interim (digits / cnn9): the final stage is incomplete: 26 of 27 planned "
+            "runs") in table
+    assert "Interim (digits / cnn9)" in capsys.readouterr().err
     _tuned_quick(quick, suite="no_such_suite")
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
     assert "Interim" not in out.read_text()
