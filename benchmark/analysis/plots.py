@@ -202,8 +202,9 @@ def plot_tuning(choice: dict, out_stem: str | Path) -> list[Path]:
     for (dataset, model), methods in cells.items():
         cols = min(3, len(methods))
         rows = -(-len(methods) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharey=True,
-                                 squeeze=False)
+        # constrained layout: a lower panel's title must not hide the upper one's x label
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True,
+                                 squeeze=False, layout="constrained")
         for ax, c in zip(axes.flat, methods):
             grid = sorted(c["grid"], key=lambda g: g["value"])
             x = [g["value"] for g in grid]
@@ -222,6 +223,6 @@ def plot_tuning(choice: dict, out_stem: str | Path) -> list[Path]:
         for ax in list(axes.flat)[len(methods):]:
             ax.set_visible(False)
         fig.suptitle(mpl_escape(f"{choice['suite']}: {dataset}, {model}; "
-                                f"{len(choice['seeds'])} tuning seeds (star: chosen)"), fontsize=9, y=1.03)
+                                f"{len(choice['seeds'])} tuning seeds (star: chosen)"), fontsize=9)
         paths += _save(fig, tuning_plot_path(out_stem, dataset, model).with_suffix(""))
     return paths
