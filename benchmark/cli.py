@@ -303,19 +303,21 @@ def _tuning_of(results: Path, out: Path):
         png = tuning_plot_path(path.parent / "validation_curve", c["dataset"], c["model"])
         if png.is_file():
             plots[(c["dataset"], c["model"])] = Path(os.path.relpath(png, out.resolve().parent)).as_posix()
-    return {**tuning_context(choice, plots, _planned_seeds(choice.get("suite"))), "choice": choice}
+    seeds, about = _suite_facts(choice.get("suite"))
+    return {**tuning_context(choice, plots, seeds, about), "choice": choice}
 
 
-def _planned_seeds(suite_name) -> int | None:
-    """The final stage's seeds per method from the suite file the choice was made for (None:
-    that suite is not loadable here, e.g. a plugin's or a renamed file; then completeness is
-    not judged)."""
+def _suite_facts(suite_name) -> tuple[int | None, str | None]:
+    """The final stage's seeds per method and the description of the suite file the choice was
+    made for ((None, None): that suite is not loadable here, e.g. a plugin's or a renamed file;
+    then completeness is not judged and no description is shown)."""
     from benchmark.suites import load_suite
 
     try:
-        return len(load_suite(str(suite_name), validate=False).seeds) if suite_name else None
+        suite = load_suite(str(suite_name), validate=False) if suite_name else None
     except ConfigError:
-        return None
+        return None, None
+    return (len(suite.seeds), suite.description or None) if suite else (None, None)
 
 
 def _cmd_leaderboard(args) -> int:

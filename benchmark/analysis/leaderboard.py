@@ -83,18 +83,21 @@ def _section_setup(runs: pd.DataFrame) -> str:
 
 
 def tuning_context(choice: dict | None, plots: dict[tuple[str, str], str] | None = None,
-                   planned_seeds: int | None = None) -> dict | None:
+                   planned_seeds: int | None = None, about: str | None = None) -> dict | None:
     """What a section of a tuned suite shows beside its table, from the tuning stage's choice
     file (benchmark/analysis/choice.py): per (dataset, model, label) the chosen value, and the
     budget every method had. ``plots``: (dataset, model) -> the validation-curve figure's link.
     ``planned_seeds``: the final stage's seeds per method (the suite file's ``seeds``; None:
-    unknown), so that a section with fewer runs than planned is shown as interim."""
+    unknown), so that a section with fewer runs than planned is shown as interim. ``about``:
+    the suite file's description, shown above the table (where a suite says what its length is
+    and is not, e.g. a fixed budget rather than a plateau)."""
     if not choice:
         return None
     chosen = {(c["dataset"], c["model"], c["label"]): (c["param"], c.get("chosen"), len(c["grid"]))
               for c in choice.get("choices") or []}
     sizes = sorted({n for _, _, n in chosen.values()})
-    return {"chosen": chosen, "plots": plots or {}, "planned_seeds": planned_seeds, "budget": (
+    return {"chosen": chosen, "plots": plots or {}, "planned_seeds": planned_seeds,
+            "about": about, "budget": (
         f"every method tuned with the same budget: {'/'.join(map(str, sizes))} grid values x "
         f"{len(choice.get('seeds') or [])} tuning seeds ({', '.join(map(str, choice.get('seeds') or []))}) "
         f"on a {choice.get('validation_images')}-image validation split held out of the training "
@@ -184,6 +187,7 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          "power_note": power_note(col, alpha, metric),
                          "noise_text": noise_text(col, metric),
                          "tuning": md_escape(tuning["budget"]) if tuning else None,
+                         "about": md_escape(tuning["about"]) if tuning and tuning.get("about") else None,
                          "interim": md_escape(f"{interim}, so no method is declared to beat "
                                               f"the baseline yet") if interim else None,
                          "plot": (tuning or {}).get("plots", {}).get((dataset, model))})

@@ -231,6 +231,11 @@ def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winn
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
     md = out.read_text()
     assert "Interim" not in md and _verdicts(md) <= {"baseline", "no", "yes"}
+    # the suite file's description stands above the table (where a suite says what its length
+    # is and is not: fashion_tuned's "a fixed budget and not the plateau")
+    from benchmark.suites import load_suite
+    about = load_suite("quick", validate=False).description
+    assert about and f"Suite: {about}." in " ".join(md.split())
     sorted(quick.glob("*.json"))[0].unlink()
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
     md = out.read_text()
@@ -246,7 +251,7 @@ def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winn
     assert "Interim (digits / cnn9)" in capsys.readouterr().err
     _tuned_quick(quick, suite="no_such_suite")
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
-    assert "Interim" not in out.read_text()
+    assert "Interim" not in out.read_text() and "Suite: " not in out.read_text()
 
 
 def test_history_lists_a_superseded_table_with_its_link_and_not_as_a_section(two_dirs, tmp_path,
