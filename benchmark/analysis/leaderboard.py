@@ -79,7 +79,22 @@ def _section_setup(runs: pd.DataFrame) -> str:
     code = one("code") or (", ".join(cells.code_versions(runs)) if len(runs) else None)
     if code:
         parts.append(f"code {code}")
+    if machines := _machines_text(runs):
+        parts.append(machines)
     return ", ".join(p for p in parts if p)
+
+
+def _machines_text(runs: pd.DataFrame) -> str | None:
+    """Which processors trained the section's runs, with counts when there are several: seeds
+    of one table may come from different machines, whose kernels round differently (a
+    rerun's verdict, `compare`, measures what that moves)."""
+    if "machine" not in runs or runs["machine"].isna().all():
+        return None
+    counts = runs["machine"].fillna("unrecorded").value_counts()
+    if len(counts) == 1:
+        return f"trained on {counts.index[0]}"
+    return "trained on " + " and ".join(f"{m} ({n} run{'s' if n != 1 else ''})"
+                                  for m, n in sorted(counts.items()))
 
 
 def tuning_context(choice: dict | None, plots: dict[tuple[str, str], str] | None = None,

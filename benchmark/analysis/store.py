@@ -48,6 +48,9 @@ RUNS_SCHEMA: dict[str, str] = {
     "test_mean_class_acc": "float64",
     # a tuned suite's protocol fields chosen by its tuning stage, {field: value} as JSON
     "tuned": "string",
+    # the processor that trained the run (the card's name on CUDA, else the CPU model); None for
+    # records before the "machine" block. Seeds of one table may come from several machines.
+    "machine": "string",
 }
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # Stuck rule (docs/statistics.md): final train CE at >= this fraction of the softmax-epsilon
@@ -202,7 +205,16 @@ def _run_row(record: dict, rel_path: str, tuned: tuple[str, ...] = ()) -> dict[s
         "final_iteration": final.get("iteration"), "outcome": outcome,
         "outcome_reason": why or record.get("reason"),
         "correct": json.dumps(correct, sort_keys=True) if isinstance(correct, dict) else None,
+        "machine": _machine(record),
     }
+
+
+def _machine(record: dict) -> str | None:
+    """The card's name for a CUDA run, else the CPU model (benchmark.machine.facts)."""
+    m = record.get("machine") or {}
+    if not isinstance(m, dict):
+        return None
+    return m.get("cuda_device") or m.get("cpu_model") or None
 
 
 def _curve_rows(record: dict, run: dict) -> list[dict[str, Any]]:

@@ -275,3 +275,25 @@ def test_history_lists_a_superseded_table_with_its_link_and_not_as_a_section(two
                      "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and why in err and not out.exists()
+
+
+def test_a_section_names_the_machines_that_trained_its_runs_with_counts_when_mixed(two_dirs, tmp_path):
+    """Seeds of one table can come from different machines (a session's VM may be an Intel
+    Xeon one day and an AMD EPYC the next): the heading says which, with run counts."""
+    quick, _ = two_dirs
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    heading = next(line for line in out.read_text().splitlines() if line.startswith("## digits"))
+    assert heading.endswith("trained on Intel(R) Xeon(R) Processor")
+    files = sorted(quick.glob("*.json"))
+    for src in files[:4]:
+        rec = json.loads(src.read_text())
+        rec["machine"] = {**rec["machine"], "cpu_model": "AMD EPYC"}
+        src.write_text(json.dumps(rec))
+    rec = json.loads(files[4].read_text())
+    rec["machine"] = None
+    files[4].write_text(json.dumps(rec))
+    assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
+    heading = next(line for line in out.read_text().splitlines() if line.startswith("## digits"))
+    assert heading.endswith(f"trained on AMD EPYC (4 runs) and Intel(R) Xeon(R) Processor "
+                            f"({len(files) - 5} runs) and unrecorded (1 run)")
