@@ -2,7 +2,7 @@
 
 A cell is one set-up (docs/statistics.md): dataset, model with its arguments, protocol (content
 hash), code version, and the numerics that change results (packed seeds, dtype, thread count
-where recorded). :func:`check_setup` refuses a table whose (dataset, model) column mixes any of
+where recorded, CPU or CUDA). :func:`check_setup` refuses a table whose (dataset, model) column mixes any of
 them; :func:`compare_to_baseline` then gives one tidy row per (column, label) with every run
 counted by outcome and the paired tests of :mod:`benchmark.analysis.stats`, Holm over the whole table.
 """
@@ -34,6 +34,10 @@ SETUP_FIELDS = (
     # processes under DDP: without runtime.sync_bn each normalises its own shard, so the
     # world size changes the numbers
     ("world_size", "--where world_size=N", False),
+    # CPU and CUDA kernels (convolution algorithms, reduction orders) differ in their rounding,
+    # which can flip a run's outcome; different CPUs, or different cards, are not separated
+    # (docs/statistics.md, "the machine")
+    ("device_type", "--where device_type=cpu|cuda", False),
 )
 TABLE2_REGULARIZERS = ["weight_decay", "so", "srip", "mhe", "hs_mhe", "rp_comhe", "ap_comhe",
                        "adv_comhe", "g_comhe"]

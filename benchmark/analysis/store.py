@@ -7,7 +7,8 @@ each file atomically. Records of several suites and code versions coexist; selec
 :func:`filter_runs` (suite, git commit prefix, status, ...) and :func:`curves_for`.
 
 Each row also carries the run's set-up (``protocol_hash``, ``model_kwargs``, ``code``,
-``packed_seeds``, ``dtype``, ``threads``, ``world_size``: what a cell must not mix,
+``packed_seeds``, ``dtype``, ``threads``, ``world_size``, ``device_type``: what a cell must
+not mix,
 docs/statistics.md) and its
 ``outcome``: the recorded status, with a complete run that sat at the loss ceiling or at chance
 accuracy reclassified as ``stuck`` by :func:`classify_outcome`.
@@ -51,6 +52,9 @@ RUNS_SCHEMA: dict[str, str] = {
     # the processor that trained the run (the card's name on CUDA, else the CPU model); None for
     # records before the "machine" block. Seeds of one table may come from several machines.
     "machine": "string",
+    # "cpu" or "cuda": which kernels trained the run (a cell never pools the two); None for a
+    # record that names no device (a runner-written failure)
+    "device_type": "string",
 }
 OUTCOMES = ("complete", "diverged", "stuck", "failed")
 # Stuck rule (docs/statistics.md): final train CE at >= this fraction of the softmax-epsilon
@@ -205,7 +209,7 @@ def _run_row(record: dict, rel_path: str, tuned: tuple[str, ...] = ()) -> dict[s
         "final_iteration": final.get("iteration"), "outcome": outcome,
         "outcome_reason": why or record.get("reason"),
         "correct": json.dumps(correct, sort_keys=True) if isinstance(correct, dict) else None,
-        "machine": _machine(record),
+        "machine": _machine(record), "device_type": _device_type(record),
     }
 
 
@@ -215,6 +219,15 @@ def _machine(record: dict) -> str | None:
     if not isinstance(m, dict):
         return None
     return m.get("cuda_device") or m.get("cpu_model") or None
+
+
+def _device_type(record: dict) -> str | None:
+    """"cpu" or "cuda" from the recorded device: the engine writes "cpu (...)" on the CPU and
+    the card's name on CUDA, its only two devices (benchmark.training.run.resolve_device)."""
+    device = record.get("device")
+    if not isinstance(device, str) or not device:
+        return None
+    return "cpu" if device == "cpu" or device.startswith("cpu ") else "cuda"
 
 
 def _curve_rows(record: dict, run: dict) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ def runs_table(labels=("weight_decay", "mhe", "rp_comhe"), seeds=range(4),
                     "protocol": "cpu_quick", "protocol_hash": "aaaa", "model_kwargs": "{}",
                     "code": "1111111", "git_commit": "1111111", "packed_seeds": 1,
                     "dtype": "torch.float32", "threads": pd.NA, "world_size": "1",
+                    "device_type": "cpu",
                     "regularizer_source": None,
                     "correct": None, **setup})
     return pd.DataFrame(rows)
@@ -50,7 +51,8 @@ def test_a_different_protocol_in_a_cell_is_refused_with_its_filter():
 
 
 @pytest.mark.parametrize("field, value", [("packed_seeds", 2), ("dtype", "torch.bfloat16"),
-                                          ("threads", 1), ("world_size", "2")])
+                                          ("threads", 1), ("world_size", "2"),
+                                          ("device_type", "cuda")])
 def test_numerics_that_change_results_are_not_pooled(field, value):
     runs = runs_table(threads=2)
     other = runs_table(labels=("mhe",), seeds=[7], **{"threads": 2, field: value})

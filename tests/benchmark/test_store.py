@@ -216,3 +216,19 @@ def test_each_record_format_has_a_reader(tmp_path):
     records.write_json_atomic(path, {**base, "schema_version": records.SCHEMA_VERSION + 1})
     with pytest.raises(records.NewerRecord, match="record format 3, this CoMHE-Bench reads up to 2"):
         records.load_record(path)
+
+
+def test_device_type_column_from_the_recorded_device(tmp_path):
+    """CPU and CUDA kernels give different numbers, so a cell must not pool them
+    (docs/statistics.md); the store reads which one trained a run from its recorded device:
+    "cpu (...)" on the CPU, the card's name on CUDA, nothing for a runner-written failure."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    recs = [_record("c", device="cpu (x86_64, 1 threads)"),
+            _record("g", device="NVIDIA H100 80GB HBM3",
+                    machine={"cuda_device": "NVIDIA H100 80GB HBM3"}),
+            _record("f", status="failed", reason="boom", device=None)]
+    for rec in recs:
+        (runs_dir / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    by_id = build_store(tmp_path)[0].set_index("run_id")["device_type"]
+    assert by_id["c"] == "cpu" and by_id["g"] == "cuda" and pd.isna(by_id["f"])
