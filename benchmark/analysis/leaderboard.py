@@ -31,7 +31,7 @@ from benchmark.analysis.tables import (
     wilcoxon_shown,
 )
 
-__all__ = ["interim_notes", "render_leaderboard", "render_leaderboards", "tuning_context"]
+__all__ = ["interim_notes", "render_leaderboard", "render_leaderboards", "tuning_context", "verdict"]
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -153,6 +153,21 @@ def _share(r: pd.Series) -> str:
     return f"{int(r['n_complete'])}/{int(r['n_runs'])}"
 
 
+def verdict(row: pd.Series | dict, alpha: float, *, interim: bool = False) -> str:
+    """A tuned section's "beats baseline" cell: "yes" / "no" by the Holm-adjusted paired t-test
+    on the error (lower is better), "no: worse" when the method is significantly worse (a
+    reader comparing regularizers wants that as much as a win), "interim" before every planned
+    run is in."""
+    if bool(row["is_baseline"]):
+        return "baseline"
+    if interim:
+        return "interim"
+    p, diff = row["p_ttest_holm"], row.get("mean_diff")
+    if pd.isna(p) or p >= alpha or diff is None or pd.isna(diff) or diff == 0:
+        return "no"
+    return "yes" if diff < 0 else "no: worse"
+
+
 def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                           source: str, metric: str, tuning: dict | None = None
                           ) -> list[dict[str, Any]]:
@@ -177,8 +192,6 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
         rows = []
         for _, r in col.iterrows():
             base = bool(r["is_baseline"])
-            beats = (not base and pd.notna(r["p_ttest_holm"]) and r["p_ttest_holm"] < alpha
-                     and pd.notna(r.get("mean_diff")) and r["mean_diff"] < 0)
             tuned = ([str(int(r["rank"])) if pd.notna(r["rank"]) else "-"] if tuning else [])
             rows.append([*tuned, md_escape(r["label"]),
                          *([md_escape(_chosen_text(tuning, dataset, model, r["label"]))]
@@ -190,8 +203,7 @@ def _leaderboard_sections(table: pd.DataFrame, runs: pd.DataFrame, alpha: float,
                          if r["n"] else "no counted runs",
                          "baseline" if base else diff_text(r), fmt_p(r["p_ttest_holm"]),
                          *([fmt_p(r["p_wilcoxon_holm"])] if wilcoxon else []),
-                         *((["baseline" if base else "interim" if interim else "yes" if beats
-                             else "no"]) if tuning else []),
+                         *([verdict(r, alpha, interim=bool(interim))] if tuning else []),
                          md_escape(r["code"]), "yes" if r["synthetic"] else "no"])
         sections.append({"dataset": md_escape(dataset),
                          "model": md_escape(f"{model}{_kwargs_text(col_runs)}"),

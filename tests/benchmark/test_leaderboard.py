@@ -195,6 +195,23 @@ def test_a_tuned_suite_is_ranked_with_its_chosen_values_budget_and_plot(two_dirs
     assert "Tuned suite" not in out.read_text() and "| rank |" not in out.read_text()
 
 
+def test_the_verdict_says_worse_when_a_method_is_significantly_worse():
+    """fashion_tuned's finding is that methods are worse than the tuned baseline: "no" alone
+    would hide it. Error is lower-better; Holm p decides; interim overrides every method."""
+    from benchmark.analysis.leaderboard import verdict
+
+    def row(p, diff, base=False):
+        return {"is_baseline": base, "p_ttest_holm": p, "mean_diff": diff}
+
+    assert verdict(row(0.001, -0.4), 0.05) == "yes"
+    assert verdict(row(0.001, 0.4), 0.05) == "no: worse"
+    assert verdict(row(0.2, 0.4), 0.05) == "no" and verdict(row(0.2, -0.4), 0.05) == "no"
+    assert verdict(row(0.05, 0.4), 0.05) == "no"  # Holm's threshold is strict
+    assert verdict(row(float("nan"), float("nan")), 0.05) == "no"
+    assert verdict(row(0.001, 0.4), 0.05, interim=True) == "interim"
+    assert verdict(row(float("nan"), float("nan"), base=True), 0.05, interim=True) == "baseline"
+
+
 def _tuned_quick(quick: Path, suite: str = "quick") -> None:
     """A choice file for the committed quick records, as if the quick suite had been tuned."""
     import yaml
@@ -230,7 +247,7 @@ def test_a_tuned_suite_short_of_its_planned_runs_is_interim_and_declares_no_winn
     out = tmp_path / "lb.md"
     assert main(["leaderboard", "--results", str(quick), "--out", str(out)]) == 0
     md = out.read_text()
-    assert "Interim" not in md and _verdicts(md) <= {"baseline", "no", "yes"}
+    assert "Interim" not in md and _verdicts(md) <= {"baseline", "no", "yes", "no: worse"}
     # the suite file's description stands above the table (where a suite says what its length
     # is and is not: fashion_tuned's "a fixed budget and not the plateau")
     from benchmark.suites import load_suite
