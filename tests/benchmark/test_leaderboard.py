@@ -150,6 +150,30 @@ def test_what_the_fashion_docs_claim_is_what_the_table_can_show():
     assert "No regularizer differs" not in doc and "McNemar" not in doc
 
 
+TUNED = QUICK.parents[1] / "fashion_tuned"
+
+
+@pytest.mark.skipif(len(list(TUNED.glob("*.json"))) < 66, reason="fashion_tuned incomplete")
+def test_the_tuned_fashion_result_in_the_docs_is_the_committed_records():
+    """docs/leaderboard.md's 11-seed table and power sentence, recomputed from the 66 committed
+    final records: every mean, SD, difference, interval and the minimum detectable difference."""
+    from benchmark.analysis import power
+    from benchmark.analysis.store import build_store
+
+    runs, _ = build_store(TUNED)
+    table = cells.compare_to_baseline(runs, declared=cells.declared_order(runs))
+    tp = power.table_power(table)
+    doc = " ".join(DOC.read_text(encoding="utf-8").split()).replace("\u2212", "-")
+    assert (f"minimum detectable paired difference is {tp['mdd']:.2f} points" in doc
+            and f"{tp['n']} pairs, pooled SD of the paired differences {tp['sd']:.2f} over "
+            f"{tp['df']} df" in doc)
+    for _, r in table.iterrows():
+        row = f"| {r['mean']:.2f} ± {r['std']:.2f} |"
+        if not r["is_baseline"]:
+            row += f" {r['mean_diff']:+.2f} [{r['diff_ci_low']:.2f}, {r['diff_ci_high']:.2f}]"
+        assert f"| {r['label']} (" in doc and row in doc, r["label"]
+
+
 # --- a tuned suite's section (issue 24 item 5) ----------------------------------------------
 
 def test_a_tuned_suite_is_ranked_with_its_chosen_values_budget_and_plot(two_dirs, tmp_path):
