@@ -2,8 +2,8 @@
 
 A cell is one set-up (docs/statistics.md): dataset, model with its arguments, protocol (content
 hash), code version, and the numerics that change results (packed seeds, dtype, thread count
-where recorded, CPU or CUDA). :func:`check_setup` refuses a table whose (dataset, model) column mixes any of
-them; :func:`compare_to_baseline` then gives one tidy row per (column, label) with every run
+where recorded, CPU or CUDA). :func:`check_setup` refuses a table whose (dataset, model) column
+mixes any of them; :func:`compare_to_baseline` then gives one tidy row per (column, label) with every run
 counted by outcome and the paired tests of :mod:`benchmark.analysis.stats`, Holm over the whole table.
 """
 

@@ -163,7 +163,7 @@ def verdict(row: pd.Series | dict, alpha: float, *, interim: bool = False) -> st
     if interim:
         return "interim"
     p, diff = row["p_ttest_holm"], row.get("mean_diff")
-    if pd.isna(p) or p >= alpha or diff is None or pd.isna(diff) or diff == 0:
+    if pd.isna(p) or p >= alpha or pd.isna(diff) or diff == 0:
         return "no"
     return "yes" if diff < 0 else "no: worse"
 

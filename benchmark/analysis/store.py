@@ -8,10 +8,9 @@ each file atomically. Records of several suites and code versions coexist; selec
 
 Each row also carries the run's set-up (``protocol_hash``, ``model_kwargs``, ``code``,
 ``packed_seeds``, ``dtype``, ``threads``, ``world_size``, ``device_type``: what a cell must
-not mix,
-docs/statistics.md) and its
-``outcome``: the recorded status, with a complete run that sat at the loss ceiling or at chance
-accuracy reclassified as ``stuck`` by :func:`classify_outcome`.
+not mix, docs/statistics.md) and its ``outcome``: the recorded status, with a complete run
+that sat at the loss ceiling or at chance accuracy reclassified as ``stuck`` by
+:func:`classify_outcome`.
 """
 
 from __future__ import annotations
